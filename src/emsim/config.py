@@ -1,0 +1,304 @@
+"""Study configuration: load, validate against the schema, expand sweeps into structure sets and domains.
+
+A sweep may stand for any value inside a ``structure_sets`` or ``domains`` entry:
+
+- ``{range: [start, stop, step]}``: start, start + step, ... up to and including stop;
+- ``{values: [a, b, ...]}`` or ``{values: {label: value, ...}}``.
+
+An entry with sweeps expands into the cartesian product of its sweeps; its name is a template
+whose ``{key}`` fields are filled with each sweep's value (or label), ``key`` being the last key
+of the sweep's path: ``df{mean_nm}`` with ``defocus: {mean_nm: {range: [-20, 20, 10]}}`` gives
+domains ``df-20, df-10, df0, df10, df20``.
+
+Every error raises :class:`ConfigError` naming the key, before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import json
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import yaml
+
+from emsim import shifts, structures
+
+
+class ConfigError(ValueError):
+    """An invalid study configuration; the message names the key."""
+
+
+STRUCTURE_SET_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["n_structures", "particles"],
+    "properties": {
+        "n_structures": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "particles": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["lattice", "radius_A"],
+            "properties": {
+                "lattice": {"enum": sorted(structures.LATTICES)},
+                "radius_A": {"$ref": "#/$defs/range"},
+                "count": {"$ref": "#/$defs/int_range", "default": [1, 1]},
+                "min_gap_A": {"type": "number", "minimum": 0, "default": 10.0},
+                "stacking_faults": {"$ref": "#/$defs/int_range", "default": [0, 0]},
+                "orientation": {"enum": ["zone_axis", "random"], "default": "zone_axis"},
+                "mistilt_deg": {"type": "number", "minimum": 0, "default": 2.0},
+            },
+        },
+        "substrate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "thickness_A": {"$ref": "#/$defs/range", "default": [20.0, 60.0]},
+                "density_g_cm3": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
+            },
+            "default": {},
+        },
+    },
+    "$defs": {
+        "range": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2, "maxItems": 2},
+        "int_range": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+    },
+}
+
+
+def domain_schema() -> dict:
+    """Schema of one expanded domain: a structure set, an optional seed and any registered shifts."""
+    properties = {"structure_set": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}}
+    properties |= {name: kind.schema() for name, kind in shifts.SHIFTS.items()}
+    return {"type": "object", "additionalProperties": False, "required": ["structure_set"], "properties": properties}
+
+
+def load(source: str | Path | dict) -> dict:
+    """Validated study config with defaults filled and sweeps expanded.
+
+    The result has ``structure_sets`` and ``domains`` as name -> expanded entry (each domain
+    entry gains ``sweep``: the swept values that made it) and ``image.cell_A`` filled.
+    """
+    raw = _read(source)
+    study = copy.deepcopy(raw)
+    _validate(study, _top_schema(), "")
+    study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets")
+    for name, spec in study["structure_sets"].items():
+        _validate(spec, STRUCTURE_SET_SCHEMA, f"structure_sets.{name}")
+        _check_ranges(spec, f"structure_sets.{name}")
+    study["domains"] = _expand_block(study["domains"], "domains")
+    for name, domain in study["domains"].items():
+        sweep = domain.pop("sweep")
+        _validate(domain, domain_schema(), f"domains.{name}")
+        domain["sweep"] = sweep
+        if domain["structure_set"] not in study["structure_sets"]:
+            raise ConfigError(
+                f"domains.{name}.structure_set: {domain['structure_set']!r} is not a structure set; "
+                f"defined: {', '.join(study['structure_sets'])}"
+            )
+    _check_image(study)
+    _check_splits(study)
+    from emsim import experiments  # experiments reads the expanded config
+
+    experiments.check(study)
+    return study
+
+
+def domain_seed(study: dict, name: str) -> int:
+    """Seed of a domain's random draws: its ``seed`` key, else from the study seed and its name."""
+    domain = study["domains"][name]
+    if "seed" in domain:
+        return int(domain["seed"])
+    return int(zlib.crc32(name.encode()) ^ (study.get("seed", 0) * 0x9E3779B1)) & 0x7FFFFFFF
+
+
+def normalized(value):
+    """``value`` with mapping keys sorted recursively: a stable repr for Snakemake params."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def match_domains(study: dict, patterns: list[str], key: str) -> list[str]:
+    """Domain names matching names or glob patterns, in config order; an unmatched pattern is an error."""
+    names = list(study["domains"])
+    found = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(f"{key}: {pattern!r} matches no domain; domains: {', '.join(names)}")
+        found += [h for h in hits if h not in found]
+    return found
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _read(source) -> dict:
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the study config ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the study config must be a mapping")
+    return data
+
+
+def _top_schema() -> dict:
+    text = resources.files("emsim").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    {
+        "properties": lambda validator, properties, instance, schema: _fill_defaults(
+            validator, properties, instance, schema
+        )
+    },
+)
+
+
+def _fill_defaults(validator, properties, instance, schema):
+    if isinstance(instance, dict):
+        for key, sub in properties.items():
+            if "default" in sub and key not in instance:
+                instance[key] = copy.deepcopy(sub["default"])
+    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+def _validate(instance: dict, schema: dict, where: str) -> None:
+    errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        key = ".".join(str(p) for p in [*([where] if where else []), *error.absolute_path]) or "<top level>"
+        message = error.message
+        if error.validator == "type" and _looks_numeric(error.instance):
+            message += " (YAML reads exponents without a sign as text: write e.g. 1.2e+7 instead of 1.2e7)"
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            message += f"; allowed keys: {', '.join(allowed)}"
+        raise ConfigError(f"{key}: {message}")
+
+
+def _looks_numeric(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
+
+
+def _is_sweep(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("range", "values")
+
+
+def _sweeps(entry, path=()) -> list[tuple[tuple, dict]]:
+    found = []
+    if _is_sweep(entry):
+        return [(path, entry)]
+    if isinstance(entry, dict):
+        for key, value in entry.items():
+            found += _sweeps(value, (*path, key))
+    return found
+
+
+def _sweep_values(sweep: dict, key: str) -> list[tuple[str, object]]:
+    """(label, value) pairs of one sweep."""
+    if "range" in sweep:
+        spec = sweep["range"]
+        if not (isinstance(spec, list) and len(spec) == 3 and all(isinstance(v, (int, float)) for v in spec)):
+            raise ConfigError(f"{key}: range must be [start, stop, step], got {spec!r}")
+        start, stop, step = spec
+        if step == 0 or (stop - start) / step < 0:
+            raise ConfigError(f"{key}: range {spec} is empty (step must move from start towards stop)")
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        values = [_clean(start + i * step) for i in range(count)]
+        return [(f"{v:g}", v) for v in values]
+    values = sweep["values"]
+    if isinstance(values, dict):
+        pairs = [(str(k), v) for k, v in values.items()]
+    elif isinstance(values, list):
+        pairs = [(f"{v:g}" if isinstance(v, (int, float)) else str(v), v) for v in values]
+    else:
+        raise ConfigError(f"{key}: values must be a list or a mapping, got {values!r}")
+    if not pairs:
+        raise ConfigError(f"{key}: empty sweep (values has no entries)")
+    return pairs
+
+
+def _clean(value: float):
+    rounded = round(value, 9)
+    return int(rounded) if float(rounded).is_integer() else rounded
+
+
+def _expand_block(block: dict, where: str) -> dict:
+    expanded = {}
+    for template, entry in block.items():
+        found = _sweeps(entry)
+        fields = [path[-1] for path, _ in found]
+        if len(set(fields)) != len(fields):
+            raise ConfigError(f"{where}.{template}: two sweeps share the key name; name fields must be unique")
+        choices = [_sweep_values(sweep, f"{where}.{template}.{'.'.join(path)}") for path, sweep in found]
+        for combo in itertools.product(*choices):
+            item = copy.deepcopy(entry)
+            for (path, _), (_, value) in zip(found, combo):
+                target = item
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = copy.deepcopy(value)
+            labels = {field: label for field, (label, _) in zip(fields, combo)}
+            try:
+                name = template.format(**labels)
+            except (KeyError, IndexError) as error:
+                raise ConfigError(
+                    f"{where}.{template}: name field {error} is not a swept key; swept: {', '.join(fields) or 'none'}"
+                ) from None
+            if found and name == template:
+                raise ConfigError(f"{where}.{template}: an entry with sweeps needs a name template such as '{template}{{{fields[0]}}}'")
+            if name in expanded:
+                raise ConfigError(f"{where}.{template}: expands to the name {name!r} twice")
+            if where == "domains":
+                item["sweep"] = {field: value for field, (_, value) in zip(fields, combo)}
+            expanded[name] = item
+    return expanded
+
+
+def _check_ranges(spec: dict, where: str) -> None:
+    for block, key in (("particles", "radius_A"), ("particles", "count"), ("particles", "stacking_faults"), ("substrate", "thickness_A")):
+        low, high = spec[block][key]
+        if low > high:
+            raise ConfigError(f"{where}.{block}.{key}: min {low} is larger than max {high}")
+
+
+def _check_image(study: dict) -> None:
+    image, sampling = study["image"], study["simulation"]["sampling_A"]
+    fov_A = image["size_px"] * image["pixel_size_A"]
+    cell_A = image.setdefault("cell_A", fov_A)
+    if abs(cell_A - fov_A) > 1e-6 * fov_A:
+        raise ConfigError(
+            f"image: size_px * pixel_size_A = {image['size_px']} * {image['pixel_size_A']} = {fov_A:g} A "
+            f"does not match cell_A = {cell_A:g} A"
+        )
+    ratio = image["pixel_size_A"] / sampling
+    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+        raise ConfigError(
+            f"image.pixel_size_A: {image['pixel_size_A']} must be a whole multiple of simulation.sampling_A = {sampling}"
+        )
+
+
+def _check_splits(study: dict) -> None:
+    needed = sum(study["splits"].values())
+    for name, spec in study["structure_sets"].items():
+        if spec["n_structures"] < needed:
+            raise ConfigError(
+                f"structure_sets.{name}.n_structures: {spec['n_structures']} structures are too few for the "
+                f"splits (train + val + test = {needed})"
+            )

@@ -1,0 +1,112 @@
+"""Domain datasets: one HDF5 file per imaging domain.
+
+Layout of a dataset file::
+
+    images        (N, H, W) float32   raw detector counts (not standardised)
+    labels        (N, H, W) uint8     1 = nanoparticle, 0 = substrate/vacuum
+    meta/<field>  (N,)                per-image metadata (structure index, defocus, dose, seeds, ...)
+    splits/train, splits/val, splits/test   int64 image indices
+    attrs: domain (name), config (JSON of the domain's config slice), provenance (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from emsim.io import atomic_path
+
+SPLITS = ("train", "val", "test")
+
+
+def write_dataset(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    meta: dict[str, np.ndarray],
+    splits: dict[str, np.ndarray],
+    attrs: dict,
+) -> None:
+    """Write a domain dataset atomically; ``attrs`` values that are not strings are stored as JSON."""
+    if images.shape != labels.shape:
+        raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} differ in shape")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        chunks = (1, *images.shape[1:])
+        f.create_dataset("images", data=images.astype(np.float32), chunks=chunks)
+        f.create_dataset("labels", data=labels.astype(np.uint8), chunks=chunks, compression="gzip")
+        for name, values in meta.items():
+            f.create_dataset(f"meta/{name}", data=np.asarray(values))
+        for name in SPLITS:
+            f.create_dataset(f"splits/{name}", data=np.asarray(splits[name], dtype=np.int64))
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def split_indices(path: str | Path, split: str) -> np.ndarray:
+    """Image indices of one split (``train``, ``val`` or ``test``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    with open_dataset(path) as f:
+        return f[f"splits/{split}"][()]
+
+
+def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (float32, raw counts) and labels (uint8) of one split, in split order."""
+    index = split_indices(path, split)
+    with open_dataset(path) as f:
+        order = np.argsort(index)
+        images = np.empty((len(index), *f["images"].shape[1:]), np.float32)
+        labels = np.empty((len(index), *f["labels"].shape[1:]), np.uint8)
+        images[order] = f["images"][np.sort(index)]
+        labels[order] = f["labels"][np.sort(index)]
+    return images, labels
+
+
+def read_meta(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-image metadata table as a dict of arrays."""
+    with open_dataset(path) as f:
+        return {name: values[()] for name, values in f["meta"].items()}
+
+
+def read_attrs(path: str | Path) -> dict:
+    """File attributes, JSON values decoded."""
+    with open_dataset(path) as f:
+        return {key: _decode(value) for key, value in f.attrs.items()}
+
+
+def domain_name(path: str | Path) -> str:
+    """The domain a dataset file belongs to."""
+    with open_dataset(path) as f:
+        return str(f.attrs["domain"])
+
+
+def standardize(images: np.ndarray) -> np.ndarray:
+    """Per-image standardisation to mean 0 and variance 1 (float32); flat images map to 0."""
+    images = np.asarray(images, np.float32)
+    axes = tuple(range(images.ndim - 2, images.ndim))
+    mean = images.mean(axis=axes, keepdims=True)
+    std = images.std(axis=axes, keepdims=True)
+    return ((images - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def open_dataset(path: str | Path) -> h5py.File:
+    """Open a dataset read-only with an error that names the file if it is not one."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as error:
+        raise ValueError(f"{path}: not a readable emsim dataset ({error})") from None
+    if "images" not in f or "splits" not in f:
+        f.close()
+        raise ValueError(f"{path}: not an emsim dataset (no 'images' or 'splits')")
+    return f
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "{[":
+        return json.loads(value)
+    return value

@@ -1,0 +1,97 @@
+"""A domain's dataset: images derived from a structure set's cached exit waves by the domain's shifts.
+
+No multislice happens here: each image is the cached exit wave of one structure, through the
+domain's optics shifts (one CTF), intensity averaged over phonon configurations, downsampling,
+then its detector shifts (dose, blur, ...) in order. Image ``i`` draws from
+``numpy.random.default_rng([domain_seed, i])``, so images are independent of each other and of
+the shard layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from emsim import config, data, io, optics, shifts
+from emsim.simulate import ShardWaves
+
+log = logging.getLogger(__name__)
+
+
+def domain_slice(study: dict, name: str) -> dict:
+    """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
+    return config.normalized(
+        {
+            "name": name,
+            "domain": study["domains"][name],
+            "seed": config.domain_seed(study, name),
+            "microscope": study["microscope"],
+            "image": study["image"],
+            "splits": study["splits"],
+        }
+    )
+
+
+def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng, zero_defocus_A: float):
+    """One image of structure ``index`` of a shard under a domain's shifts; returns (image, metadata)."""
+    image_cfg, microscope = params["image"], params["microscope"]
+    context = {"pixel_size_A": image_cfg["pixel_size_A"], "zero_defocus_A": zero_defocus_A}
+    aberrations: dict = {"C30_A": microscope["Cs_A"]}
+    metadata: dict = {}
+    for kind, kind_params in shifts.ordered(domain, "optics"):
+        aberrations, values = kind.apply(aberrations, kind_params, rng, context)
+        metadata |= values
+    image = optics.image_from_waves(
+        waves.waves[index],
+        waves.sampling_A,
+        optics.Aberrations(**aberrations),
+        microscope,
+        image_cfg["pixel_size_A"],
+        image_cfg["size_px"],
+    )
+    for kind, kind_params in shifts.ordered(domain, "detector"):
+        image, values = kind.apply(image, kind_params, rng, context)
+        metadata |= values
+    return np.asarray(image, np.float32), metadata
+
+
+def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str | Path) -> None:
+    """Render every image of a domain from its structure set's shards and write the dataset."""
+    domain, seed, splits = params["domain"], params["seed"], params["splits"]
+    n_images = sum(splits.values())
+    shards = [ShardWaves.load(path) for path in shard_paths]
+    zero_defocus_A = _zero_defocus_A(shards)
+    images, labels, rows = [], [], []
+    for shard_index, shard in enumerate(shards):
+        for local in range(len(shard.labels)):
+            index = len(images)
+            if index == n_images:
+                break
+            rng = np.random.default_rng([seed, index])
+            image, metadata = render_image(shard, local, domain, params, rng, zero_defocus_A)
+            images.append(image)
+            labels.append(shard.labels[local])
+            rows.append({"structure_index": index, "shard": shard_index, "seed": seed, **metadata})
+        log.info("%s: %d/%d images", params["name"], len(images), n_images)
+    if len(images) < n_images:
+        raise ValueError(f"{params['name']}: the structure set has {len(images)} structures, splits need {n_images}")
+    bounds = np.cumsum([0, splits["train"], splits["val"], splits["test"]])
+    split_index = {name: np.arange(bounds[i], bounds[i + 1]) for i, name in enumerate(data.SPLITS)}
+    meta = {key: np.array([row[key] for row in rows]) for key in rows[0]}
+    attrs = {
+        "domain": params["name"],
+        "config": params,
+        "sweep": domain.get("sweep", {}),
+        "zero_defocus_A": zero_defocus_A,
+        "provenance": io.provenance(params),
+    }
+    data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs)
+
+
+def _zero_defocus_A(shards: list[ShardWaves]) -> float:
+    """The set's calibrated zero defocus (mean over structures), 0 when not calibrated."""
+    values = np.concatenate([s.zero_defocus_A for s in shards])
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else 0.0

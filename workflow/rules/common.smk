@@ -1,0 +1,41 @@
+# Study loading and the helpers every rule file uses: config slices as params, resources.
+from emsim import config as emsim_config
+from emsim import domains as emsim_domains
+from emsim import experiments as emsim_experiments
+from emsim.experiments import dataset_path
+
+STUDY = emsim_config.load(config)
+EXPERIMENTS = emsim_experiments.expand(STUDY)
+MODELS = {m.path: m for e in EXPERIMENTS.values() for m in e.models}
+
+
+wildcard_constraints:
+    set=r"[^/]+",
+    shard=r"\d+",
+    domain=r"[^/]+",
+    experiment=r"[^/]+",
+    source=r"[^/]+",
+    target=r"[^/]+",
+
+
+def resources_of(kind):
+    """Threads, memory, runtime and GPUs of one kind of rule (config block `resources`)."""
+    return STUDY["resources"][kind]
+
+
+def n_shards(set_name):
+    spec = STUDY["structure_sets"][set_name]
+    return -(-spec["n_structures"] // STUDY["simulation"]["shard_size"])
+
+
+def shard_paths(kind, set_name):
+    return [f"results/{kind}/{set_name}/shard{i}.h5" for i in range(n_shards(set_name))]
+
+
+def grid(pattern, attribute):
+    """Input/params function: one attribute of the grid entry whose model file the wildcards name."""
+
+    def get(wc):
+        return getattr(MODELS[pattern.format(**dict(wc.items()))], attribute)
+
+    return get

@@ -1,0 +1,50 @@
+# The per-model table and the figures of each experiment (small, local jobs).
+
+
+rule report_table:
+    input:
+        lambda wc: [
+            emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups
+        ],
+    output:
+        parquet="results/report/{experiment}/models.parquet",
+        csv=report(
+            "results/report/{experiment}/models.csv",
+            caption="../report/table.rst",
+            category="{experiment}",
+            labels={"table": "per-model table"},
+        ),
+    params:
+        domain_values=lambda wc: {
+            d: STUDY["domains"][d]["sweep"] for d in EXPERIMENTS[wc.experiment].domains
+        },
+    log:
+        "results/logs/report/{experiment}/table.log",
+    conda:
+        "../../envs/emsim.yaml"
+    script:
+        "../scripts/report_table.py"
+
+
+rule report_figures:
+    input:
+        table="results/report/{experiment}/models.parquet",
+        evaluations=lambda wc: [
+            emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups
+        ],
+        datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
+    output:
+        report(
+            directory("results/report/{experiment}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="{experiment}",
+        ),
+    log:
+        "results/logs/report/{experiment}/figures.log",
+    conda:
+        "../../envs/emsim.yaml"
+    resources:
+        mem_mb=resources_of("evaluation")["mem_mb"],
+    script:
+        "../scripts/report_figures.py"

@@ -1,0 +1,68 @@
+# structure set -> scenes (ASE) -> exit waves (abTEM multislice, cached) -> one dataset per domain.
+
+
+rule structures:
+    output:
+        "results/structures/{set}/shard{shard}.h5",
+    params:
+        spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
+        cell_A=STUDY["image"]["cell_A"],
+        shard_size=STUDY["simulation"]["shard_size"],
+    log:
+        "results/logs/structures/{set}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/structures/{set}/shard{shard}.tsv"
+    conda:
+        "../../envs/emsim.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/structures.py"
+
+
+rule exit_waves:
+    input:
+        "results/structures/{set}/shard{shard}.h5",
+    output:
+        "results/exit_waves/{set}/shard{shard}.h5",
+    params:
+        simulation=emsim_config.normalized(STUDY["simulation"]),
+        energy_eV=STUDY["microscope"]["energy_eV"],
+        image=emsim_config.normalized(STUDY["image"]),
+        labels=emsim_config.normalized(STUDY["labels"]),
+        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"] * 100_003 + int(wc.shard),
+    log:
+        "results/logs/exit_waves/{set}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/exit_waves/{set}/shard{shard}.tsv"
+    conda:
+        "../../envs/emsim.yaml"
+    threads: resources_of("simulation")["threads"]
+    resources:
+        mem_mb=resources_of("simulation")["mem_mb"],
+        runtime=resources_of("simulation")["runtime"],
+        gpu=1 if STUDY["simulation"]["device"] == "gpu" else 0,
+    script:
+        "../scripts/exit_waves.py"
+
+
+rule domain_dataset:
+    input:
+        lambda wc: shard_paths("exit_waves", STUDY["domains"][wc.domain]["structure_set"]),
+    output:
+        "results/datasets/{domain}.h5",
+    params:
+        domain=lambda wc: emsim_domains.domain_slice(STUDY, wc.domain),
+    log:
+        "results/logs/datasets/{domain}.log",
+    benchmark:
+        "results/benchmarks/datasets/{domain}.tsv"
+    conda:
+        "../../envs/emsim.yaml"
+    threads: resources_of("dataset")["threads"]
+    resources:
+        mem_mb=resources_of("dataset")["mem_mb"],
+        runtime=resources_of("dataset")["runtime"],
+    script:
+        "../scripts/domain_dataset.py"
