@@ -118,6 +118,20 @@ def domain_seed(study: dict, name: str) -> int:
     return int(zlib.crc32(name.encode()) ^ (study.get("seed", 0) * 0x9E3779B1)) & 0x7FFFFFFF
 
 
+def domain_slice(study: dict, name: str) -> dict:
+    """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
+    return normalized(
+        {
+            "name": name,
+            "domain": study["domains"][name],
+            "seed": domain_seed(study, name),
+            "microscope": study["microscope"],
+            "image": study["image"],
+            "splits": study["splits"],
+        }
+    )
+
+
 def normalized(value):
     """``value`` with mapping keys sorted recursively: a stable repr for Snakemake params."""
     return json.loads(json.dumps(value, sort_keys=True))

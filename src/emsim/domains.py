@@ -14,24 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emsim import config, data, io, optics, shifts
+from emsim import data, io, optics, shifts
 from emsim.simulate import ShardWaves
 
 log = logging.getLogger(__name__)
-
-
-def domain_slice(study: dict, name: str) -> dict:
-    """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
-    return config.normalized(
-        {
-            "name": name,
-            "domain": study["domains"][name],
-            "seed": config.domain_seed(study, name),
-            "microscope": study["microscope"],
-            "image": study["image"],
-            "splits": study["splits"],
-        }
-    )
 
 
 def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng, zero_defocus_A: float):

@@ -1,6 +1,5 @@
 # Study loading and the helpers every rule file uses: config slices as params, resources.
 from emsim import config as emsim_config
-from emsim import domains as emsim_domains
 from emsim import experiments as emsim_experiments
 from emsim.experiments import dataset_path
 

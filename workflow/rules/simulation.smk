@@ -53,7 +53,7 @@ rule domain_dataset:
     output:
         "results/datasets/{domain}.h5",
     params:
-        domain=lambda wc: emsim_domains.domain_slice(STUDY, wc.domain),
+        domain=lambda wc: emsim_config.domain_slice(STUDY, wc.domain),
     log:
         "results/logs/datasets/{domain}.log",
     benchmark:

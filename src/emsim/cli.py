@@ -1,0 +1,101 @@
+"""The `emsim` command: check a study, inspect and draw datasets, segment micrographs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emsim", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="validate a study config and list its domains and models")
+    check.add_argument("config", nargs="?", default="config/config.yaml")
+
+    info = commands.add_parser("info", help="summarise a dataset (HDF5)")
+    info.add_argument("file")
+
+    show = commands.add_parser("show", help="draw a montage of a dataset's images with label outlines")
+    show.add_argument("file")
+    show.add_argument("-o", "--output", required=True, help="PNG file to write")
+    show.add_argument("-n", "--count", type=int, default=8)
+    show.add_argument("--split", default="train", choices=["train", "val", "test"])
+
+    predict = commands.add_parser("predict", help="segment micrographs (TIFF, PNG, NumPy, HDF5) with a trained model")
+    predict.add_argument("model")
+    predict.add_argument("inputs", nargs="+")
+    predict.add_argument("-o", "--output", required=True, help="folder for masks and overlays")
+    predict.add_argument("--device", default="auto")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as error:
+        print(f"emsim {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _check(args) -> int:
+    from emsim import config, experiments
+
+    study = config.load(args.config)
+    print(f"{args.config}: valid")
+    print(f"structure sets ({len(study['structure_sets'])}): {', '.join(study['structure_sets'])}")
+    print(f"domains ({len(study['domains'])}): {', '.join(study['domains'])}")
+    for name, exp in experiments.expand(study).items():
+        counts = Counter(m.stage for m in exp.models)
+        print(f"experiment {name}: " + ", ".join(f"{counts[s]} {s}" for s in experiments.STAGES))
+    return 0
+
+
+def _info(args) -> int:
+    from emsim import data
+
+    attrs = data.read_attrs(args.file)
+    meta = data.read_meta(args.file)
+    with data.open_dataset(args.file) as f:
+        shape = f["images"].shape
+        splits = {name: len(f[f"splits/{name}"]) for name in data.SPLITS}
+        images = f["images"][()]
+        labels = f["labels"][()]
+    print(f"{args.file}: domain {attrs['domain']}")
+    print(f"  images {shape[0]} x {shape[1]} x {shape[2]} px, counts mean {images.mean():.4g}, std {images.std():.4g}")
+    print(f"  labels: particle fraction {labels.mean():.3f}")
+    print("  splits: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
+    for key, values in meta.items():
+        values = np.asarray(values, float)
+        print(f"  {key}: min {values.min():.4g}, mean {values.mean():.4g}, max {values.max():.4g}")
+    print(f"  config: {json.dumps(attrs['config']['domain'], sort_keys=True)}")
+    print(f"  provenance: emsim {attrs['provenance']['emsim']}, " + ", ".join(
+        f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v))
+    return 0
+
+
+def _show(args) -> int:
+    from emsim import montage
+
+    print(montage.show_dataset(args.file, args.output, count=args.count, split=args.split))
+    return 0
+
+
+def _predict(args) -> int:
+    from emsim import predict
+
+    results = predict.predict_files(args.model, args.inputs, args.output, device=args.device)
+    failed = [r for r in results if r.get("status") != "ok"]
+    for r in results:
+        print(f"{r['input']}: {r['status']}" + (f" ({r.get('message')})" if r.get("status") != "ok" else ""))
+    return 1 if failed else 0
+
+
+COMMANDS = {"check": _check, "info": _info, "show": _show, "predict": _predict}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Study config: sweeps expand into domains; every bad input is one clear error naming the key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emsim import config, experiments
+from emsim.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def study():
+    return yaml.safe_load((ROOT / "config/test.yaml").read_text())
+
+
+def test_range_sweep_expands_into_domains_sharing_one_structure_set(study):
+    study["domains"] = {"df{mean_nm}": {"structure_set": "au", "defocus": {"mean_nm": {"range": [-25, 25, 5]}}}}
+    loaded = config.load(study)
+    assert list(loaded["domains"]) == [f"df{v}" for v in range(-25, 30, 5)]
+    assert {d["structure_set"] for d in loaded["domains"].values()} == {"au"}
+    assert loaded["domains"]["df-10"]["defocus"]["mean_nm"] == -10
+    assert loaded["domains"]["df-10"]["sweep"] == {"mean_nm": -10}
+
+
+def test_labelled_values_and_product_of_sweeps(study):
+    study["structure_sets"] = {
+        "{lattice}_{radius_A}": {
+            "n_structures": 8,
+            "particles": {"lattice": {"values": ["Au_fcc", "Fe_bcc"]}, "radius_A": {"values": {"s": [5, 6], "l": [7, 8]}}},
+        }
+    }
+    study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
+    study["experiments"] = {}
+    loaded = config.load(study)
+    assert list(loaded["structure_sets"]) == ["Au_fcc_s", "Au_fcc_l", "Fe_bcc_s", "Fe_bcc_l"]
+    assert loaded["structure_sets"]["Fe_bcc_l"]["particles"]["radius_A"] == [7, 8]
+    assert list(loaded["domains"]) == ["x_Au_fcc_s", "x_Fe_bcc_l"]
+
+
+def test_defaults_are_filled(study):
+    loaded = config.load(study)
+    assert loaded["structure_sets"]["au"]["particles"]["orientation"] == "zone_axis"
+    assert loaded["training"]["lr_decay"] == 0.99
+    assert loaded["resources"]["training"]["gpu"] == 1
+    assert loaded["image"]["cell_A"] == pytest.approx(25.6)
+
+
+def _edit(study, path, value):
+    target = study
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return study
+
+
+@pytest.mark.parametrize(
+    "path, value, names",
+    [
+        (("structure_sets", "au", "particles", "lattice"), "Unobtanium_fcc", ["structure_sets.au.particles.lattice", "Au_fcc"]),
+        (("domains", "df{mean_nm}", "dose", "e_per_A2"), 0, ["domains.df-10.dose.e_per_A2"]),
+        (("domains", "df{mean_nm}", "dose", "e_per_A2"), -5, ["domains.df-10.dose.e_per_A2"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": []}, ["domains.df{mean_nm}.defocus.mean_nm", "empty"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [5, -5, 1]}, ["defocus.mean_nm", "empty"]),
+        (("domains", "df{mean_nm}", "structure_set"), "nope", ["domains.df-10.structure_set", "'nope'", "au"]),
+        (("image", "cell_A"), 30.0, ["size_px", "cell_A"]),
+        (("image", "pixel_size_A"), 0.3, ["image.pixel_size_A", "sampling_A"]),
+        (("structure_sets", "au", "n_structures"), 5, ["structure_sets.au.n_structures", "splits"]),
+        (("experiments", "defocus", "transfer_sizes"), [64], ["experiments.defocus.transfer_sizes", "splits.train"]),
+        (("experiments", "defocus", "sources"), ["df99"], ["experiments.defocus.sources", "df99"]),
+        (("domains", "df{mean_nm}", "astigmatsm"), {"magnitude_nm": 1}, ["domains.df-10", "astigmatsm", "astigmatism"]),
+        (("structure_sets", "au", "particles", "radius_A"), [9, 5], ["structure_sets.au.particles.radius_A", "larger"]),
+        (("microscope", "Cs_A"), "1.2e7", ["microscope.Cs_A", "1.2e+7"]),
+    ],
+)
+def test_bad_config_names_the_key(study, path, value, names):
+    with pytest.raises(ConfigError) as error:
+        config.load(_edit(copy.deepcopy(study), path, value))
+    for name in names:
+        assert name in str(error.value)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("domains: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        config.load(path)
+
+
+def test_normalized_slices_ignore_key_order():
+    assert repr(config.normalized({"b": 1, "a": {"d": 2, "c": 3}})) == repr(config.normalized({"a": {"c": 3, "d": 2}, "b": 1}))
+
+
+def test_seed_study_grid_has_10854_models_sharing_pretraining():
+    study = config.load(ROOT / "config/paper.yaml")
+    assert len(study["domains"]) == 11 + 5 + 18
+    grids = experiments.expand(study)
+    counts = {
+        name: {stage: sum(m.stage == stage for m in exp.models) for stage in experiments.STAGES}
+        for name, exp in grids.items()
+    }
+    assert counts["defocus"] == {"pretrain": 30, "transfer": 7200, "baseline": 720}
+    assert counts["dose"] == {"pretrain": 15, "transfer": 180, "baseline": 0}
+    assert counts["structure"] == {"pretrain": 54, "transfer": 2754, "baseline": 0}
+    trained = [m for exp in grids.values() for m in exp.models if m.stage != "pretrain"]
+    assert len(trained) == 10854
+    # every transfer run starts from a pretraining run of the grid; 99 of them serve 10,134 transfers
+    pretrained = {m.pretrained for m in trained if m.stage == "transfer"}
+    assert pretrained <= set(experiments.all_models(study)) and len(pretrained) == 99

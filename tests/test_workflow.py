@@ -1,0 +1,128 @@
+"""Real Snakemake runs of the tiny study: end to end, then what a change reruns (and what it does not)."""
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from emsim import data
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 900) -> str:
+    """Run snakemake on the repository's Snakefile in ``workdir``; return its output."""
+    if config is not None:
+        (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "study.yaml"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def scheduled(output: str) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M))
+    counts.pop("total", None)
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_study():
+    return yaml.safe_load((ROOT / "config/test.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_study):
+    """The tiny study run once, end to end, with 2 cores."""
+    workdir = tmp_path_factory.mktemp("run")
+    started = time.perf_counter()
+    snakemake(workdir, "--cores", "2", config=tiny_study)
+    return workdir, time.perf_counter() - started
+
+
+def test_tiny_study_runs_end_to_end(finished_run):
+    workdir, seconds = finished_run
+    results = workdir / "results"
+    for domain in ("df-10", "df10"):
+        path = results / "datasets" / f"{domain}.h5"
+        images, labels = data.read_split(path, "train")
+        assert images.shape == (4, 64, 64) and labels.shape == (4, 64, 64)
+        assert 0.01 < labels.mean() < 0.6, "labels should mark particles, not everything or nothing"
+        assert images.std() > 0
+    table = pd.read_csv(results / "report/defocus/models.csv")
+    assert sorted(table["stage"]) == ["baseline", "pretrain", "transfer", "transfer"]
+    figures = list((results / "report/defocus/figures").glob("*.png"))
+    assert figures and all(f.stat().st_size > 1000 for f in figures)
+    for rule in ("structures", "exit_waves", "datasets", "models", "evaluation"):
+        assert list((results / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+    assert seconds < 600
+
+
+@pytest.fixture
+def rerun_dir(finished_run, tmp_path):
+    """A copy of the finished run (outputs and Snakemake metadata, mtimes kept) to dry-run changes in."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run[0], workdir, symlinks=True)
+    return workdir
+
+
+def test_unchanged_config_and_reordered_keys_rerun_nothing(rerun_dir, tiny_study):
+    assert scheduled(snakemake(rerun_dir, "-n", config=tiny_study)) == {}
+    reordered = {key: tiny_study[key] for key in reversed(list(tiny_study))}
+    reordered["microscope"] = dict(reversed(list(tiny_study["microscope"].items())))
+    assert scheduled(snakemake(rerun_dir, "-n", config=reordered)) == {}
+
+
+def test_changing_one_domain_reruns_only_its_dataset_and_what_uses_it(rerun_dir, tiny_study):
+    changed = copy.deepcopy(tiny_study)
+    entry = changed["domains"]["df{mean_nm}"]
+    # df-10 stays as it was (same sweep entry); df10 becomes an explicit domain with a lower dose
+    changed["domains"] = {"df{mean_nm}": {**entry, "defocus": {"mean_nm": {"values": [-10]}, "sigma_nm": 1.0}}}
+    changed["domains"]["df10"] = {**entry, "defocus": {"mean_nm": 10, "sigma_nm": 1.0}, "dose": {"e_per_A2": 50}}
+    jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
+    assert jobs.get("domain_dataset") == 1
+    assert "structures" not in jobs and "exit_waves" not in jobs, "a domain change must not rerun multislice"
+    assert "pretrain" not in jobs, "pretraining on the unchanged df-10 must be kept"
+    assert jobs.get("transfer") == 2 and jobs.get("baseline") == 1
+
+
+def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, tiny_study):
+    changed = copy.deepcopy(tiny_study)
+    changed["structure_sets"]["au"]["substrate"]["thickness_A"] = [9, 12]
+    jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
+    assert jobs["structures"] == 2 and jobs["exit_waves"] == 2 and jobs["domain_dataset"] == 2
+
+
+def test_adding_a_domain_schedules_only_the_new_one(rerun_dir, tiny_study):
+    changed = copy.deepcopy(tiny_study)
+    changed["domains"]["lowdose"] = {"structure_set": "au", "defocus": {"mean_nm": -10}, "dose": {"e_per_A2": 20}}
+    assert scheduled(snakemake(rerun_dir, "-n", config=changed)) == {"all": 1, "domain_dataset": 1}
+
+
+def test_seed_study_dry_runs_to_10854_models_in_under_a_minute(tmp_path):
+    shutil.copy(ROOT / "config/paper.yaml", tmp_path / "study.yaml")
+    started = time.perf_counter()
+    jobs = scheduled(snakemake(tmp_path, "-n", "--quiet", "rules"))
+    seconds = time.perf_counter() - started
+    assert jobs["transfer"] + jobs["baseline"] == 10854
+    assert jobs["pretrain"] == 99 and jobs["domain_dataset"] == 34
+    assert seconds < 60, f"building the seed study's DAG took {seconds:.0f} s"
+
+
+def test_lint_is_clean(tmp_path, tiny_study):
+    output = snakemake(tmp_path, "--lint", config=tiny_study)
+    assert "Congratulations" in output or "no lints" in output.lower(), output[-3000:]
