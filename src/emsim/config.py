@@ -132,6 +132,15 @@ def domain_slice(study: dict, name: str) -> dict:
     )
 
 
+def domain_values(study: dict, names: list[str]) -> dict:
+    """The swept value that distinguishes each domain (for plots): a number, a label or the name."""
+    values = {}
+    for name in names:
+        sweep = study["domains"][name]["sweep"]
+        values[name] = next(iter(sweep.values())) if len(sweep) == 1 else name
+    return values
+
+
 def normalized(value):
     """``value`` with mapping keys sorted recursively: a stable repr for Snakemake params."""
     return json.loads(json.dumps(value, sort_keys=True))

@@ -15,9 +15,7 @@ rule report_table:
             labels={"table": "per-model table"},
         ),
     params:
-        domain_values=lambda wc: {
-            d: STUDY["domains"][d]["sweep"] for d in EXPERIMENTS[wc.experiment].domains
-        },
+        domain_values=lambda wc: emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains),
     log:
         "results/logs/report/{experiment}/table.log",
     conda:

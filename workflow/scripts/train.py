@@ -4,7 +4,7 @@ from emsim import io, train
 
 io.log_to_file(snakemake.log[0])
 p, out = snakemake.params, snakemake.output[0]
-cfg = {**p.training, "lr": p.lr}
+cfg = {**p.training, "lr": p.lr, "threads": snakemake.threads}
 device = cfg.pop("device", "auto")
 if snakemake.rule == "pretrain":
     train.pretrain(snakemake.input[0], out, cfg, seed=p.seed, device=device)

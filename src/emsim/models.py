@@ -1,0 +1,238 @@
+"""U-Net with a ResNet18-style encoder, freezing of named parts, and the emsim model file format.
+
+The architecture is that of segmentation-models-pytorch ``Unet("resnet18", in_channels=1,
+classes=2)`` (decoder channels 256, 128, 64, 32, 16; nearest 2x upsampling; no attention; 3x3
+segmentation head), rebuilt here with random initialisation so nothing is downloaded.
+At ``width=1`` it has 14,322,082 parameters, 78.0 % of them in the encoder: ResNet18 without its
+classifier and with a 1-channel stem (11,170,240), decoder blocks (3,151,552), head (290). The
+paper notes infer 14,323,492 (1,410 more); no variant of this architecture (stem bias, head kernel,
+class count, attention, auxiliary classifier, input skip) gives that number exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emsim.io import atomic_path
+
+FORMAT_VERSION = 1
+PARTS = ("encoder", "decoder", "none")
+ENCODER_CHANNELS = (64, 64, 128, 256, 512)  # stem, stages 1-4
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+DOWNSAMPLING = 32
+MIN_CHANNELS = 8
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(MIN_CHANNELS, int(round(channels * width)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv + BN, identity (or 1x1 conv + BN) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity, inplace=True)
+
+
+class Encoder(nn.Module):
+    """ResNet18 without the classifier: stem (conv7x7/2, BN, ReLU) then maxpool + 4 stages."""
+
+    def __init__(self, in_channels: int, width: float):
+        super().__init__()
+        stem, *stages = (_scaled(c, width) for c in ENCODER_CHANNELS)
+        self.out_channels = (stem, *stages)
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, previous = [], stem
+        for i, channels in enumerate(stages):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(previous, channels, stride),
+                                        BasicBlock(channels, channels, 1)))
+            previous = channels
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features at strides 2, 4, 8, 16, 32."""
+        f1 = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        f2 = self.layer1(self.maxpool(f1))
+        f3 = self.layer2(f2)
+        f4 = self.layer3(f3)
+        return [f1, f2, f3, f4, self.layer4(f4)]
+
+
+class DecoderBlock(nn.Module):
+    """2x nearest upsampling, optional skip concatenation, 2x (conv3x3 no bias + BN + ReLU)."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = _conv_bn_relu(in_channels + skip_channels, out_channels)
+        self.conv2 = _conv_bn_relu(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class Decoder(nn.Module):
+    """U-Net decoder (5 blocks, the last without skip) plus the 3x3 segmentation head."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], classes: int, width: float):
+        super().__init__()
+        out = [_scaled(c, width) for c in DECODER_CHANNELS]
+        deep_first = encoder_channels[::-1]  # stride 32, 16, 8, 4, 2
+        ins = [deep_first[0], *out[:-1]]
+        skips = [*deep_first[1:], 0]
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, out))
+        self.head = nn.Conv2d(out[-1], classes, 3, 1, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x, *skips = features[::-1]
+        for block, skip in zip(self.blocks, [*skips, None]):
+            x = block(x, skip)
+        return self.head(x)
+
+
+class UNet(nn.Module):
+    """ResNet18-encoder U-Net giving per-pixel class logits (N, classes, H, W).
+
+    Parts for freezing: ``encoder`` (stem + 4 residual stages) and ``decoder`` (the 5 decoder
+    blocks AND the segmentation head). ``width`` scales every channel count (e.g. 0.125 for CPU
+    studies), with a floor of 8 channels. H and W must be divisible by 32. Weights are random,
+    drawn from ``generator``.
+    """
+
+    def __init__(self, width: float = 1.0, in_channels: int = 1, classes: int = 2,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        self.config = {"width": float(width), "in_channels": int(in_channels),
+                       "classes": int(classes)}
+        self.encoder = Encoder(in_channels, width)
+        self.decoder = Decoder(self.encoder.out_channels, classes, width)
+        self.frozen: str = "none"
+        self._init_weights(generator)
+
+    def _init_weights(self, generator: torch.Generator | None) -> None:
+        for module in self.encoder.modules():  # torchvision ResNet init
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu",
+                                        generator=generator)
+        for module in self.decoder.blocks.modules():  # smp decoder init
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight, mode="fan_in", nonlinearity="relu",
+                                         generator=generator)
+        nn.init.xavier_uniform_(self.decoder.head.weight, generator=generator)
+        nn.init.zeros_(self.decoder.head.bias)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % DOWNSAMPLING or w % DOWNSAMPLING:
+            raise ValueError(f"input size {h}x{w} px is not divisible by {DOWNSAMPLING}")
+        return self.decoder(self.encoder(x))
+
+    def train(self, mode: bool = True) -> UNet:
+        """Set train/eval mode; a frozen part always stays in eval mode (BN statistics fixed)."""
+        super().train(mode)
+        if self.frozen != "none":
+            getattr(self, self.frozen).train(False)
+        return self
+
+
+def freeze(model: UNet, part: Literal["encoder", "decoder", "none"]) -> None:
+    """Freeze one part: no gradients for its parameters, and its BatchNorm layers stay in eval
+    mode (running statistics neither used from the batch nor updated) even in ``model.train()``.
+    ``"none"`` makes every parameter trainable again."""
+    if part not in PARTS:
+        raise ValueError(f"freeze part {part!r} is not one of {PARTS}")
+    model.frozen = part
+    for name in ("encoder", "decoder"):
+        for parameter in getattr(model, name).parameters():
+            parameter.requires_grad_(name != part)
+    model.train(model.training)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"model meta value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def save_model(path: str | os.PathLike, model: UNet, *, meta: dict) -> None:
+    """Write ``{"emsim_model": version, "state_dict", "model_config", "meta"}`` atomically.
+
+    ``meta`` must be JSON-serialisable (numpy scalars and paths are converted)."""
+    payload = {
+        "emsim_model": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": dict(model.config),
+        "meta": json.loads(json.dumps(meta, default=_json_default)),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict]:
+    """Load a model written by :func:`save_model`; returns ``(model in eval mode, meta)``.
+
+    Raises ValueError naming the file if it is not an emsim model file."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path} is not an emsim model file "
+                         f"({error.__class__.__name__})") from error
+    if not isinstance(payload, dict) or "emsim_model" not in payload:
+        raise ValueError(f"{path} is not an emsim model file (no 'emsim_model' key)")
+    if payload["emsim_model"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: emsim model format {payload['emsim_model']} is not supported "
+                         f"(expected {FORMAT_VERSION})")
+    model = UNet(**payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval(), payload["meta"]

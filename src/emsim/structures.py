@@ -1,0 +1,478 @@
+"""Scenes: ASE nanoparticles (lattice, size, stacking faults, orientation) on amorphous carbon.
+
+Geometry of a scene (all lengths in Angstrom):
+
+- the cell is ``(L, L, Lz)``, periodic in x/y only; the beam travels along +z (down the column),
+  so z = 0 is the entrance surface and "lowest" means largest z;
+- the particles lie on the beam-entrance side of the carbon: every particle's lowest atom sits
+  ``CONTACT_GAP_A`` above the carbon surface, so all particle atoms share one contiguous z-range
+  ``[VACUUM_MARGIN_A, carbon_top - CONTACT_GAP_A]`` and the particle-only cell can be cut just
+  below the lowest particle atom (no vacuum propagation after the particles);
+- the carbon slab follows, then ``VACUUM_MARGIN_A`` of vacuum.
+
+Stacking faults exist for wurtzite lattices only; other lattices record ``n_faults = 0``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import ase
+import h5py
+import numpy as np
+from ase.build import bulk
+from ase.data import atomic_masses, atomic_numbers
+from ase.spacegroup import crystal
+from ase.units import _Nav
+from scipy.spatial import cKDTree
+
+logger = logging.getLogger(__name__)
+
+VACUUM_MARGIN_A = 2.0
+CONTACT_GAP_A = 2.0
+CARBON_MIN_DISTANCE_A = 1.4
+PLACEMENT_TRIES = 256
+PLACEMENT_RESTARTS = 20
+FILE_FORMAT = "emsim.scenes/1"
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """A crystal lattice; ``builder(lattice)`` returns its conventional unit cell.
+
+    ``u`` is the internal parameter: anion height (fraction of c) for wurtzite, oxygen x of
+    Wyckoff 32e (origin choice 2) for spinel; ``None`` otherwise.
+    """
+
+    name: str
+    kind: str
+    a_A: float
+    c_A: float | None
+    symbols: tuple[str, ...]
+    builder: Callable[["Lattice"], ase.Atoms]
+    u: float | None = None
+
+    def unit_cell(self) -> ase.Atoms:
+        """Conventional unit cell (crystal frame; c along z for hexagonal lattices)."""
+        return _unit_cell(self).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_cell(lattice: Lattice) -> ase.Atoms:
+    return lattice.builder(lattice)
+
+
+def _cubic(kind: str) -> Callable[[Lattice], ase.Atoms]:
+    return lambda lat: bulk(lat.symbols[0], kind, a=lat.a_A, cubic=True)
+
+
+def _wurtzite(lat: Lattice) -> ase.Atoms:
+    return crystal(list(lat.symbols), basis=[(1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, lat.u)], spacegroup=186,
+                   cellpar=[lat.a_A, lat.a_A, lat.c_A, 90, 90, 120])
+
+
+def _spinel(lat: Lattice) -> ase.Atoms:
+    """AB2O4, Fd-3m origin choice 2: A on 8a, B on 16d, O on 32e (u, u, u)."""
+    a_site, b_site, oxygen = lat.symbols
+    return crystal([a_site, b_site, oxygen], basis=[(1 / 8,) * 3, (1 / 2,) * 3, (lat.u,) * 3], spacegroup=227,
+                   setting=2, cellpar=[lat.a_A] * 3 + [90] * 3)
+
+
+LATTICES: dict[str, Lattice] = {
+    lat.name: lat
+    for lat in [
+        Lattice("CdSe_wurtzite", "wurtzite", 4.2985, 7.0152, ("Cd", "Se"), _wurtzite, u=0.375),
+        Lattice("ZnS_wurtzite", "wurtzite", 3.8227, 6.2607, ("Zn", "S"), _wurtzite, u=0.375),
+        Lattice("Cu_fcc", "fcc", 3.6157, None, ("Cu",), _cubic("fcc")),
+        Lattice("Ag_fcc", "fcc", 4.0782, None, ("Ag",), _cubic("fcc")),
+        Lattice("Au_fcc", "fcc", 4.078, None, ("Au",), _cubic("fcc")),
+        Lattice("Pt_fcc", "fcc", 3.924, None, ("Pt",), _cubic("fcc")),
+        Lattice("C_diamond", "diamond", 3.5673, None, ("C",), _cubic("diamond")),
+        Lattice("Si_diamond", "diamond", 5.430, None, ("Si",), _cubic("diamond")),
+        Lattice("Fe3O4_spinel", "spinel", 8.394, None, ("Fe", "Fe", "O"), _spinel, u=0.2549),
+        Lattice("Co3O4_spinel", "spinel", 8.065, None, ("Co", "Co", "O"), _spinel, u=0.2632),
+        Lattice("Fe_bcc", "bcc", 2.866, None, ("Fe",), _cubic("bcc")),
+    ]
+}
+
+_CUBIC_AXES = (("[001]", (0, 0, 1)), ("[011]", (0, 1, 1)), ("[111]", (1, 1, 1)))
+ZONE_AXES: dict[str, tuple[tuple[str, tuple[int, int, int]], ...]] = {
+    # label (Miller or Miller-Bravais) -> direction [uvw] in the conventional cell
+    "wurtzite": (("[2-1-10]", (1, 0, 0)), ("[01-10]", (1, 2, 0)), ("[0001]", (0, 0, 1))),
+    "fcc": _CUBIC_AXES,
+    "diamond": _CUBIC_AXES,
+    "bcc": _CUBIC_AXES,
+    "spinel": _CUBIC_AXES,
+}
+ORIENTATIONS = ("zone_axis", "random")
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """One scene: particles first, then carbon; positions inside the cell, z along the beam."""
+
+    numbers: np.ndarray
+    positions_A: np.ndarray
+    is_particle: np.ndarray
+    cell_A: tuple[float, float, float]
+    info: dict
+
+    def atoms(self) -> ase.Atoms:
+        """Full scene, pbc (True, True, False)."""
+        return ase.Atoms(numbers=self.numbers, positions=self.positions_A.astype(np.float64), cell=self.cell_A,
+                         pbc=(True, True, False))
+
+    def particle_atoms(self) -> ase.Atoms:
+        """Particles only, same x/y cell and z origin, cell cut ``VACUUM_MARGIN_A`` below the lowest particle atom."""
+        positions = self.positions_A[self.is_particle].astype(np.float64)
+        bottom_A = positions[:, 2].max() if len(positions) else 0.0
+        cell = (self.cell_A[0], self.cell_A[1], float(bottom_A) + VACUUM_MARGIN_A)
+        return ase.Atoms(numbers=self.numbers[self.is_particle], positions=positions, cell=cell,
+                         pbc=(True, True, False))
+
+
+# ---------------------------------------------------------------- validation
+
+_PARTICLE_DEFAULTS = {"count": [1, 1], "min_gap_A": 10.0, "stacking_faults": [0, 0], "orientation": "zone_axis",
+                      "mistilt_deg": 2.0}
+_SUBSTRATE_DEFAULTS = {"thickness_A": [20.0, 60.0], "density_g_cm3": 2.0}
+
+
+def _number(value, key: str, *, integer: bool = False) -> float:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    return value
+
+
+def _range(value, key: str, *, integer: bool = False, positive: bool = True) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{key} must be [min, max], got {value!r}")
+    low, high = (_number(v, key, integer=integer) for v in value)
+    if low > high:
+        raise ValueError(f"{key}: min {low} is larger than max {high}")
+    if (low <= 0) if positive else (low < 0):
+        raise ValueError(f"{key} must be {'positive' if positive else 'non-negative'}, got {list(value)}")
+    return [low, high]
+
+
+def _with_defaults(section: dict | None, defaults: dict, name: str, required: tuple[str, ...]) -> dict:
+    section = dict(section or {})
+    allowed = set(defaults) | set(required)
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ValueError(f"{name}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
+    for key in required:
+        if key not in section:
+            raise ValueError(f"{name}.{key} is required")
+    return defaults | section
+
+
+def check_particles(particles: dict) -> dict:
+    """Validated ``particles`` block with defaults filled; ValueError names the key."""
+    p = _with_defaults(particles, _PARTICLE_DEFAULTS, "particles", ("lattice", "radius_A"))
+    if not isinstance(p["lattice"], str) or p["lattice"] not in LATTICES:
+        raise ValueError(f"particles.lattice: {p['lattice']!r} is not a lattice; allowed: {', '.join(LATTICES)}")
+    p["radius_A"] = _range(p["radius_A"], "particles.radius_A")
+    p["count"] = _range(p["count"], "particles.count", integer=True, positive=False)
+    p["stacking_faults"] = _range(p["stacking_faults"], "particles.stacking_faults", integer=True, positive=False)
+    if _number(p["min_gap_A"], "particles.min_gap_A") < 0:
+        raise ValueError(f"particles.min_gap_A must be non-negative, got {p['min_gap_A']}")
+    if not 0 <= _number(p["mistilt_deg"], "particles.mistilt_deg") <= 90:
+        raise ValueError(f"particles.mistilt_deg must be in [0, 90], got {p['mistilt_deg']}")
+    if p["orientation"] not in ORIENTATIONS:
+        raise ValueError(f"particles.orientation: {p['orientation']!r}; allowed: {', '.join(ORIENTATIONS)}")
+    return p
+
+
+def check_substrate(substrate: dict | None) -> dict:
+    """Validated ``substrate`` block with defaults filled; ValueError names the key."""
+    s = _with_defaults(substrate, _SUBSTRATE_DEFAULTS, "substrate", ())
+    s["thickness_A"] = _range(s["thickness_A"], "substrate.thickness_A")
+    if _number(s["density_g_cm3"], "substrate.density_g_cm3") <= 0:
+        raise ValueError(f"substrate.density_g_cm3 must be positive, got {s['density_g_cm3']}")
+    return s
+
+
+# ---------------------------------------------------------------- particles
+
+
+def _wurtzite_sphere(lat: Lattice, radius_A: float, n_faults: int, rng: np.random.Generator) -> tuple:
+    """Wurtzite stacked layer by layer along c with ``n_faults`` intrinsic faults, carved to a sphere.
+
+    Layer k holds a cation at height k c/2 and an anion u c above it, on in-plane site
+    ``sites[k]`` of {A, B, C}; perfect wurtzite repeats sites[k] = sites[k-2] (ABAB, as space group
+    186); a fault layer takes the third site (ABAB|CBCB), then the ABAB rule resumes. Faults are
+    drawn among the layers within radius/2 of the centre, so they cross the particle.
+    """
+    a, c, u = lat.a_A, lat.c_A, lat.u
+    a1, a2 = np.array([a, 0.0, 0.0]), np.array([-a / 2, a * np.sqrt(3) / 2, 0.0])
+    frac = rng.random(3)
+    centre = frac[0] * a1 + frac[1] * a2 + np.array([0.0, 0.0, frac[2] * c])
+    half_c = c / 2
+    layers = np.arange(np.floor((centre[2] - radius_A - u * c) / half_c), np.ceil((centre[2] + radius_A) / half_c) + 1)
+    z_layer = layers * half_c
+    candidates = np.flatnonzero((np.abs(z_layer - centre[2]) <= radius_A / 2) & (np.arange(len(layers)) >= 2))
+    if n_faults > len(candidates):
+        raise ValueError(f"particles.stacking_faults: {n_faults} faults do not fit in a {radius_A:.1f} A particle "
+                         f"(at most {len(candidates)}); lower particles.stacking_faults or raise particles.radius_A")
+    faults = set(rng.choice(candidates, size=n_faults, replace=False).tolist())
+    sites = [1, 2]
+    for k in range(2, len(layers)):
+        sites.append(3 - sites[-1] - sites[-2] if k in faults else sites[-2])
+    site_xy = np.array([[0.0, 0.0], [1 / 3, 2 / 3], [2 / 3, 1 / 3]]) @ np.array([a1[:2], a2[:2]])
+    n_xy = int(np.ceil(radius_A / (a * np.sqrt(3) / 2))) + 2
+    i, j = np.meshgrid(np.arange(-n_xy, n_xy + 2), np.arange(-n_xy, n_xy + 2), indexing="ij")
+    grid = np.outer(i.ravel(), a1) + np.outer(j.ravel(), a2)
+    layer_offsets = np.column_stack([site_xy[sites], z_layer])
+    basis = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, u * c]])
+    positions = (grid[:, None, None, :] + layer_offsets[None, :, None, :] + basis[None, None, :, :]).reshape(-1, 3)
+    numbers = np.tile([atomic_numbers[s] for s in lat.symbols], len(grid) * len(layers))
+    fault_z_A = sorted(float(z_layer[k] - centre[2]) for k in faults)
+    return numbers, positions - centre, fault_z_A
+
+
+def _tiled_sphere(lat: Lattice, radius_A: float, rng: np.random.Generator) -> tuple:
+    """Unit cell tiled around a random centre (uniform in one cell)."""
+    unit = lat.unit_cell()
+    cell = unit.cell.array
+    centre_frac = rng.random(3)
+    extent = radius_A * np.linalg.norm(np.linalg.inv(cell), axis=0)
+    axes = [np.arange(np.floor(f - e) - 1, np.ceil(f + e) + 1) for f, e in zip(centre_frac, extent)]
+    shifts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    frac = shifts[:, None, :] + unit.get_scaled_positions()[None, :, :] - centre_frac
+    return np.tile(unit.numbers, len(shifts)), frac.reshape(-1, 3) @ cell
+
+
+def nanoparticle(lattice: Lattice, radius_A: float, n_faults: int, rng: np.random.Generator) -> ase.Atoms:
+    """Sphere of ``radius_A`` carved from ``lattice`` around a random point, centred on the origin.
+
+    Crystal frame (conventional cell axes; wurtzite c along z). ``n_faults`` applies to wurtzite
+    only (ignored otherwise); ``atoms.info["fault_z_A"]`` lists the fault planes' heights.
+    """
+    if lattice.kind == "wurtzite":
+        numbers, positions, fault_z_A = _wurtzite_sphere(lattice, radius_A, n_faults, rng)
+    else:
+        (numbers, positions), fault_z_A = _tiled_sphere(lattice, radius_A, rng), []
+    inside = np.einsum("ij,ij->i", positions, positions) <= radius_A**2
+    return ase.Atoms(numbers=numbers[inside], positions=positions[inside], info={"fault_z_A": fault_z_A})
+
+
+def _rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """Rodrigues rotation matrix about unit ``axis``."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle_rad) * k + (1 - np.cos(angle_rad)) * k @ k
+
+
+def _align_to_z(direction: np.ndarray) -> np.ndarray:
+    """A rotation taking unit ``direction`` onto +z."""
+    axis = np.cross(direction, [0.0, 0.0, 1.0])
+    norm = np.linalg.norm(axis)
+    if norm < 1e-12:
+        return np.eye(3) if direction[2] > 0 else np.diag([1.0, -1.0, -1.0])
+    return _rotation(axis / norm, np.arctan2(norm, direction[2]))
+
+
+def zone_axis_direction(lattice: Lattice, uvw) -> np.ndarray:
+    """Unit Cartesian vector (crystal frame) of direction [uvw] of the conventional cell."""
+    direction = np.asarray(uvw, dtype=float) @ lattice.unit_cell().cell.array
+    return direction / np.linalg.norm(direction)
+
+
+def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Rotation matrix R (lab = R @ crystal) and its description.
+
+    ``zone_axis``: a zone axis of the lattice drawn from ``ZONE_AXES`` is turned onto +z, then
+    rotated in-plane uniformly and tilted by an angle uniform in [0, mistilt_deg] about a random
+    in-plane axis. ``random``: uniform random rotation (no zone axis).
+    """
+    if mode == "random":
+        q = rng.normal(size=4)
+        w, x, y, z = q / np.linalg.norm(q)
+        matrix = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                           [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                           [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        return matrix, {"zone_axis": None, "inplane_deg": None, "mistilt_deg": None, "tilt_azimuth_deg": None}
+    axes = ZONE_AXES[lattice.kind]
+    label, uvw = axes[rng.integers(len(axes))]
+    inplane_deg, tilt_deg, azimuth_deg = rng.uniform(0, 360), rng.uniform(0, mistilt_deg), rng.uniform(0, 360)
+    azimuth = np.deg2rad(azimuth_deg)
+    matrix = (_rotation(np.array([np.cos(azimuth), np.sin(azimuth), 0.0]), np.deg2rad(tilt_deg))
+              @ _rotation(np.array([0.0, 0.0, 1.0]), np.deg2rad(inplane_deg))
+              @ _align_to_z(zone_axis_direction(lattice, uvw)))
+    return matrix, {"zone_axis": label, "inplane_deg": float(inplane_deg), "mistilt_deg": float(tilt_deg),
+                    "tilt_azimuth_deg": float(azimuth_deg)}
+
+
+def _place_discs(radii_A: np.ndarray, cell_xy_A: float, min_gap_A: float, rng: np.random.Generator) -> np.ndarray:
+    """x/y centres such that periodic centre distances are >= r_i + r_j + min_gap_A (rejection sampling)."""
+    for _ in range(PLACEMENT_RESTARTS):
+        centres = np.empty((0, 2))
+        for radius in radii_A:
+            candidates = rng.random((PLACEMENT_TRIES, 2)) * cell_xy_A
+            delta = candidates[:, None, :] - centres[None, :, :]
+            delta -= cell_xy_A * np.round(delta / cell_xy_A)
+            ok = np.all(np.hypot(delta[..., 0], delta[..., 1]) >= radii_A[: len(centres)] + radius + min_gap_A, axis=1)
+            if not ok.any():
+                break
+            centres = np.vstack([centres, candidates[np.argmax(ok)]])
+        else:
+            return centres
+    raise ValueError(f"particles.count / particles.radius_A: cannot place {len(radii_A)} particles of radii "
+                     f"{np.round(radii_A, 1).tolist()} A with particles.min_gap_A={min_gap_A} in a {cell_xy_A} A cell "
+                     f"after {PLACEMENT_RESTARTS * PLACEMENT_TRIES} tries per particle; lower particles.count or "
+                     f"radius_A, or enlarge the cell")
+
+
+# ---------------------------------------------------------------- carbon
+
+
+def _first_greedy(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the greedy independent set in index order (sequential hard-core acceptance), vectorised."""
+    state = np.zeros(n, np.int8)  # 0 undecided, 1 accepted, -1 rejected
+    low, high = pairs[:, 0], pairs[:, 1]
+    while True:
+        lost = high[state[low] == 1]
+        state[lost[state[lost] == 0]] = -1
+        blocked = np.zeros(n, bool)
+        blocked[high[state[low] >= 0]] = True
+        accept = (state == 0) & ~blocked
+        if not accept.any():
+            return np.flatnonzero(state == 1)
+        state[accept] = 1
+
+
+def amorphous_carbon(cell_xy_A: float, thickness_A: float, density_g_cm3: float, rng: np.random.Generator,
+                     min_distance_A: float = CARBON_MIN_DISTANCE_A) -> np.ndarray:
+    """Hard-core random carbon positions (N, 3) in [0, L)^2 x [0, thickness), periodic in x/y.
+
+    N = round(density x volume / carbon mass). Random sequential addition, vectorised: uniform
+    candidates are accepted in index order unless closer than ``min_distance_A`` (minimum image in
+    x/y) to an earlier accepted one; a first batch of 1.6 N candidates, then top-up batches tested
+    against the accepted atoms with a periodic k-d tree.
+    """
+    n_atoms = int(round(density_g_cm3 / atomic_masses[6] * _Nav * 1e-24 * cell_xy_A**2 * thickness_A))
+    box = np.array([cell_xy_A, cell_xy_A, thickness_A + 2 * min_distance_A])  # z padding: no wrap-around in z
+    positions = np.empty((0, 3))
+    for batch in range(50):
+        need = n_atoms - len(positions)
+        if need == 0:
+            return positions
+        n_candidates = int(need * (1.6 if batch == 0 else 6.0)) + 32
+        candidates = rng.random((n_candidates, 3)) * (cell_xy_A, cell_xy_A, thickness_A)
+        if len(positions):
+            distance, _ = cKDTree(positions, boxsize=box).query(candidates, distance_upper_bound=min_distance_A)
+            candidates = candidates[np.isinf(distance)]
+        pairs = cKDTree(candidates, boxsize=box, balanced_tree=False).query_pairs(min_distance_A, output_type="ndarray")
+        positions = np.vstack([positions, candidates[_first_greedy(pairs, len(candidates))[:need]]])
+    raise ValueError(f"substrate.density_g_cm3: {density_g_cm3} g/cm3 is too dense for a {min_distance_A} A hard core")
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.random.Generator) -> Scene:
+    """One scene: ``particles.count`` particles placed with their gap, lying on a random-thickness carbon slab."""
+    p, s = check_particles(particles), check_substrate(substrate)
+    lattice = LATTICES[p["lattice"]]
+    if 2 * p["radius_A"][1] + p["min_gap_A"] > cell_xy_A:
+        raise ValueError(f"particles.radius_A: a {p['radius_A'][1]} A particle plus particles.min_gap_A="
+                         f"{p['min_gap_A']} does not fit its own periodic image in a {cell_xy_A} A cell")
+    n_particles = int(rng.integers(p["count"][0], p["count"][1] + 1))
+    radii_A = rng.uniform(*p["radius_A"], size=n_particles)
+    centres_xy = _place_discs(radii_A, cell_xy_A, p["min_gap_A"], rng)
+    bodies, body_numbers, records = [], [], []
+    for radius in radii_A:
+        n_faults = int(rng.integers(p["stacking_faults"][0], p["stacking_faults"][1] + 1))
+        if lattice.kind != "wurtzite":
+            n_faults = 0
+        body = nanoparticle(lattice, radius, n_faults, rng)
+        matrix, record = orientation(lattice, p["orientation"], p["mistilt_deg"], rng)
+        bodies.append(body.positions @ matrix.T)
+        body_numbers.append(body.numbers)
+        records.append(record | {"n_faults": n_faults, "rotation": matrix.tolist()})
+    height_A = max((float(np.ptp(b[:, 2])) for b in bodies), default=0.0)
+    bottom_A = VACUUM_MARGIN_A + height_A
+    carbon_top_A = bottom_A + CONTACT_GAP_A
+    thickness_A = float(rng.uniform(*s["thickness_A"]))
+    carbon = amorphous_carbon(cell_xy_A, thickness_A, s["density_g_cm3"], rng) + [0.0, 0.0, carbon_top_A]
+    centres_A = [[float(x), float(y), float(bottom_A - b[:, 2].max())] for (x, y), b in zip(centres_xy, bodies)]
+    positions = np.vstack([b + c for b, c in zip(bodies, centres_A)] + [carbon]).astype(np.float32)
+    positions[:, :2] %= np.float32(cell_xy_A)
+    positions[:, :2][positions[:, :2] >= cell_xy_A] = 0.0  # float32 rounding of values just below L
+    numbers = np.concatenate(body_numbers + [np.full(len(carbon), 6)]).astype(np.uint8)
+    per_particle = {key: [r[key] for r in records] for key in
+                    ("zone_axis", "inplane_deg", "mistilt_deg", "tilt_azimuth_deg", "rotation", "n_faults")}
+    info = {
+        "lattice": lattice.name, "orientation": p["orientation"], "n_particles": n_particles,
+        "radii_A": radii_A.tolist(), "centres_A": centres_A, "zone_axes": per_particle.pop("zone_axis"),
+        "rotations": per_particle.pop("rotation"), **per_particle,
+        "substrate_thickness_A": thickness_A, "substrate_top_A": carbon_top_A,
+        "density_g_cm3": float(s["density_g_cm3"]), "n_carbon": len(carbon),
+    }
+    n_particle_atoms = len(numbers) - len(carbon)
+    return Scene(numbers=numbers, positions_A=positions, is_particle=np.arange(len(numbers)) < n_particle_atoms,
+                 cell_A=(float(cell_xy_A), float(cell_xy_A), carbon_top_A + thickness_A + VACUUM_MARGIN_A), info=info)
+
+
+def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Scene]:
+    """Scenes ``indices`` of a structure set; scene i draws from ``default_rng([spec["seed"], i])``."""
+    particles, substrate = check_particles(spec.get("particles")), check_substrate(spec.get("substrate"))
+    n_structures = spec.get("n_structures")
+    for i in indices:
+        if i < 0 or (n_structures is not None and i >= n_structures):
+            raise ValueError(f"n_structures: index {i} is outside the structure set (n_structures={n_structures})")
+    if LATTICES[particles["lattice"]].kind != "wurtzite" and particles["stacking_faults"][1] > 0:
+        logger.warning("particles.stacking_faults applies to wurtzite only; %s gets no faults", particles["lattice"])
+    seed = spec.get("seed", 0)
+    return [build_scene(particles, substrate, cell_xy_A, np.random.default_rng([seed, i])) for i in indices]
+
+
+# ---------------------------------------------------------------- files
+
+
+def save_scenes(path, scenes: list[Scene], attrs: dict) -> None:
+    """HDF5: concatenated atoms + ``offsets``, ``cells_A``, per-scene ``info`` JSON; ``attrs`` as JSON strings.
+
+    Written to ``path + '.tmp'`` then renamed, so a killed job leaves no finished-looking file.
+    """
+    tmp = os.fspath(path) + ".tmp"
+    lengths = [len(s.numbers) for s in scenes]
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FILE_FORMAT
+            for key, value in sorted(attrs.items()):
+                f.attrs[key] = json.dumps(value, sort_keys=True)
+
+            def put(name, data):
+                f.create_dataset(name, data=data, track_times=False)
+
+            put("offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            put("numbers", np.concatenate([s.numbers for s in scenes] or [np.empty(0, np.uint8)]).astype(np.uint8))
+            put("positions_A", np.concatenate([s.positions_A for s in scenes] or [np.empty((0, 3))]).astype(np.float32))
+            put("is_particle", np.concatenate([s.is_particle for s in scenes] or [np.empty(0, bool)]).astype(bool))
+            put("cells_A", np.array([s.cell_A for s in scenes], dtype=np.float64).reshape(-1, 3))
+            put("info", np.array([json.dumps(s.info, sort_keys=True) for s in scenes], dtype=h5py.string_dtype()))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_scenes(path) -> list[Scene]:
+    """Scenes written by :func:`save_scenes`; ValueError naming the file if it is not one."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FILE_FORMAT:
+            raise ValueError(f"{os.fspath(path)}: not an emsim scenes file (format {f.attrs.get('format')!r}, "
+                             f"expected {FILE_FORMAT!r})")
+        offsets = f["offsets"][:]
+        numbers, positions, is_particle = f["numbers"][:], f["positions_A"][:], f["is_particle"][:]
+        cells, infos = f["cells_A"][:], f["info"].asstr()[:]
+    return [Scene(numbers=numbers[a:b], positions_A=positions[a:b], is_particle=is_particle[a:b],
+                  cell_A=tuple(float(x) for x in cell), info=json.loads(info))
+            for a, b, cell, info in zip(offsets[:-1], offsets[1:], cells, infos)]

@@ -1,0 +1,333 @@
+"""Pretraining, transfer learning and single-stage mixed-data baselines of the U-Net.
+
+Every stage: Adam, learning rate ``lr * lr_decay**epoch`` in epoch ``epoch`` (0-based), batches
+of ``batch_size`` (last batch may be smaller), random dihedral augmentation (one of 8 symmetries
+per image, images must be square), per-image standardisation, cross-entropy on logits. The saved
+model is the one with the best validation loss; its meta holds the per-epoch history, full config
+and seeds.
+
+Reproducibility and resume: the model is initialised from ``torch.Generator().manual_seed(seed)``;
+the shuffle order and augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed,
+stage, e])``. After every epoch a checkpoint ``out + ".ckpt"`` (model, optimiser, history, best
+weights) is written atomically; a rerun of the same call resumes from it and ends with exactly the
+weights of an uninterrupted run (on CPU; GPU kernels may be non-deterministic). A checkpoint made
+by a different call (other config, seed or data) is ignored with a warning. The checkpoint is
+removed once the model file is written.
+
+GPU path: data resident on the device, augmentation there, bf16 autocast if ``amp``,
+``channels_last`` memory format, optional ``torch.compile``, fused Adam, cuDNN autotuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emsim import data, io
+from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, save_model
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "transfer", "baseline")
+CFG_DEFAULTS = {
+    "width": 1.0, "epochs": 10, "batch_size": 16, "lr": None, "lr_decay": 0.99, "amp": True,
+    "channels_last": True, "compile": False, "threads": None, "device": "auto",
+}
+DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
+CHECKPOINT_VERSION = 1
+
+EpochCallback = Callable[[int, dict], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the message names stage, epoch and step."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_cfg(cfg: dict) -> dict:
+    """Training config with defaults filled in; unknown keys or a missing ``lr`` -> ValueError."""
+    unknown = sorted(set(cfg) - set(CFG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown training key(s) {unknown}; allowed: {sorted(CFG_DEFAULTS)}")
+    cfg = {**CFG_DEFAULTS, **cfg}
+    if cfg["lr"] is None or not cfg["lr"] > 0:
+        raise ValueError(f"training key 'lr' must be a positive number, got {cfg['lr']!r}")
+    for key in ("epochs", "batch_size"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"training key {key!r} must be >= 1, got {cfg[key]!r}")
+    return cfg
+
+
+def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """Apply symmetry ``ops[i]`` in 0..7 to ``x[i]`` (last two dims square).
+
+    Bit 0 flips columns, bit 1 flips rows, bit 2 transposes: the 8 elements of the dihedral
+    group D4. Runs on the device of ``x``."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    for bit, transform in ((1, lambda t: t.flip(-1)), (2, lambda t: t.flip(-2)),
+                           (4, lambda t: t.transpose(-1, -2))):
+        x = torch.where((ops & bit).bool().view(shape), transform(x), x)
+    return x
+
+
+def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool
+                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One optimisation step on a batch -> detached loss (no device sync). ``amp`` = bf16
+    autocast (only meaningful on cuda)."""
+    device_type = next(model.parameters()).device.type
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y.long())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def train_epoch(step, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                ops: torch.Tensor, batch_size: int, channels_last: bool) -> torch.Tensor:
+    """Run ``step`` over batches of device-resident ``images`` (n,1,H,W) / ``labels`` (n,H,W)
+    in ``order`` with per-image symmetries ``ops``; returns the per-step losses."""
+    losses = []
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        x = dihedral(images[index], ops[index])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        losses.append(step(x, dihedral(labels[index], ops[index])))
+    return torch.stack(losses)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              batch_size: int, amp: bool, channels_last: bool) -> float:
+    """Per-pixel cross-entropy of ``model`` (eval mode, no augmentation) over a dataset."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=images.device)
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        total += F.cross_entropy(logits.float(), labels[start:start + batch_size].long(),
+                                 reduction="sum")
+    model.train(was_training)
+    return total.item() / labels.numel()
+
+
+def pretrain(dataset: str | os.PathLike, out: str | os.PathLike, cfg: dict, seed: int,
+             device: str | torch.device | None = None, *, size: int | None = None,
+             on_epoch_end: EpochCallback | None = None) -> dict:
+    """Train a randomly initialised U-Net on the train split of one domain (its first ``size``
+    images if given), selecting on that domain's val split. Returns the model meta."""
+    cfg = resolve_cfg(cfg)
+    images, labels = data.read_split(dataset, "train")
+    images, labels = _first(images, labels, size, "size", dataset)
+    domain = data.domain_name(dataset)
+    model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
+    run = {"stage": "pretrain", "dataset": str(dataset), "size": size,
+           "source_domain": domain, "target_domain": domain, "seeds": {"init": seed, "data": seed}}
+    return _fit(run, model, (images, labels), data.read_split(dataset, "val"), out, cfg, seed,
+                device, on_epoch_end)
+
+
+def transfer(pretrained: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
+             cfg: dict, freeze: str, size: int, seed: int,
+             device: str | torch.device | None = None, *,
+             on_epoch_end: EpochCallback | None = None) -> dict:
+    """Fine-tune a pretrained model on the first ``size`` images of the target's train split
+    (nested sets: the 64-image set is part of the 128-image set; replicates differ only through
+    ``seed``: shuffle order and augmentation) with ``freeze`` in {encoder, decoder, none};
+    selection on the target's val split. Returns the model meta."""
+    cfg = resolve_cfg(cfg)
+    model, source_meta = load_model(pretrained)
+    if model.config["width"] != float(cfg["width"]):
+        raise ValueError(f"training key 'width' = {cfg['width']} differs from the width "
+                         f"{model.config['width']} of the pretrained model {pretrained}")
+    freeze_part(model, freeze)
+    images, labels = data.read_split(dataset, "train")
+    images, labels = _first(images, labels, size, "size", dataset)
+    run = {"stage": "transfer", "dataset": str(dataset), "pretrained": str(pretrained),
+           "freeze": freeze, "size": size, "source_domain": source_meta.get("target_domain"),
+           "target_domain": data.domain_name(dataset),
+           "seeds": {"data": seed, **{f"pretrain_{k}": v
+                                      for k, v in (source_meta.get("seeds") or {}).items()}},
+           "pretrained_best_val_loss": source_meta.get("best_val_loss"),
+           "pretrained_config": source_meta.get("config")}
+    return _fit(run, model, (images, labels), data.read_split(dataset, "val"), out, cfg, seed,
+                device, on_epoch_end)
+
+
+def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str | os.PathLike,
+             cfg: dict, seed: int, device: str | torch.device | None = None, *,
+             on_epoch_end: EpochCallback | None = None) -> dict:
+    """Single-stage training from random init on the first ``mix[0]`` train images of
+    ``datasets[0]`` plus the first ``mix[1]`` of ``datasets[1]``; validation loss on the union of
+    both val splits (all images, each pixel weighted equally). Returns the model meta."""
+    cfg = resolve_cfg(cfg)
+    if len(datasets) != 2 or len(mix) != 2:
+        raise ValueError(f"baseline needs 2 datasets and a 2-element mix, got {datasets}, {mix}")
+    if sum(mix) < 1:
+        raise ValueError(f"baseline mix {list(mix)} selects no images")
+    train, val = [], []
+    for path, n in zip(datasets, mix):
+        train.append(_first(*data.read_split(path, "train"), n, "mix", path))
+        val.append(data.read_split(path, "val"))
+    domains = [data.domain_name(path) for path in datasets]
+    model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
+    run = {"stage": "baseline", "datasets": [str(p) for p in datasets],
+           "mix": [int(n) for n in mix],
+           "domains": domains, "source_domain": domains[0], "target_domain": domains[1],
+           "seeds": {"init": seed, "data": seed}}
+    return _fit(run, model, _concat(train, datasets), _concat(val, datasets), out, cfg, seed,
+                device, on_epoch_end)
+
+
+def _first(images: np.ndarray, labels: np.ndarray, n: int | None, key: str, path
+           ) -> tuple[np.ndarray, np.ndarray]:
+    if n is None:
+        return images, labels
+    if not 0 <= n <= len(images):
+        raise ValueError(f"{key} = {n} is outside 0..{len(images)}, the size of the train split "
+                         f"of {path}")
+    return images[:n], labels[:n]
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]], paths) -> tuple[np.ndarray, np.ndarray]:
+    shapes = {p[0].shape[1:] for p in parts if len(p[0])}
+    if len(shapes) > 1:
+        raise ValueError(f"datasets {list(map(str, paths))} have different image shapes {shapes}")
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
+
+
+def _to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, what: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(images) == 0:
+        raise ValueError(f"the {what} set is empty")
+    h, w = images.shape[1:]
+    if h != w:
+        raise ValueError(f"{what} images are {h}x{w} px; dihedral augmentation needs square images")
+    x = torch.from_numpy(data.standardize(images)).unsqueeze(1).to(device)
+    return x, torch.from_numpy(np.ascontiguousarray(labels, np.uint8)).to(device)
+
+
+def _epoch_order(seed: int, stage: str, epoch: int, n: int, device: torch.device):
+    rng = np.random.default_rng([seed, STAGES.index(stage), epoch])
+    order = torch.from_numpy(rng.permutation(n)).to(device)
+    return order, torch.from_numpy(rng.integers(0, 8, n)).to(device)
+
+
+def _check_loss(loss: float, stage: str, epoch: int, where: str) -> None:
+    if not math.isfinite(loss) or loss > DIVERGENCE_LOSS:
+        raise TrainingDiverged(f"{stage} diverged at epoch {epoch}, {where}: loss {loss}")
+
+
+def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
+         on_epoch_end: EpochCallback | None) -> dict:
+    """Shared training loop with checkpoint/resume; writes the best model to ``out``."""
+    stage, out = run["stage"], Path(out)
+    device = resolve_device(device if device is not None else cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+    channels_last = bool(cfg["channels_last"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_x, train_y = _to_device(*train, device, "training")
+    val_x, val_y = _to_device(*val, device, "validation")
+    run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x),
+           "val_size": len(val_x)}
+
+    model.to(device,
+             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=device.type == "cuda")
+    net = torch.compile(model) if cfg["compile"] else model
+    step = make_train_step(net, optimizer, amp)
+
+    history, best = [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
+    ckpt_path = Path(f"{out}.ckpt")
+    state = _load_checkpoint(ckpt_path, run, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best = state["history"], state["best"]
+        logger.info("%s: resuming %s after epoch %d", stage, out, len(history))
+
+    for epoch in range(len(history), cfg["epochs"]):
+        start = time.perf_counter()
+        lr = cfg["lr"] * cfg["lr_decay"] ** epoch
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order, ops = _epoch_order(seed, stage, epoch, len(train_x), device)
+        losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], channels_last)
+        losses = losses.tolist()  # the epoch's only device sync; names the first bad step
+        for i, loss in enumerate(losses, 1):
+            _check_loss(loss, stage, epoch + 1, f"step {i}")
+        sizes = [min(cfg["batch_size"], len(train_x) - s)
+                 for s in range(0, len(train_x), cfg["batch_size"])]
+        train_loss = float(np.dot(losses, sizes) / len(train_x))
+        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last)
+        _check_loss(val_loss, stage, epoch + 1, "validation")
+        if val_loss < best["val_loss"]:
+            best = {"epoch": epoch + 1, "val_loss": val_loss,
+                    "state_dict": copy.deepcopy(model.state_dict())}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                  "time_s": time.perf_counter() - start}
+        history.append(record)
+        logger.info("%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)", stage, epoch + 1,
+                    cfg["epochs"], train_loss, val_loss, lr, record["time_s"])
+        with io.atomic_path(ckpt_path) as tmp:
+            torch.save({"emsim_checkpoint": CHECKPOINT_VERSION, "run": run,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "history": history, "best": best}, tmp)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+
+    model.load_state_dict(best["state_dict"])
+    meta = {**run, "history": history, "best_epoch": best["epoch"],
+            "best_val_loss": best["val_loss"],
+            "train_time_s": sum(r["time_s"] for r in history),
+            "trainable_params": count_parameters(model, trainable_only=True),
+            "total_params": count_parameters(model), "device": str(device),
+            "provenance": io.provenance(cfg)}
+    save_model(out, model, meta=meta)
+    ckpt_path.unlink(missing_ok=True)
+    return meta
+
+
+def _load_checkpoint(path: Path, run: dict, device: torch.device) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # unreadable: start over rather than fail the job
+        logger.warning("ignoring unreadable checkpoint %s (%s)", path, error)
+        return None
+    if not isinstance(state, dict) or state.get("emsim_checkpoint") != CHECKPOINT_VERSION \
+            or state.get("run") != run:
+        logger.warning("ignoring checkpoint %s: written by a different run", path)
+        return None
+    return state

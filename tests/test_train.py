@@ -1,0 +1,203 @@
+"""Training stages on tiny synthetic domains (64 px, width 0.125, CPU)."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emsim import data, train
+from emsim.models import load_model
+
+SIZE_PX = 64
+# threads 1: OpenMP with 2 threads on a busy 2-core machine is up to 50x slower
+CFG = {"width": 0.125, "epochs": 3, "batch_size": 4, "lr": 3e-3, "lr_decay": 0.9,
+       "amp": False, "channels_last": False, "compile": False, "threads": 1, "device": "cpu"}
+
+
+def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
+    """Bright disks (label 1) on a noisy background: an easy segmentation task."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + 2
+    yy, xx = np.mgrid[:SIZE_PX, :SIZE_PX]
+    labels = np.zeros((n, SIZE_PX, SIZE_PX), np.uint8)
+    for i in range(n):
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.uniform(10, SIZE_PX - 10, 2)
+            labels[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 10) ** 2
+    images = (100 + contrast * labels + rng.normal(0, 10, labels.shape)).astype(np.float32)
+    splits = {"train": np.arange(n_train), "val": np.arange(n_train, n_train + n_val),
+              "test": np.arange(n_train + n_val, n)}
+    data.write_dataset(path, images, labels, {"index": np.arange(n)}, splits, {"domain": domain})
+    return path
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domains")
+    return {"a": make_domain(root / "a.h5", "a", n_train=16, seed=1),
+            "b": make_domain(root / "b.h5", "b", n_train=6, n_val=3, seed=2, contrast=-40.0)}
+
+
+@pytest.fixture(scope="module")
+def pretrained(domains, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "a.pt"
+    return out, train.pretrain(domains["a"], out, CFG, seed=0)
+
+
+def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
+    out = tmp_path / "model.pt"
+    meta = train.pretrain(domains["a"], out, {**CFG, "epochs": 6}, seed=3, size=12)
+    history = meta["history"]
+    assert [r["epoch"] for r in history] == list(range(1, 7))
+    assert history[0]["val_loss"] > 0.6 > 2 * meta["best_val_loss"]  # ln 2 = 0.69: chance
+    assert history[-1]["train_loss"] < 0.4 * history[0]["train_loss"]
+    assert history[1]["lr"] == pytest.approx(CFG["lr"] * CFG["lr_decay"])
+    assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
+    assert meta["best_epoch"] == 1 + int(np.argmin([r["val_loss"] for r in history]))
+    assert (meta["train_size"], meta["val_size"], meta["source_domain"]) == (12, 4, "a")
+    assert meta["trainable_params"] == meta["total_params"]
+    model, saved = load_model(out)
+    assert saved["history"] == history and saved["config"]["lr"] == CFG["lr"]
+    assert not (tmp_path / "model.pt.ckpt").exists()
+    # the saved weights are the best-validation ones
+    images, labels = data.read_split(domains["a"], "val")
+    x = torch.from_numpy(data.standardize(images)).unsqueeze(1)
+    loss = train.mean_loss(model, x, torch.from_numpy(labels), 4, False, False)
+    assert loss == pytest.approx(meta["best_val_loss"], rel=1e-4)
+
+
+def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path):
+    full = tmp_path / "full.pt"
+    meta_full = train.pretrain(domains["a"], full, CFG, seed=5)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    resumed = tmp_path / "resumed.pt"
+    with pytest.raises(Killed):
+        train.pretrain(domains["a"], resumed, CFG, seed=5, on_epoch_end=kill_after_first_epoch)
+    assert not resumed.exists() and (tmp_path / "resumed.pt.ckpt").exists()
+    epochs_run = []
+    meta_resumed = train.pretrain(domains["a"], resumed, CFG, seed=5,
+                                  on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == [2, 3]
+    assert not (tmp_path / "resumed.pt.ckpt").exists()
+    a, b = load_model(full)[0].state_dict(), load_model(resumed)[0].state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in meta_full["history"]]
+    assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in meta_resumed["history"]]
+
+
+def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
+    out = tmp_path / "m.pt"
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=1, on_epoch_end=stop)
+    epochs_run = []
+    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+        train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2,
+                       on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == [1] and "ignoring checkpoint" in caplog.text
+    Path(f"{out}.ckpt").write_bytes(b"truncated")
+    train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2)
+    assert "ignoring unreadable checkpoint" in caplog.text and not Path(f"{out}.ckpt").exists()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
+    states = []
+    for i, seed in enumerate((7, 7, 8)):
+        train.pretrain(domains["a"], tmp_path / f"{i}.pt", {**CFG, "epochs": 1}, seed=seed)
+        states.append(load_model(tmp_path / f"{i}.pt")[0].state_dict())
+    key = "encoder.conv1.weight"
+    assert torch.equal(states[0][key], states[1][key])
+    assert not torch.equal(states[0][key], states[2][key])
+
+
+@pytest.mark.parametrize("cfg_change, images_nan", [({"lr": 1e10}, False), ({}, True)])
+def test_divergence_raises(domains, tmp_path, cfg_change, images_nan):
+    dataset = domains["a"]
+    if images_nan:
+        images, labels = data.read_split(dataset, "train")
+        images[:] = np.nan
+        splits = {"train": np.arange(16), "val": np.arange(16), "test": np.arange(16)}
+        dataset = tmp_path / "nan.h5"
+        data.write_dataset(dataset, images, labels, {}, splits, {"domain": "nan"})
+    with pytest.raises(train.TrainingDiverged, match=r"pretrain diverged at epoch \d+, step \d+"):
+        train.pretrain(dataset, tmp_path / "m.pt", {**CFG, **cfg_change}, seed=0)
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("part, other", [("encoder", "decoder"), ("decoder", "encoder")])
+def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, other):
+    source, source_meta = pretrained
+    out = tmp_path / "t.pt"
+    meta = train.transfer(source, domains["b"], out, {**CFG, "epochs": 2}, part, 4, seed=1)
+    before, after = load_model(source)[0], load_model(out)[0]
+    frozen_before = getattr(before, part).state_dict()  # includes BN running statistics
+    frozen_after = getattr(after, part).state_dict()
+    assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
+    trained_before = getattr(before, other).state_dict()
+    trained_after = getattr(after, other).state_dict()
+    assert any(not torch.equal(trained_before[k], trained_after[k]) for k in trained_before)
+    assert meta["trainable_params"] == sum(p.numel() for p in getattr(after, other).parameters())
+    assert (meta["source_domain"], meta["target_domain"], meta["train_size"]) == ("a", "b", 4)
+    assert meta["freeze"] == part
+    assert meta["seeds"] == {"data": 1, "pretrain_init": 0, "pretrain_data": 0}
+    assert meta["pretrained_best_val_loss"] == source_meta["best_val_loss"]
+
+
+def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_path):
+    out = tmp_path / "t.pt"
+    train.transfer(pretrained[0], domains["b"], out, {**CFG, "epochs": 1}, "none", 6, seed=1)
+    before, after = load_model(pretrained[0])[0].state_dict(), load_model(out)[0].state_dict()
+    for part in ("encoder.", "decoder."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part))
+
+
+def test_transfer_rejects_bad_size_freeze_and_width(domains, pretrained, tmp_path):
+    with pytest.raises(ValueError, match="size = 7 .* 0..6"):
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, "encoder", 7, seed=0)
+    with pytest.raises(ValueError, match="freeze part 'head'"):
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, "head", 4, seed=0)
+    with pytest.raises(ValueError, match="width"):
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", {**CFG, "width": 0.25},
+                       "none", 4, seed=0)
+
+
+def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
+    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt",
+                          {**CFG, "epochs": 1}, seed=0)
+    assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
+    assert meta["domains"] == ["a", "b"]
+    with pytest.raises(ValueError, match="mix = 17 .* 0..16"):
+        train.baseline((domains["a"], domains["b"]), (17, 1), tmp_path / "c.pt", CFG, seed=0)
+    with pytest.raises(ValueError, match="mix = 7 .* 0..6"):
+        train.baseline((domains["a"], domains["b"]), (1, 7), tmp_path / "c.pt", CFG, seed=0)
+
+
+def test_cfg_is_validated():
+    with pytest.raises(ValueError, match="unknown training key.*'epoch'"):
+        train.resolve_cfg({"lr": 1e-3, "epoch": 3})
+    with pytest.raises(ValueError, match="'lr'"):
+        train.resolve_cfg({"epochs": 3})
+    assert train.resolve_cfg({"lr": 1e-3})["batch_size"] == 16
+
+
+def test_dihedral_gives_the_8_symmetries_and_matches_labels():
+    x = torch.arange(16.0).reshape(1, 4, 4).expand(8, 4, 4)
+    out = train.dihedral(x, torch.arange(8))
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8
+    assert torch.equal(out[0], x[0]) and torch.equal(out[4], x[0].T)
+    assert torch.equal(out[3], x[0].flip(0).flip(1))
+    labels = (x > 7).to(torch.uint8)
+    assert torch.equal(train.dihedral(labels, torch.arange(8)), (out > 7).to(torch.uint8))

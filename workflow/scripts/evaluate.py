@@ -1,0 +1,10 @@
+"""Snakemake adapter: score one group of models on every domain of its series."""
+
+from emsim import evaluate, io
+
+io.log_to_file(snakemake.log[0])
+p = snakemake.params
+models = [{"path": path, "tags": tags} for path, tags in zip(snakemake.input.models, p.tags)]
+datasets = dict(zip(p.domains, snakemake.input.datasets))
+records = evaluate.evaluate_models(models, datasets, device=p.device)
+evaluate.write_evaluation(records, snakemake.output[0])

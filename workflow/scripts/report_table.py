@@ -1,0 +1,8 @@
+"""Snakemake adapter: the per-model table of one experiment (Parquet and CSV)."""
+
+from emsim import evaluate, io, report
+
+io.log_to_file(snakemake.log[0])
+records = [r for path in snakemake.input for r in evaluate.read_evaluation(path)]
+table = report.model_table(records, snakemake.params.domain_values)
+report.write_table(table, snakemake.output.parquet, snakemake.output.csv)
