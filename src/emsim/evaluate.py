@@ -1,0 +1,161 @@
+"""Scoring of trained models on every domain of their series.
+
+Each model is scored on the ``val`` split of every domain given, and on the ``train`` and
+``test`` splits of its own target domain ``tags["target"]``: the transfer target for transfer
+models, the pretraining domain for pretrained models, and the FIRST domain of the mixture for
+single-stage baselines (the workflow sets these tags).
+
+Evaluation file (JSON, written by :func:`write_evaluation`)::
+
+    {"format": "emsim-evaluation", "version": 1, "provenance": {...},
+     "records": [{"path", "tags", "stage", "best_epoch", "best_val_loss", "train_time_s",
+                  "trainable_params", "total_params", "seeds", "history",
+                  "metrics": {domain: {split: {cross_entropy, iou, dice, precision, recall,
+                                               accuracy}}}}, ...]}
+
+Non-finite numbers are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emsim import data
+from emsim.io import atomic_path, provenance
+from emsim.metrics import MetricAccumulator
+from emsim.models import DOWNSAMPLING, load_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "emsim-evaluation"
+FORMAT_VERSION = 1
+META_FIELDS = ("stage", "best_epoch", "best_val_loss", "train_time_s", "trainable_params",
+               "total_params", "seeds", "history")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, else cpu; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
+    """Reflect-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
+    h, w = images.shape[-2:]
+    pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
+    return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
+
+
+def load_split(path: str | os.PathLike, split: str,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split on ``device``: standardised, padded images (N, 1, H', W') and labels (N, H, W)."""
+    images, labels = data.read_split(path, split)
+    x = torch.from_numpy(pad_to_multiple(data.standardize(images))[:, None].copy())
+    return x.to(device), torch.from_numpy(labels).to(device)
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+          batch_size: int = 16) -> dict[str, float]:
+    """Dataset-level metrics of ``model`` on a loaded split (bf16 autocast on cuda)."""
+    model.eval()
+    h, w = labels.shape[-2:]
+    accumulator = MetricAccumulator()
+    on_cuda = images.device.type == "cuda"
+    for start in range(0, len(images), batch_size):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            logits = model(images[start:start + batch_size])
+        accumulator.update(logits[..., :h, :w], labels[start:start + batch_size])
+    return accumulator.result()
+
+
+def evaluate_models(models: list[dict], datasets: dict[str, str], device: str = "auto",
+                    batch_size: int = 16) -> list[dict]:
+    """Score each model (``{"path", "tags"}``) on the val split of every domain in ``datasets``
+    (domain -> dataset path) and on the train/test splits of its target domain.
+
+    Each val split is read once per call and kept on the device; train/test splits are read once
+    per target domain. Records are returned in the order of ``models``.
+    """
+    _check_inputs(models, datasets)
+    device = resolve_device(device)
+    val = {domain: load_split(path, "val", device) for domain, path in datasets.items()}
+    by_target: dict[str, list[int]] = defaultdict(list)
+    for i, entry in enumerate(models):
+        by_target[entry["tags"]["target"]].append(i)
+    records: list[dict | None] = [None] * len(models)
+    done = 0
+    for target, indices in by_target.items():
+        own = {split: load_split(datasets[target], split, device) for split in ("train", "test")}
+        for i in indices:
+            records[i] = _evaluate_one(models[i], val, target, own, device, batch_size)
+            done += 1
+            logger.info("evaluated %d/%d: %s", done, len(models), models[i]["path"])
+        del own
+    return records
+
+
+def _evaluate_one(entry: dict, val: dict, target: str, own: dict, device: torch.device,
+                  batch_size: int) -> dict:
+    model, meta = load_model(entry["path"], map_location=device)
+    metrics = {domain: {"val": score(model, *split, batch_size)} for domain, split in val.items()}
+    for split, loaded in own.items():
+        metrics[target][split] = score(model, *loaded, batch_size)
+    record = {"path": str(entry["path"]), "tags": dict(entry["tags"])}
+    record.update({field: meta.get(field) for field in META_FIELDS})
+    record["metrics"] = metrics
+    return record
+
+
+def _check_inputs(models: list[dict], datasets: dict[str, str]) -> None:
+    """Fail before any work on a missing file, a missing target tag or a domain mismatch."""
+    for domain, path in datasets.items():
+        found = data.domain_name(path)
+        if found != domain:
+            raise ValueError(f"{path}: dataset of domain {found!r} given as domain {domain!r}")
+    for entry in models:
+        path = entry.get("path")
+        if path is None or not Path(path).is_file():
+            raise ValueError(f"model file {path!r} does not exist")
+        target = entry.get("tags", {}).get("target")
+        if target not in datasets:
+            raise ValueError(f"{path}: tags['target'] = {target!r} is not one of the evaluated "
+                             f"domains {sorted(datasets)}")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def write_evaluation(records: list[dict], path: str | os.PathLike) -> None:
+    """Write evaluation records as JSON, atomically (non-finite numbers become null)."""
+    document = {"format": FORMAT, "version": FORMAT_VERSION, "provenance": provenance(),
+                "records": _finite_or_none(records)}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+
+
+def read_evaluation(path: str | os.PathLike) -> list[dict]:
+    """Records of an evaluation file written by :func:`write_evaluation`."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable evaluation file ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an emsim evaluation file (format is not {FORMAT!r})")
+    return document["records"]

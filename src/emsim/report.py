@@ -1,0 +1,479 @@
+"""The per-model table of a study and the figures drawn from it.
+
+Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
+(``ce`` = cross-entropy in nats/pixel, ``iou``, ``dice``, ``precision``, ``recall``,
+``accuracy``), ``<d>`` a domain name:
+
+- ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
+  ``target``, ``freeze``, ``size``, ``lr_pretrain``, ``lr_transfer``, ``seed``, ``mix``,
+  ``pretrained``, ...; list values joined with ``:``, e.g. mix ``128:384``);
+  ``seeds__<key>`` per entry of the model's seed dict; ``best_epoch``, ``best_val_loss``,
+  ``train_time_s``, ``trainable_params``, ``total_params``, ``epochs``;
+  ``source_value``/``target_value`` (the swept parameter, when ``domain_values`` is given);
+- ``target_<split>_<m>``: this model on the train/val/test split of its own target domain;
+- ``val_<m>__<d>``: this model on the val split of domain ``<d>`` (AFTER transfer);
+- ``before_target_val_<m>``, ``before_val_<m>__<d>``: the same for the model it was transferred
+  from (BEFORE transfer; joined through tag ``pretrained``; NaN for pretrain and baseline rows);
+- derived: ``id_gap`` = target_val_ce - target_train_ce; ``ood_gap__<d>`` = val_ce__<d> -
+  target_val_ce; ``ood_spread`` = population std of val_ce__<d> across domains;
+  ``forgetting`` = val_ce__<source> - before_val_ce__<source>; ``gain_vs_pretrain`` =
+  before_target_val_ce - target_val_ce; ``gain_vs_baseline`` = median over the baselines of the
+  same experiment trained on the same unordered {source, target} pair (a baseline's pair is its
+  ``target`` and ``source`` tags) of their val_ce__<target>, minus target_val_ce. Gains < 0
+  mean negative transfer; the last three are NaN except for transfer rows.
+
+Figures are written as ``<stem>.png`` and ``<stem>.svg``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from statistics import median
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from emsim import data
+from emsim.evaluate import resolve_device
+from emsim.io import atomic_path
+from emsim.models import load_model
+from emsim.predict import segment_image
+
+logger = logging.getLogger(__name__)
+
+SHORT = {"cross_entropy": "ce", "iou": "iou", "dice": "dice", "precision": "precision",
+         "recall": "recall", "accuracy": "accuracy"}
+TRAINING_FIELDS = ("best_epoch", "best_val_loss", "train_time_s", "trainable_params",
+                   "total_params")
+PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
+CE_LABEL = "cross-entropy (nats/pixel)"
+FREEZE_ORDER = ("none", "encoder", "decoder")
+FAMILY_COLOURS = {"pretrain only": "tab:grey", "transfer, nothing frozen": "tab:blue",
+                  "transfer, encoder frozen": "tab:orange", "transfer, decoder frozen": "tab:green",
+                  "single-stage baseline": "tab:purple"}
+
+
+# ---------------------------------------------------------------- table
+
+def domain_order(records: list[dict], domain_values: dict | None = None) -> list[str]:
+    """Domains of the records: by swept value (numeric, else given order), then the rest."""
+    seen = list(dict.fromkeys(d for r in records for d in r["metrics"]))
+    if not domain_values:
+        return seen
+    valued = [d for d in domain_values if d in seen]
+    if all(_is_number(domain_values[d]) for d in valued):
+        valued.sort(key=lambda d: float(domain_values[d]))
+    return valued + [d for d in seen if d not in valued]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _tag_value(value):
+    if isinstance(value, (list, tuple)):
+        return ":".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _metric(record: dict | None, domain: str, split: str, metric: str) -> float:
+    if record is None:
+        return math.nan
+    return _num(record["metrics"].get(domain, {}).get(split, {}).get(metric))
+
+
+def _metric_columns(record: dict | None, target: str, domains: list[str], prefix: str,
+                    target_splits: tuple[str, ...]) -> dict[str, float]:
+    columns = {f"{prefix}target_{split}_{short}": _metric(record, target, split, metric)
+               for split in target_splits for metric, short in SHORT.items()}
+    columns.update({f"{prefix}val_{short}__{d}": _metric(record, d, "val", metric)
+                    for d in domains for metric, short in SHORT.items()})
+    return columns
+
+
+def _identity(record: dict, domain_values: dict | None) -> dict:
+    row = {"model": record["path"]}
+    row.update({key: _tag_value(value) for key, value in record["tags"].items()})
+    row.setdefault("stage", record.get("stage"))
+    seeds = record.get("seeds")
+    if isinstance(seeds, dict):
+        row.update({f"seeds__{key}": _tag_value(value) for key, value in seeds.items()})
+    elif seeds is not None:
+        row["seeds"] = _tag_value(seeds)
+    row.update({field: record.get(field) for field in TRAINING_FIELDS})
+    row["epochs"] = len(record.get("history") or [])
+    if domain_values:
+        for end in ("source", "target"):
+            row[f"{end}_value"] = domain_values.get(record["tags"].get(end))
+    return row
+
+
+def model_table(records: list[dict], domain_values: dict[str, float | str] | None = None
+                ) -> pd.DataFrame:
+    """One row per model: hyperparameters, training facts, metrics after and before transfer,
+    and derived gaps and gains (column naming in the module docstring)."""
+    domains = domain_order(records, domain_values)
+    by_path = {os.path.abspath(r["path"]): r for r in records}
+    rows = []
+    for record in records:
+        tags = record["tags"]
+        row = _identity(record, domain_values)
+        row.update(_metric_columns(record, tags["target"], domains, "", ("train", "val", "test")))
+        before = None
+        if tags.get("pretrained") and row["stage"] == TRANSFER:
+            before = by_path.get(os.path.abspath(tags["pretrained"]))
+            if before is None:
+                logger.warning("%s: pretrained model %s is not among the evaluated records",
+                               record["path"], tags["pretrained"])
+        row.update(_metric_columns(before, tags["target"], domains, "before_", ("val",)))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return _add_derived(table, domains) if rows else table
+
+
+def _add_derived(table: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
+    val_ce = [f"val_ce__{d}" for d in domains]
+    derived = {"id_gap": table["target_val_ce"] - table["target_train_ce"],
+               "ood_spread": table[val_ce].std(axis=1, ddof=0)}
+    transfer = table["stage"] == TRANSFER
+    derived["forgetting"] = [
+        row[f"val_ce__{row['source']}"] - row[f"before_val_ce__{row['source']}"]
+        if is_transfer and f"val_ce__{row.get('source')}" in table else math.nan
+        for is_transfer, (_, row) in zip(transfer, table.iterrows())]
+    derived["gain_vs_pretrain"] = table["before_target_val_ce"] - table["target_val_ce"]
+    derived["gain_vs_baseline"] = _gain_vs_baseline(table)
+    gaps = {f"ood_gap__{d}": table[f"val_ce__{d}"] - table["target_val_ce"] for d in domains}
+    return pd.concat([table, pd.DataFrame(derived, index=table.index),
+                      pd.DataFrame(gaps, index=table.index)], axis=1)
+
+
+def _gain_vs_baseline(table: pd.DataFrame) -> list[float]:
+    experiment = table["experiment"] if "experiment" in table else pd.Series(None, table.index)
+    baselines: dict[tuple, list[pd.Series]] = {}
+    for (_, row), exp in zip(table.iterrows(), experiment):
+        if row["stage"] == BASELINE:
+            key = (exp, frozenset((row.get("source"), row.get("target"))))
+            baselines.setdefault(key, []).append(row)
+    gains = []
+    for (_, row), exp in zip(table.iterrows(), experiment):
+        matching = baselines.get((exp, frozenset((row.get("source"), row.get("target")))), [])
+        column = f"val_ce__{row['target']}"
+        losses = [b[column] for b in matching if column in b and not pd.isna(b[column])]
+        gains.append(median(losses) - row["target_val_ce"]
+                     if row["stage"] == TRANSFER and losses else math.nan)
+    return gains
+
+
+def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike,
+                csv_path: str | os.PathLike) -> None:
+    """Write the table as Parquet and CSV, atomically; object columns of mixed types become text."""
+    table = table.copy()
+    for column in table.columns[table.dtypes == object]:
+        kinds = {type(v) for v in table[column] if v is not None and not pd.isna(v)}
+        if len(kinds) > 1:
+            table[column] = [None if v is None or pd.isna(v) else str(v) for v in table[column]]
+    with atomic_path(parquet_path) as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+# ---------------------------------------------------------------- figures
+
+def save_figure(figure: Figure, stem: str | os.PathLike) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg`` atomically (byte-reproducible SVG)."""
+    paths = []
+    for fmt in ("png", "svg"):
+        path = Path(f"{stem}.{fmt}")
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        with matplotlib.rc_context({"svg.hashsalt": "emsim"}), atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=150, metadata=metadata, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _family(row: pd.Series) -> str:
+    if row["stage"] == PRETRAIN:
+        return "pretrain only"
+    if row["stage"] == BASELINE:
+        return "single-stage baseline"
+    freeze = row.get("freeze")
+    if freeze is None or pd.isna(freeze):
+        return "transfer"
+    return "transfer, nothing frozen" if freeze == "none" else f"transfer, {freeze} frozen"
+
+
+def _rows(table: pd.DataFrame, stage: str) -> pd.DataFrame:
+    return table[table["stage"] == stage] if "stage" in table else table.iloc[:0]
+
+
+def _note(ax, text: str) -> None:
+    """Say why a panel is empty (its x ticks go; y ticks may be shared with other panels)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+
+
+def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colours: list[str]) -> None:
+    """Box plot (median, quartiles) with every value as a jittered point on top."""
+    rng = np.random.default_rng(0)
+    positions = np.arange(len(groups))
+    ax.boxplot([values for _, values in groups], positions=positions, widths=0.55,
+               showfliers=False, medianprops={"color": "black", "linewidth": 2}, zorder=4)
+    for x, (_, values), colour in zip(positions, groups, colours):
+        jitter = rng.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(x + jitter, values, s=12, alpha=0.8 if len(values) < 50 else 0.4,
+                   color=colour, zorder=2, rasterized=len(values) > 500, linewidths=0)
+    ax.set_xticks(positions, [label for label, _ in groups])
+
+
+def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Target val. loss after transfer, by transfer size, by freezing and by learning-rate pair
+    (box + points); single-stage baselines join the size panel, the median pretrain-only loss
+    on the same targets is a dashed line."""
+    transfer = _rows(table, TRANSFER)
+    baselines = _rows(table, BASELINE)["target_val_ce"].dropna().to_numpy()
+    panels = [("size", "transfer set size (images)"), ("freeze", "frozen part"),
+              ("lr_pair", "learning rate: pretrain → transfer")]
+    figure = Figure(figsize=(13, 4.2), layout="constrained")
+    axes = figure.subplots(1, 3, sharey=True)
+    before = transfer["before_target_val_ce"].dropna() if len(transfer) else pd.Series([])
+    for ax, (key, xlabel) in zip(axes, panels):
+        ax.set_xlabel(xlabel)
+        groups = _groups(transfer, key)
+        colours = ["tab:blue"] * len(groups)
+        if key == "size" and len(baselines):
+            groups.append(("baseline", baselines))
+            colours.append("tab:purple")
+        if groups:
+            _strip_box(ax, groups, colours)
+        else:
+            _note(ax, f"no transfer models with a '{key}' tag" if key != "lr_pair"
+                  else "no transfer models with learning-rate tags")
+        if len(before):
+            pretrain_line = ax.axhline(before.median(), color="tab:grey", linestyle="--")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"target val. {CE_LABEL}")
+    if len(before):
+        figure.legend(handles=[pretrain_line], loc="outside lower center", fontsize=9,
+                      labels=[f"median loss of the pretrained models on the same targets "
+                              f"(pretrain only): {before.median():.3g}"])
+    figure.suptitle(f"Loss on the target domain after transfer ({len(transfer)} models)")
+    return save_figure(figure, stem)
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if _is_number(value) else str(value)
+
+
+def _fmt_lr(value) -> str:
+    """Learning rate as short scientific notation, e.g. ``1e-4``."""
+    if not _is_number(value):
+        return str(value)
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _sortable(value) -> tuple:
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
+
+
+def _group_key(row: pd.Series, key: str) -> tuple[tuple, str] | None:
+    """(sort key, label) of a transfer row in the panel of ``key``; None if it has no such tag."""
+    if key == "lr_pair":
+        a, b = row.get("lr_pretrain"), row.get("lr_transfer")
+        if a is None or b is None or pd.isna(a) or pd.isna(b):
+            return None
+        return (_sortable(a), _sortable(b)), f"{_fmt_lr(a)}\n→ {_fmt_lr(b)}"
+    value = row.get(key)
+    if value is None or pd.isna(value):
+        return None
+    if key == "freeze":
+        rank = FREEZE_ORDER.index(value) if value in FREEZE_ORDER else len(FREEZE_ORDER)
+        return (rank, str(value)), "nothing" if value == "none" else str(value)
+    return _sortable(value), _fmt(value)
+
+
+def _groups(transfer: pd.DataFrame, key: str) -> list[tuple[str, np.ndarray]]:
+    """(label, target val. CE values) per value of ``key``, in a natural order."""
+    grouped: dict[str, list[float]] = {}
+    order: dict[str, tuple] = {}
+    for _, row in transfer.iterrows():
+        found = _group_key(row, key)
+        if found is not None and not pd.isna(row["target_val_ce"]):
+            order[found[1]] = found[0]
+            grouped.setdefault(found[1], []).append(row["target_val_ce"])
+    return [(label, np.array(grouped[label])) for label in sorted(grouped, key=order.get)]
+
+
+def _domains_of(table: pd.DataFrame, prefix: str = "val_ce__") -> list[str]:
+    return [c[len(prefix):] for c in table.columns if c.startswith(prefix)]
+
+
+def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Source x target matrix of the median target val. loss, before and after transfer."""
+    transfer = _rows(table, TRANSFER)
+    domains = _domains_of(table)
+    sources = [d for d in domains if d in set(transfer.get("source", []))]
+    targets = [d for d in domains if d in set(transfer.get("target", []))]
+    figure = Figure(figsize=(4 + 0.45 * 2 * max(len(targets), 3),
+                             2.5 + 0.4 * max(len(sources), 3)), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    if not sources or not targets:
+        for ax in axes:
+            _note(ax, "no transfer models")
+            ax.set_yticks([])
+        figure.suptitle("Median target loss by source and target domain")
+        return save_figure(figure, stem)
+    matrices = {}
+    for column, name in (("before_target_val_ce", "before transfer (pretrain only)"),
+                         ("target_val_ce", "after transfer")):
+        medians = transfer.groupby(["source", "target"])[column].median()
+        matrices[name] = np.array([[medians.get((s, t), np.nan) for t in targets] for s in sources])
+    finite = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
+    vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    for ax, (name, matrix) in zip(axes, matrices.items()):
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=vmin, vmax=vmax,
+                          aspect="auto")
+        ax.set_facecolor("0.85")
+        ax.set_title(name)
+        ax.set_xticks(range(len(targets)), targets, rotation=90 if len(targets) > 4 else 0)
+        ax.set_yticks(range(len(sources)), sources)
+        ax.set_xlabel("target domain")
+        if matrix.size <= 200:
+            _annotate(ax, matrix, (vmin + vmax) / 2)
+    axes[0].set_ylabel("source (pretraining) domain")
+    figure.colorbar(image, ax=axes, label=f"median target val. {CE_LABEL}", shrink=0.9)
+    figure.suptitle("Median target loss by source and target domain (grey: no models)")
+    return save_figure(figure, stem)
+
+
+def _annotate(ax, matrix: np.ndarray, middle: float) -> None:
+    for (i, j), value in np.ndenumerate(matrix):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < middle else "black")
+
+
+def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
+                     domain_values: dict[str, float | str] | None = None,
+                     parameter_label: str | dict[str, str] = "domain") -> list[Path]:
+    """Median val. loss on every domain vs the swept domain parameter, per model family
+    (pretrain only, transfer by frozen part, baseline); band = interquartile range.
+    One panel per experiment; ``parameter_label`` (per experiment if a dict) names the x axis
+    with its unit, e.g. ``"defocus (nm)"``; non-numeric domain values are plotted as categories."""
+    domain_values = domain_values or {}
+    experiments = (list(dict.fromkeys(table["experiment"].dropna()))
+                   if "experiment" in table else []) or [None]
+    figure = Figure(figsize=(6.5 * len(experiments), 4.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(experiments), squeeze=False)[0])
+    families = table.apply(_family, axis=1) if len(table) else pd.Series([], dtype=str)
+    for ax, experiment in zip(axes, experiments):
+        rows = table if experiment is None else table[table["experiment"] == experiment]
+        domains = [d for d in _domains_of(table) if rows[f"val_ce__{d}"].notna().any()]
+        if not domains:
+            _note(ax, "no evaluated models")
+            continue
+        values = [domain_values.get(d, d) for d in domains]
+        numeric = all(_is_number(v) for v in values)
+        x = np.array(values, float) if numeric else np.arange(len(domains))
+        order = np.argsort(x, kind="stable")
+        present = list(dict.fromkeys(families[rows.index]))
+        for family in ([f for f in FAMILY_COLOURS if f in present]
+                       + [f for f in present if f not in FAMILY_COLOURS]):
+            losses = rows.loc[families[rows.index] == family, [f"val_ce__{d}" for d in domains]]
+            q25, q50, q75 = (losses.quantile(q).to_numpy()[order] for q in (0.25, 0.5, 0.75))
+            colour = FAMILY_COLOURS.get(family, "black")
+            ax.plot(x[order], q50, marker="o", color=colour,
+                    label=f"{family} (n={len(losses)})")
+            if len(losses) > 1:
+                ax.fill_between(x[order], q25, q75, color=colour, alpha=0.1, linewidth=0)
+        if not numeric:
+            ax.set_xticks(x, [str(v) for v in values], rotation=90 if len(values) > 6 else 0)
+        label = (parameter_label.get(experiment, "domain") if isinstance(parameter_label, dict)
+                 else parameter_label)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"median val. {CE_LABEL}")
+        ax.set_title(f"experiment {experiment}" if experiment is not None else "all models")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle("Out-of-distribution profile: loss on every domain (band: quartiles)")
+    return save_figure(figure, stem)
+
+
+def plot_training_curves(records: list[dict], stem: str | os.PathLike) -> list[Path]:
+    """Train and val loss vs epoch per stage: median over models, band = interquartile range."""
+    stages = list(dict.fromkeys(r["tags"].get("stage", r.get("stage")) for r in records)) or [None]
+    figure = Figure(figsize=(5 * len(stages), 4), layout="constrained")
+    axes = figure.subplots(1, len(stages), squeeze=False)[0]
+    for ax, stage in zip(axes, stages):
+        histories = [r.get("history") or [] for r in records
+                     if r["tags"].get("stage", r.get("stage")) == stage]
+        curves = pd.DataFrame([{**h, "model": i} for i, hist in enumerate(histories) for h in hist])
+        if curves.empty:
+            _note(ax, "no training history")
+        else:
+            positive = True
+            for column, colour, name in (("train_loss", "tab:blue", "train"),
+                                         ("val_loss", "tab:orange", "val.")):
+                by_epoch = curves.groupby("epoch")[column]
+                q25, q50, q75 = (by_epoch.quantile(q) for q in (0.25, 0.5, 0.75))
+                ax.plot(q50.index, q50, marker="o", markersize=3, color=colour,
+                        label=f"{name} (median)")
+                ax.fill_between(q50.index, q25, q75, color=colour, alpha=0.2, linewidth=0)
+                positive &= bool((curves[column].dropna() > 0).all())
+            if positive:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.legend(fontsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(CE_LABEL)
+        ax.set_title(f"{stage or 'all'} ({len(histories)} models)")
+        ax.grid(alpha=0.3, which="both")
+    figure.suptitle("Training curves (band: quartiles over models)")
+    return save_figure(figure, stem)
+
+
+def plot_examples(model_path: str | os.PathLike, datasets: dict[str, str],
+                  stem: str | os.PathLike, index: int = 0, device: str = "auto") -> list[Path]:
+    """Image, true label and prediction of one model for val image ``index`` of each domain."""
+    model, _ = load_model(model_path, map_location=resolve_device(device))
+    figure = Figure(figsize=(7.5, 2.5 * len(datasets) + 0.6), layout="constrained")
+    axes = figure.subplots(len(datasets), 3, squeeze=False)
+    for i, (row, (domain, path)) in enumerate(zip(axes, datasets.items())):
+        images, labels = data.read_split(path, "val")
+        if not 0 <= index < len(images):
+            raise ValueError(f"{path}: val split has {len(images)} images, no index {index}")
+        image, label = images[index], labels[index]
+        prediction = segment_image(model, image)
+        inter, union = (label & prediction).sum(), (label | prediction).sum()
+        iou = inter / union if union else 1.0
+        low, high = np.percentile(image, [1, 99])
+        row[0].imshow(image, cmap="gray", vmin=low, vmax=high)
+        row[1].imshow(label, cmap="gray", vmin=0, vmax=1)
+        row[2].imshow(prediction, cmap="gray", vmin=0, vmax=1)
+        row[2].text(0.03, 0.97, f"IoU {iou:.2f}", transform=row[2].transAxes, va="top",
+                    color="black", backgroundcolor="white", fontsize=9)
+        row[0].set_ylabel(f"{domain}\n({image.shape[0]} x {image.shape[1]} px)")
+        titles = ("image", "true label", "prediction") if i == 0 else ("", "", "")
+        for ax, title in zip(row, titles):
+            ax.set_title(title, fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.suptitle(f"Val. image {index} of each domain, model {Path(model_path).name}")
+    return save_figure(figure, stem)
