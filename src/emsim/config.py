@@ -141,6 +141,12 @@ def domain_values(study: dict, names: list[str]) -> dict:
     return values
 
 
+def sweep_label(study: dict, names: list[str]) -> str:
+    """Axis label for a series: the swept key shared by its domains (e.g. ``mean_nm``), else ``domain``."""
+    keys = {key for name in names for key in study["domains"][name]["sweep"]}
+    return keys.pop() if len(keys) == 1 else "domain"
+
+
 def normalized(value):
     """``value`` with mapping keys sorted recursively: a stable repr for Snakemake params."""
     return json.loads(json.dumps(value, sort_keys=True))

@@ -20,7 +20,7 @@ def show_dataset(path: str | Path, out: str | Path, count: int = 8, split: str =
     index = data.split_indices(path, split)
     count = min(count, len(images))
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows + 0.4), squeeze=False)
     pixel_A = data.read_attrs(path)["config"]["image"]["pixel_size_A"]
     for ax in axes.flat:
         ax.axis("off")

@@ -15,7 +15,7 @@ rule evaluate:
     params:
         tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
-        device=STUDY.get("training", {}).get("device", "auto"),
+        device=STUDY["training"]["device"],
     wildcard_constraints:
         group=r"(pretrain|transfer|baseline)/.+",
     log:

@@ -38,6 +38,11 @@ rule report_figures:
             caption="../report/figures.rst",
             category="{experiment}",
         ),
+    params:
+        domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
+        domain_values=lambda wc: emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains),
+        parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
+        device=STUDY["training"]["device"],
     log:
         "results/logs/report/{experiment}/figures.log",
     conda:
