@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import importlib.util
 import itertools
 import json
+import sys
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -87,6 +89,8 @@ def load(source: str | Path | dict) -> dict:
     """
     raw = _read(source)
     study = copy.deepcopy(raw)
+    for path in study.get("extensions", []):
+        load_extension(path)
     _validate(study, _top_schema(), "")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets")
     for name, spec in study["structure_sets"].items():
@@ -110,6 +114,24 @@ def load(source: str | Path | dict) -> dict:
     return study
 
 
+def load_extension(path: str | Path) -> None:
+    """Import a Python file that registers domain-shift kinds (config key ``extensions``)."""
+    path = Path(path)
+    module_name = f"emsim_extension_{path.stem}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or not path.is_file():
+        raise ConfigError(f"extensions: {str(path)!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise ConfigError(f"extensions: {path} failed to load: {error!r}") from error
+
+
 def domain_seed(study: dict, name: str) -> int:
     """Seed of a domain's random draws: its ``seed`` key, else from the study seed and its name."""
     domain = study["domains"][name]
@@ -120,16 +142,18 @@ def domain_seed(study: dict, name: str) -> int:
 
 def domain_slice(study: dict, name: str) -> dict:
     """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
-    return normalized(
-        {
-            "name": name,
-            "domain": study["domains"][name],
-            "seed": domain_seed(study, name),
-            "microscope": study["microscope"],
-            "image": study["image"],
-            "splits": study["splits"],
-        }
-    )
+    domain = study["domains"][name]
+    params = {
+        "name": name,
+        "domain": domain,
+        "seed": domain_seed(study, name),
+        "microscope": study["microscope"],
+        "image": study["image"],
+        "splits": study["splits"],
+    }
+    if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain if key in shifts.SHIFTS):
+        params["extensions"] = list(study["extensions"])
+    return normalized(params)
 
 
 def domain_values(study: dict, names: list[str]) -> dict:

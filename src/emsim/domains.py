@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emsim import data, io, optics, shifts
+from emsim import config, data, io, optics, shifts
 from emsim.simulate import ShardWaves
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng,
 
 def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str | Path) -> None:
     """Render every image of a domain from its structure set's shards and write the dataset."""
+    for path in params.get("extensions", []):
+        config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     n_images = sum(splits.values())
     shards = [ShardWaves.load(path) for path in shard_paths]

@@ -1,5 +1,13 @@
 # structure set -> scenes (ASE) -> exit waves (abTEM multislice, cached) -> one dataset per domain.
 
+# Exit waves depend on the beam energy only, unless the zero-defocus calibration (which images
+# the particles in vacuum) needs the whole microscope.
+EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
+    STUDY["microscope"]
+    if STUDY["simulation"]["calibrate_zero_defocus"]
+    else {"energy_eV": STUDY["microscope"]["energy_eV"]}
+)
+
 
 rule structures:
     output:
@@ -21,14 +29,32 @@ rule structures:
         "../scripts/structures.py"
 
 
+rule fftw_wisdom:
+    output:
+        "results/exit_waves/fftw_wisdom.npz",
+    params:
+        simulation=emsim_config.normalized(STUDY["simulation"]),
+        microscope=EXIT_WAVE_MICROSCOPE,
+        image=emsim_config.normalized(STUDY["image"]),
+    log:
+        "results/logs/exit_waves/fftw_wisdom.log",
+    conda:
+        "../../envs/emsim.yaml"
+    resources:
+        gpu=1 if STUDY["simulation"]["device"] == "gpu" else 0,
+    script:
+        "../scripts/fftw_wisdom.py"
+
+
 rule exit_waves:
     input:
-        "results/structures/{set}/shard{shard}.h5",
+        scenes="results/structures/{set}/shard{shard}.h5",
+        wisdom="results/exit_waves/fftw_wisdom.npz",
     output:
         "results/exit_waves/{set}/shard{shard}.h5",
     params:
         simulation=emsim_config.normalized(STUDY["simulation"]),
-        energy_eV=STUDY["microscope"]["energy_eV"],
+        microscope=EXIT_WAVE_MICROSCOPE,
         image=emsim_config.normalized(STUDY["image"]),
         labels=emsim_config.normalized(STUDY["labels"]),
         seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"] * 100_003 + int(wc.shard),

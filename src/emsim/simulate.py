@@ -1,0 +1,284 @@
+"""abTEM multislice exit waves of scenes (full scene and particles in vacuum), cached per shard.
+
+A shard job simulates many structures in one process: abTEM's FFTW plans are made once per
+grid shape and reused (optionally seeded from a saved FFTW wisdom file, which also makes the
+plans, hence the bytes, identical across processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import abtem
+import h5py
+import numpy as np
+import pyfftw
+import scipy.fft as sfft
+from abtem.core import backend as abtem_backend
+
+from emsim import labels as labels_mod
+from emsim import optics
+from emsim.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "gpu")
+WAVES_CONVENTION = (
+    "Fourier space: scipy.fft.fft2 of the real-space exit wave (vacuum = 1), unnormalised, "
+    "unshifted (k = 0 at [0, 0]); propagated to the particles' exit plane; "
+    "axes (structure, frozen-phonon configuration, x, y)"
+)
+
+
+def exit_waves(atoms, sim: dict, microscope: dict, seed: int) -> np.ndarray:
+    """Real-space exit waves (P, G, G) complex64 of ``atoms`` with P = sim["frozen_phonons"]
+    configurations (FrozenPhonons, sigma per element, ``seed``); G = cell / sim["sampling_A"]."""
+    return np.stack([_multislice(config, sim, microscope) for config in _phonon_configs(atoms, sim, seed)])
+
+
+def vacuum_exit_wave(atoms, sim: dict, microscope: dict) -> np.ndarray:
+    """Real-space exit wave (G, G) complex64 of static ``atoms`` (no phonons): the particles in vacuum."""
+    return _multislice(atoms, sim, microscope)
+
+
+def scene_exit_waves(scene, sim: dict, microscope: dict, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Full-scene exit waves (P, G, G), particle-in-vacuum exit wave (G, G) and their exit-plane
+    distance [A], real space, complex64.
+
+    The particle-in-vacuum wave leaves at the bottom of ``scene.particle_atoms()``'s cell. When
+    all substrate atoms lie below that plane (particles on the carbon), each configuration is one
+    multislice in two stages, particles then substrate, and the vacuum wave is the first
+    configuration's wave between the stages (no extra multislice). Otherwise both are simulated.
+    """
+    particles = scene.particle_atoms()
+    vacuum_plane_A = float(particles.cell[2, 2])
+    offset_A = float(scene.cell_A[2]) - vacuum_plane_A
+    substrate_z = scene.positions_A[~scene.is_particle, 2]
+    if len(particles) == 0 or len(substrate_z) == 0 or substrate_z.min() < vacuum_plane_A:
+        full = exit_waves(scene.atoms(), sim, microscope, seed)
+        return full, vacuum_exit_wave(particles, sim, microscope), offset_A
+    full, vacuum = [], None
+    for config in _phonon_configs(scene.atoms(), sim, seed):
+        top = _slab(config[scene.is_particle], 0.0, vacuum_plane_A)
+        bottom = _slab(config[~scene.is_particle], vacuum_plane_A, scene.cell_A[2])
+        waves = _multislice(top, sim, microscope, as_waves=True)
+        if vacuum is None:
+            vacuum = _to_numpy(waves.array)
+        full.append(_multislice(bottom, sim, microscope, incident=waves))
+    return np.stack(full), vacuum, offset_A
+
+
+def _phonon_configs(atoms, sim, seed):
+    """sim["frozen_phonons"] displaced copies of ``atoms`` (abTEM FrozenPhonons, sigma per element)."""
+    sigmas = phonon_sigmas_A(atoms, sim["phonon_sigma_A"])
+    return abtem.FrozenPhonons(atoms, sim["frozen_phonons"], sigmas=sigmas, seed=seed)
+
+
+def _slab(atoms, z_min_A: float, z_max_A: float):
+    """``atoms`` shifted to start at ``z_min_A`` in a cell ``z_max_A - z_min_A`` deep (z clipped into it)."""
+    atoms = atoms.copy()
+    depth_A = z_max_A - z_min_A
+    atoms.positions[:, 2] = np.clip(atoms.positions[:, 2] - z_min_A, 0.0, np.nextafter(depth_A, 0))
+    atoms.cell[2, 2] = depth_A
+    return atoms
+
+
+def _multislice(atoms, sim, microscope, incident=None, as_waves: bool = False):
+    """abTEM multislice of static ``atoms`` (a plane wave, or ``incident`` Waves, enters at z = 0):
+    (G, G) complex64 numpy array, or the abTEM Waves if ``as_waves``."""
+    gpts = grid_points(atoms.cell[0, 0], sim["sampling_A"])
+    device = check_device(sim["device"])
+    with abtem.config.set({"device": device, "fft": "fftw", "diagnostics.progress_bar": False}):
+        potential = abtem.Potential(
+            atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device
+        )
+        if incident is None:
+            plane_wave = abtem.PlaneWave(energy=microscope["energy_eV"], device=device)
+            waves = plane_wave.multislice(potential, lazy=False)
+        else:
+            waves = incident.multislice(potential)
+    return waves if as_waves else _to_numpy(waves.array)
+
+
+def _to_numpy(array) -> np.ndarray:
+    """(G, G) complex64 numpy copy of an abTEM wave array (numpy or CuPy)."""
+    if not isinstance(array, np.ndarray):
+        array = abtem_backend.cp.asnumpy(array)
+    return np.array(array, np.complex64).reshape(array.shape[-2:])
+
+
+def grid_points(cell_A: float, sampling_A: float) -> int:
+    """Grid points across a square cell; the cell must be a whole number of samples."""
+    gpts = int(round(cell_A / sampling_A))
+    if not np.isclose(gpts * sampling_A, cell_A, rtol=1e-6):
+        raise ValueError(
+            f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}"
+        )
+    return gpts
+
+
+def phonon_sigmas_A(atoms, sigma_A: float | dict) -> dict[str, float]:
+    """Per-element frozen-phonon sigma [A] (per Cartesian direction) for every element of ``atoms``."""
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+    if not isinstance(sigma_A, dict):
+        return {symbol: float(sigma_A) for symbol in symbols}
+    missing = [s for s in symbols if s not in sigma_A]
+    if missing:
+        raise ValueError(f"simulation.phonon_sigma_A has no entry for element(s) {missing}")
+    return {symbol: float(sigma_A[symbol]) for symbol in symbols}
+
+
+def check_device(device: str) -> str:
+    """Validate sim["device"]; "gpu" needs a working CuPy (abTEM would fall back to CPU silently)."""
+    if device not in DEVICES:
+        raise ValueError(f"simulation.device={device!r}; allowed: {', '.join(DEVICES)}")
+    if device == "gpu":
+        cupy = abtem_backend.cp
+        if cupy is None:
+            raise RuntimeError(
+                "simulation.device='gpu' but CuPy is not importable; install cupy-cuda12x "
+                "(or cupy-cuda11x) matching the CUDA driver, or set simulation.device: cpu"
+            )
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except cupy.cuda.runtime.CUDARuntimeError as error:
+            raise RuntimeError(f"simulation.device='gpu' but CUDA is unusable: {error}") from error
+        if count == 0:
+            raise RuntimeError("simulation.device='gpu' but no CUDA device is visible")
+    return device
+
+
+def load_fftw_wisdom(path: str | Path) -> bool:
+    """Import FFTW wisdom saved by ``save_fftw_wisdom``; False if ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        pyfftw.import_wisdom(tuple(data[key].tobytes() for key in ("double", "single", "long")))
+    return True
+
+
+def save_fftw_wisdom(path: str | Path) -> None:
+    """Write this process's FFTW wisdom (plans measured so far) to ``path`` atomically (.npz)."""
+    wisdom = dict(zip(("double", "single", "long"), pyfftw.export_wisdom()))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{key: np.frombuffer(value, np.uint8) for key, value in wisdom.items()})
+
+
+@dataclass
+class ShardWaves:
+    """Cached exit waves of a shard of structures.
+
+    waves: (n, P, G, G) complex64 full-scene exit waves in Fourier space (``WAVES_CONVENTION``),
+        referenced to the particles' exit plane (see ``simulate_shard``), ready for
+        ``emsim.optics.image_from_waves``;
+    labels: (n, H, W) uint8 particle masks at the image pixel size;
+    zero_defocus_A: (n,) float32 minimum-contrast defocus of the particles in vacuum (nan if
+        not calibrated); sampling_A: real-space sampling of the waves [A].
+    """
+
+    waves: np.ndarray
+    labels: np.ndarray
+    zero_defocus_A: np.ndarray
+    sampling_A: float
+
+    def save(self, path: str | Path, attrs: dict) -> None:
+        """Write HDF5 atomically; ``attrs`` (provenance) values that are not strings are stored as JSON."""
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            grid = self.waves.shape[-2:]
+            waves = f.create_dataset("waves", data=self.waves, chunks=(1, 1, *grid))
+            waves.attrs["convention"] = WAVES_CONVENTION
+            f.create_dataset("labels", data=self.labels, compression="gzip")
+            f.create_dataset("zero_defocus_A", data=self.zero_defocus_A)
+            f.attrs["sampling_A"] = self.sampling_A
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShardWaves:
+        """Read a file written by ``save``; a missing dataset raises ValueError naming the file."""
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("waves", "labels", "zero_defocus_A") if k not in f]
+            if missing or "sampling_A" not in f.attrs:
+                raise ValueError(f"{path}: not an emsim shard-waves file (missing {missing or 'sampling_A'})")
+            return cls(
+                waves=f["waves"][()],
+                labels=f["labels"][()],
+                zero_defocus_A=f["zero_defocus_A"][()],
+                sampling_A=float(f.attrs["sampling_A"]),
+            )
+
+
+def simulate_shard(
+    scenes: list,
+    sim: dict,
+    microscope: dict,
+    image: dict,
+    labels: dict,
+    seed: int,
+    *,
+    wisdom_path: str | Path | None = None,
+) -> ShardWaves:
+    """Full-scene exit waves (Fourier space), labels and zero defocus of each scene.
+
+    The stored waves are referenced to the particles' exit plane (the bottom of
+    ``scene.particle_atoms()``'s cell, where the vacuum wave leaves): they are propagated back
+    from the bottom of the scene, so defocus 0 is focus just below the particles for every
+    structure, whatever its substrate thickness, and ``zero_defocus_A`` applies to them as is.
+    Scene ``j`` uses phonon seed ``SeedSequence([seed, j])``. With ``wisdom_path``, FFTW wisdom
+    is loaded before and, if the file did not exist, saved after.
+    """
+    check_device(sim["device"])
+    cell_A = image["size_px"] * image["pixel_size_A"]
+    for j, scene in enumerate(scenes):
+        if not np.isclose(scene.cell_A[0], cell_A) or not np.isclose(scene.cell_A[1], cell_A):
+            raise ValueError(
+                f"scene {j} cell {scene.cell_A[:2]} A != image.size_px x image.pixel_size_A = {cell_A} A"
+            )
+    gpts = grid_points(cell_A, sim["sampling_A"])
+    grid = optics.k_grid((gpts, gpts), sim["sampling_A"])
+    calibrate = sim.get("calibrate_zero_defocus", False)
+    had_wisdom = wisdom_path is not None and load_fftw_wisdom(wisdom_path)
+    waves, masks, zero_defocus = [], [], []
+    for j, scene in enumerate(scenes):
+        start = time.perf_counter()
+        phonon_seed = int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
+        full, vacuum, offset_A = scene_exit_waves(scene, sim, microscope, phonon_seed)
+        back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), microscope["energy_eV"])
+        waves.append(sfft.fft2(full, overwrite_x=True) * back)
+        masks.append(
+            labels_mod.label_from_vacuum_wave(
+                vacuum, sim["sampling_A"], image["pixel_size_A"], image["size_px"], **labels
+            )
+        )
+        zero_defocus.append(
+            labels_mod.zero_defocus_A(vacuum, sim["sampling_A"], microscope) if calibrate else np.nan
+        )
+        log.info("structure %d/%d simulated in %.2f s", j + 1, len(scenes), time.perf_counter() - start)
+    if wisdom_path is not None and not had_wisdom:
+        save_fftw_wisdom(wisdom_path)
+    return ShardWaves(
+        waves=np.stack(waves).astype(np.complex64, copy=False),
+        labels=np.stack(masks),
+        zero_defocus_A=np.asarray(zero_defocus, np.float32),
+        sampling_A=float(sim["sampling_A"]),
+    )
+
+
+def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> None:
+    """Measure FFTW plans for this grid on a small synthetic scene and save them as wisdom.
+
+    Every exit-wave job loads this file first, so all jobs use the same plans and the same
+    config + seed gives the same bytes in any process (FFTW_MEASURE plans differ per process).
+    """
+    from emsim import structures
+
+    particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
+    substrate = {"thickness_A": [10.0, 10.0]}
+    cell_A = image["size_px"] * image["pixel_size_A"]
+    scene = structures.build_scene(particles, substrate, cell_A, np.random.default_rng(0))
+    simulate_shard([scene], {**sim, "calibrate_zero_defocus": False}, microscope, image, {}, seed=0, wisdom_path=path)

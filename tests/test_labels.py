@@ -1,0 +1,73 @@
+"""Labels from the particle-in-vacuum wave (real abTEM), projected-atom masks, zero-defocus calibration."""
+
+import ase
+import numpy as np
+import pytest
+import scipy.fft as sfft
+from ase.build import bulk
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from emsim import labels, optics, simulate
+
+CELL_A = 40.0
+SIM = {"sampling_A": 0.1, "slice_thickness_A": 2.0, "frozen_phonons": 1, "phonon_sigma_A": 0.1, "device": "cpu"}
+MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
+
+
+@pytest.fixture(scope="module")
+def particle():
+    """Randomly oriented Au sphere, radius 16 A, in a 40 A cell cut just below it."""
+    crystal = bulk("Au", "fcc", a=4.078, cubic=True).repeat((16, 16, 16))
+    positions = (crystal.positions - crystal.positions.mean(0)) @ Rotation.random(random_state=1).as_matrix().T
+    positions = positions[np.linalg.norm(positions, axis=1) < 16.0] + [CELL_A / 2, CELL_A / 2, 17.0]
+    atoms = ase.Atoms(f"Au{len(positions)}", positions=positions, cell=[CELL_A, CELL_A, 34.0], pbc=(True, True, False))
+    return atoms, simulate.vacuum_exit_wave(atoms, SIM, MICROSCOPE)
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_label_is_solid_and_matches_projected_atoms(particle):
+    atoms, wave = particle
+    label = labels.label_from_vacuum_wave(wave, 0.1, 0.2, 200)
+    assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1}
+    atoms_mask = labels.projected_atom_mask(atoms.positions, CELL_A, 200, radius_A=1.0)
+    assert iou(label.astype(bool), atoms_mask) >= 0.8
+    assert np.array_equal(ndimage.binary_fill_holes(label), label.astype(bool))
+
+
+def test_label_fills_holes_across_the_periodic_edge():
+    n, sampling = 128, 0.2
+    x = np.arange(n) * sampling
+    dx = (x[:, None] - 1.0 + n * sampling / 2) % (n * sampling) - n * sampling / 2  # centre at x = 1 A
+    dy = x[None, :] - 12.8
+    r = np.hypot(dx, dy)
+    ring = np.where((r > 3.0) & (r < 5.0), 0.5, 0.0)  # a phase annulus straddling the x = 0 edge
+    label = labels.label_from_vacuum_wave(np.exp(1j * ring), sampling, 0.2, n, lowpass_sigma_A=0.2, blur_A=0.4)
+    assert label[5, 64] == 1 and label[-1, 64] == 1  # hole filled, on both sides of the edge
+    assert label[64, 64] == 0 and label[5, 10] == 0
+
+
+def test_projected_atom_mask_disk_and_wrap():
+    mask = labels.projected_atom_mask(np.array([[0.0, 0.0, 5.0]]), 12.8, 128, radius_A=1.0)
+    assert mask.sum() == pytest.approx(np.pi * (1.0 / 0.1) ** 2, rel=0.05)
+    assert mask[0, 0] and mask[-5, -5] and mask[5, -5] and not mask[64, 64]
+
+
+def test_zero_defocus_finds_the_plane_of_a_pure_phase_object():
+    n, sampling = 128, 0.2
+    x = np.arange(n) * sampling
+    rng = np.random.default_rng(4)
+    phase = np.zeros((n, n))
+    for cx, cy in rng.uniform(0, n * sampling, (6, 2)):
+        d2 = ((x[:, None] - cx + 12.8) % 25.6 - 12.8) ** 2 + ((x[None, :] - cy + 12.8) % 25.6 - 12.8) ** 2
+        phase += 0.8 * np.exp(-d2 / (2 * 1.5**2))
+    grid = optics.k_grid((n, n), sampling)
+    # propagate the in-focus phase object by 37.3 A; minimum contrast is back at defocus 37.3 A
+    propagated = sfft.ifft2(sfft.fft2(np.exp(1j * phase)) * optics.ctf(grid, optics.Aberrations(C10_A=37.3), 300e3))
+    microscope = {"energy_eV": 300e3, "Cs_A": 0.0}
+    assert labels.zero_defocus_A(propagated, sampling, microscope) == pytest.approx(37.3, abs=0.051)
+    with pytest.raises(ValueError, match="search_A"):
+        labels.zero_defocus_A(propagated, sampling, microscope, search_A=(10, -10))
