@@ -126,3 +126,24 @@ def test_seed_study_dry_runs_to_10854_models_in_under_a_minute(tmp_path):
 def test_lint_is_clean(tmp_path, tiny_study):
     output = snakemake(tmp_path, "--lint", config=tiny_study)
     assert "Congratulations" in output or "no lints" in output.lower(), output[-3000:]
+
+
+def readme_block(name: str) -> str:
+    """The code block of the README between <!-- walkthrough:NAME --> markers."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(f"<!-- walkthrough:{name} -->")[1].split(f"<!-- /walkthrough:{name} -->")[0]
+    return block.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
+    (rerun_dir / "my_shifts.py").write_text(readme_block("shift"))
+    addition = yaml.safe_load(readme_block("config"))
+    changed = copy.deepcopy(tiny_study)
+    changed["extensions"] = addition["extensions"]
+    changed["domains"] |= addition["domains"]
+    assert scheduled(snakemake(rerun_dir, "-n", config=changed)) == {"all": 1, "domain_dataset": 2}
+    snakemake(rerun_dir, "--cores", "2", "results/datasets/drift2.h5", config=changed)
+    meta = data.read_meta(rerun_dir / "results/datasets/drift2.h5")
+    assert set(meta["drift_angle_deg"]) == {30.0}
+    images, _ = data.read_split(rerun_dir / "results/datasets/drift2.h5", "train")
+    assert images.std() > 0
