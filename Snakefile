@@ -11,6 +11,15 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+wildcard_constraints:
+    set=r"[^/]+",
+    shard=r"\d+",
+    domain=r"[^/]+",
+    experiment=r"[^/]+",
+    source=r"[^/]+",
+    target=r"[^/]+",
+
+
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"

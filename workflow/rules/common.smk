@@ -1,4 +1,4 @@
-# Study loading and the helpers every rule file uses: config slices as params, resources.
+# Study loading and the helpers the rule files share (config slices as params, resources).
 from emsim import config as emsim_config
 from emsim import experiments as emsim_experiments
 from emsim.experiments import dataset_path
@@ -6,15 +6,6 @@ from emsim.experiments import dataset_path
 STUDY = emsim_config.load(config)
 EXPERIMENTS = emsim_experiments.expand(STUDY)
 MODELS = {m.path: m for e in EXPERIMENTS.values() for m in e.models}
-
-
-wildcard_constraints:
-    set=r"[^/]+",
-    shard=r"\d+",
-    domain=r"[^/]+",
-    experiment=r"[^/]+",
-    source=r"[^/]+",
-    target=r"[^/]+",
 
 
 def resources_of(kind):
@@ -38,3 +29,8 @@ def grid(pattern, attribute):
         return getattr(MODELS[pattern.format(**dict(wc.items()))], attribute)
 
     return get
+
+
+def evaluation_group(wc):
+    """The models one evaluation job scores (an evaluation group of an experiment)."""
+    return EXPERIMENTS[wc.experiment].groups[wc.group]

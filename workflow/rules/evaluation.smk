@@ -2,10 +2,6 @@
 # and on its own target's test split; one job per group of models loads each dataset once.
 
 
-def evaluation_group(wc):
-    return EXPERIMENTS[wc.experiment].groups[wc.group]
-
-
 rule evaluate:
     input:
         models=lambda wc: [m.path for m in evaluation_group(wc)],
