@@ -30,6 +30,7 @@ localrules:
     all,
     datasets,
     report_table,
+    report_figures,
 
 
 rule all:
