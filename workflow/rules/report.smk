@@ -18,6 +18,8 @@ rule report_table:
         domain_values=lambda wc: emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains),
     log:
         "results/logs/report/{experiment}/table.log",
+    benchmark:
+        "results/benchmarks/report/{experiment}/table.tsv"
     conda:
         "../../envs/emsim.yaml"
     script:
@@ -45,6 +47,8 @@ rule report_figures:
         device=STUDY["training"]["device"],
     log:
         "results/logs/report/{experiment}/figures.log",
+    benchmark:
+        "results/benchmarks/report/{experiment}/figures.tsv"
     conda:
         "../../envs/emsim.yaml"
     resources:

@@ -38,6 +38,8 @@ rule fftw_wisdom:
         image=emsim_config.normalized(STUDY["image"]),
     log:
         "results/logs/exit_waves/fftw_wisdom.log",
+    benchmark:
+        "results/benchmarks/exit_waves/fftw_wisdom.tsv"
     conda:
         "../../envs/emsim.yaml"
     resources:
