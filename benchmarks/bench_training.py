@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from emsim import train
-from emsim.models import UNet, count_parameters, freeze
+from emsim.models import UNet, count_parameters, freeze, resolve_device
 
 POOL_BATCHES = 4  # distinct batches of synthetic data the loops cycle through
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args()
 
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":

@@ -31,7 +31,7 @@ import torch
 from emsim import data
 from emsim.io import atomic_path, provenance
 from emsim.metrics import MetricAccumulator
-from emsim.models import DOWNSAMPLING, load_model
+from emsim.models import DOWNSAMPLING, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,6 @@ FORMAT = "emsim-evaluation"
 FORMAT_VERSION = 1
 META_FIELDS = ("stage", "best_epoch", "best_val_loss", "train_time_s", "trainable_params",
                "total_params", "seeds", "history")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, else cpu; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:

@@ -236,3 +236,10 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict]
     model = UNet(**payload["model_config"])
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval(), payload["meta"]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None -> cuda if available, else cpu; anything else as ``torch.device(device)``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from emsim import data
-from emsim.evaluate import pad_to_multiple, resolve_device
+from emsim.evaluate import pad_to_multiple
 from emsim.io import atomic_path
-from emsim.models import DOWNSAMPLING, load_model
+from emsim.models import DOWNSAMPLING, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
 

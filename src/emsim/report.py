@@ -41,9 +41,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
-from emsim.evaluate import resolve_device
 from emsim.io import atomic_path
-from emsim.models import load_model
+from emsim.models import load_model, resolve_device
 from emsim.predict import segment_image
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from emsim import data, io
-from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, save_model
+from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,6 @@ EpochCallback = Callable[[int, dict], None]
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the message names stage, epoch and step."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> cuda if available else cpu; otherwise ``torch.device(device)``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_cfg(cfg: dict) -> dict:
