@@ -74,6 +74,7 @@ def _edit(study, path, value):
         (("domains", "df{mean_nm}", "astigmatsm"), {"magnitude_nm": 1}, ["domains.df-10", "astigmatsm", "astigmatism"]),
         (("structure_sets", "au", "particles", "radius_A"), [9, 5], ["structure_sets.au.particles.radius_A", "larger"]),
         (("microscope", "Cs_A"), "1.2e7", ["microscope.Cs_A", "1.2e+7"]),
+        (("structure_sets", "au", "particles", "count"), [1, 6], ["structure_sets.au", "particles.count", "cannot place"]),
     ],
 )
 def test_bad_config_names_the_key(study, path, value, names):

@@ -107,6 +107,7 @@ def load(source: str | Path | dict) -> dict:
                 f"defined: {', '.join(study['structure_sets'])}"
             )
     _check_image(study)
+    _check_particles_fit(study)
     _check_splits(study)
     from emsim import experiments  # experiments reads the expanded config
 
@@ -345,6 +346,15 @@ def _check_image(study: dict) -> None:
         raise ConfigError(
             f"image.pixel_size_A: {image['pixel_size_A']} must be a whole multiple of simulation.sampling_A = {sampling}"
         )
+
+
+def _check_particles_fit(study: dict) -> None:
+    """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)."""
+    for name, spec in study["structure_sets"].items():
+        try:
+            structures.check_placement(spec["particles"], study["image"]["cell_A"])
+        except ValueError as error:
+            raise ConfigError(f"structure_sets.{name}: {error}") from None
 
 
 def _check_splits(study: dict) -> None:

@@ -309,6 +309,23 @@ def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.
                     "tilt_azimuth_deg": float(azimuth_deg)}
 
 
+def check_placement(particles: dict, cell_xy_A: float, trials: int = 3) -> None:
+    """Raise ValueError unless the largest particles (max count, max radius) can be placed.
+
+    Cheap (milliseconds), so the study config can reject an impossible structure set before any
+    job runs instead of failing inside one.
+    """
+    radii_A = np.full(particles["count"][1], float(particles["radius_A"][1]))
+    last_error = None
+    for seed in range(trials):
+        try:
+            _place_discs(radii_A, cell_xy_A, particles["min_gap_A"], np.random.default_rng(seed))
+            return
+        except ValueError as error:
+            last_error = error
+    raise last_error
+
+
 def _place_discs(radii_A: np.ndarray, cell_xy_A: float, min_gap_A: float, rng: np.random.Generator) -> np.ndarray:
     """x/y centres such that periodic centre distances are >= r_i + r_j + min_gap_A (rejection sampling)."""
     for _ in range(PLACEMENT_RESTARTS):
