@@ -10,6 +10,7 @@ cpu partition, that the profile's groups were formed, and that the results equal
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "config" / "test.yaml"
 PROFILE = ROOT / "slurm" / "config.yaml"
 TABLE = "results/report/defocus/models.csv"
+WISDOM = "results/exit_waves/fftw_wisdom.npz"
 DATASETS = ("results/datasets/df-10.h5", "results/datasets/df10.h5")
 GPU_RULES = {"pretrain", "transfer", "baseline", "evaluate"}
 CPU_RULES = {"structures", "exit_waves", "domain_dataset"}  # at least these (more may come)
@@ -139,6 +141,10 @@ def assert_tables_equal(slurm: pd.DataFrame, local: pd.DataFrame) -> None:
 def test_tiny_study_on_slurm_routes_jobs_and_matches_local_run(slurm_cluster, tmp_path):
     node_cpus = slurm_cluster.node()["CPUTot"]
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    # Byte equality needs the same FFTW plans in both runs: plan once, share the wisdom file.
+    Snakemake(local_dir, WISDOM, "--cores", "1").wait()
+    (slurm_dir / WISDOM).parent.mkdir(parents=True)
+    shutil.copy2(local_dir / WISDOM, slurm_dir / WISDOM)
     local = Snakemake(local_dir, TABLE, "--cores", node_cpus)  # alongside: the Slurm run mostly waits
     output, slurm_s = Snakemake(
         slurm_dir, TABLE, "--profile", "slurm",
