@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from emsim import config, data, io, optics, shifts
-from emsim.simulate import ShardWaves
+from emsim.simulate import ShardWaves, read_zero_defocus_A
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
         config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     n_images = sum(splits.values())
-    shards = [ShardWaves.load(path) for path in shard_paths]
-    zero_defocus_A = _zero_defocus_A(shards)
+    zero_defocus_A = _zero_defocus_A(shard_paths)
     images, labels, rows = [], [], []
-    for shard_index, shard in enumerate(shards):
+    for shard_index, path in enumerate(shard_paths):  # one shard's waves in memory at a time
+        if len(images) == n_images:
+            break
+        shard = ShardWaves.load(path)
         for local in range(len(shard.labels)):
             index = len(images)
             if index == n_images:
@@ -78,8 +80,8 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
     data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs)
 
 
-def _zero_defocus_A(shards: list[ShardWaves]) -> float:
+def _zero_defocus_A(shard_paths: list[str | Path]) -> float:
     """The set's calibrated zero defocus (mean over structures), 0 when not calibrated."""
-    values = np.concatenate([s.zero_defocus_A for s in shards])
+    values = np.concatenate([read_zero_defocus_A(path) for path in shard_paths])
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else 0.0

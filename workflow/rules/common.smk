@@ -34,3 +34,13 @@ def grid(pattern, attribute):
 def evaluation_group(wc):
     """The models one evaluation job scores (an evaluation group of an experiment)."""
     return EXPERIMENTS[wc.experiment].groups[wc.group]
+
+
+def evaluation_paths(wc):
+    """Every evaluation file of an experiment."""
+    return [emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups]
+
+
+def series_values(wc):
+    """The swept value of each domain of an experiment's series (x axis of its plots)."""
+    return emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains)

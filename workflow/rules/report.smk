@@ -3,9 +3,7 @@
 
 rule report_table:
     input:
-        lambda wc: [
-            emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups
-        ],
+        evaluation_paths,
     output:
         parquet="results/report/{experiment}/models.parquet",
         csv=report(
@@ -15,7 +13,7 @@ rule report_table:
             labels={"table": "per-model table"},
         ),
     params:
-        domain_values=lambda wc: emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains),
+        domain_values=series_values,
     log:
         "results/logs/report/{experiment}/table.log",
     benchmark:
@@ -29,9 +27,7 @@ rule report_table:
 rule report_figures:
     input:
         table="results/report/{experiment}/models.parquet",
-        evaluations=lambda wc: [
-            emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups
-        ],
+        evaluations=evaluation_paths,
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
         report(
@@ -42,7 +38,7 @@ rule report_figures:
         ),
     params:
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
-        domain_values=lambda wc: emsim_config.domain_values(STUDY, EXPERIMENTS[wc.experiment].domains),
+        domain_values=series_values,
         parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
         device=STUDY["training"]["device"],
     log:
