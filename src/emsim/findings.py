@@ -1,0 +1,417 @@
+"""The seed study's findings as statistics of a per-model table, for emsim's results and the study's.
+
+The study: L. Rangel DaCosta, H. Oill, M. Scott, "Strategies for effective transfer learning for
+HRTEM analysis with neural networks" (article repository msa-em/hrtem-transfer-learning).
+
+Each statistic takes a per-model table in the columns of :func:`emsim.report.model_table`
+(``stage``, ``source``, ``target``, ``freeze``, ``size``, ``lr_pretrain``, ``lr_transfer``,
+``target_val_<m>``, ``val_<m>__<d>``, ``before_val_<m>__<d>``) and a metric short name ``<m>``
+(``ce``, or the study's convention ``study_loss``); only transfer rows count, as in the study.
+Domain facts (defocus, dose, lattice of each domain: :func:`domain_facts`) say which findings
+apply to an experiment. :func:`load_study` puts the study's public per-model tables into the same
+columns, so one code path gives both columns of docs/validation.md::
+
+    python -m emsim.findings results/report --configfile config/validation.yaml [--metric ce]
+    python -m emsim.findings --study hrtem-transfer-learning/notebooks
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TRANSFER = "transfer"
+STUDY_METRIC = "study_loss"
+STUDY_OFFSET = 0.3133  # ln(1 + e^-1), subtracted by the article from every loss it reports
+BEST_LRS, WORST_LRS = (1e-3, 1e-4), (1e-4, 1e-5)
+BY_FAR = 1.5  # "by far the hardest": at least this many times the loss of the next hardest domain
+CLAIMS = {
+    "F1": "more transfer data gives lower target loss and less spread",
+    "F2": "freezing the decoder is about as good as no freezing, freezing the encoder slightly worse",
+    "F3": "learning rates (1e-3, 1e-4) are best and (1e-4, 1e-5) worst",
+    "F4": "the in-focus (0 nm) domain is by far the hardest",
+    "F5": "transfer narrows the spread of losses across domains",
+    "F6": "lower dose gives higher loss",
+    "F7": "diamond C is the hardest lattice and wurtzite the easiest",
+}
+FACTS = ("defocus_nm", "dose_e_per_A2", "lattice")
+
+
+# ---------------------------------------------------------------- statistics
+
+def transfer_rows(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
+    """Transfer rows with a target loss, their target not in ``exclude``."""
+    column = f"target_val_{metric}"
+    if column not in table:
+        raise KeyError(f"the table has no column {column!r} (metric {metric!r})")
+    rows = table[(table["stage"] == TRANSFER) & table[column].notna()]
+    return rows[~rows["target"].isin(list(exclude))]
+
+
+def _quartiles(groups) -> pd.DataFrame:
+    stats = groups.agg(n="size", median="median", q25=lambda v: v.quantile(0.25),
+                       q75=lambda v: v.quantile(0.75))
+    stats["iqr"] = stats["q75"] - stats["q25"]
+    return stats
+
+
+def by_size(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
+    """F1: n, median, quartiles and IQR of the target loss per transfer set size."""
+    rows = transfer_rows(table, metric, exclude)
+    return _quartiles(rows.groupby("size")[f"target_val_{metric}"]).sort_index()
+
+
+def by_freeze(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
+    """F2: n, median, quartiles and IQR of the target loss per frozen part."""
+    rows = transfer_rows(table, metric, exclude)
+    return _quartiles(rows.groupby("freeze")[f"target_val_{metric}"])
+
+
+def by_lr_pair(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
+    """F3: n, median, quartiles and IQR of the target loss per (lr_pretrain, lr_transfer)."""
+    rows = transfer_rows(table, metric, exclude)
+    return _quartiles(rows.groupby(["lr_pretrain", "lr_transfer"])[f"target_val_{metric}"])
+
+
+def by_domain(table: pd.DataFrame, metric: str = "ce") -> pd.Series:
+    """F4: median loss after transfer on each evaluation domain (val split), over transfer models."""
+    rows = transfer_rows(table, metric)
+    prefix = f"val_{metric}__"
+    return pd.Series({c[len(prefix):]: rows[c].median() for c in rows if c.startswith(prefix)},
+                     dtype=float)
+
+
+def spread(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
+    """F5: per (source, target) pair, the population std across domains (``exclude`` left out)
+    of the median loss before transfer (models pretrained on the source) and after (the pair's
+    transfer models), as the study's generalization figure computes it."""
+    rows = transfer_rows(table, metric)
+    prefix = f"val_{metric}__"
+    domains = [c[len(prefix):] for c in rows if c.startswith(prefix)
+               and c[len(prefix):] not in exclude and f"before_{c}" in rows]
+    after = [f"{prefix}{d}" for d in domains]
+    before = [f"before_{c}" for c in after]
+    spreads = {}
+    for source, of_source in rows.groupby("source"):
+        std_before = of_source[before].median().std(ddof=0)
+        for target, pair in of_source.groupby("target"):
+            spreads[(source, target)] = {"before": std_before,
+                                         "after": pair[after].median().std(ddof=0)}
+    return pd.DataFrame.from_dict(spreads, orient="index").rename_axis(["source", "target"])
+
+
+def by_target_fact(table: pd.DataFrame, facts: pd.DataFrame, fact: str,
+                   metric: str = "ce") -> pd.Series:
+    """F6, F7: median target loss after transfer per value of a fact of the target domain
+    (``dose_e_per_A2``, ``lattice``), sorted by that value."""
+    rows = transfer_rows(table, metric)
+    keys = rows["target"].map(facts[fact])
+    return rows.groupby(keys)[f"target_val_{metric}"].median().sort_index()
+
+
+# ---------------------------------------------------------------- verdicts
+
+def _g(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _lrs(pair) -> str:
+    return "(" + ", ".join(f"{v:.0e}".replace("e-0", "e-") for v in pair) + ")"
+
+
+def _verdict(agree: bool) -> str:
+    return "agree" if agree else "disagree"
+
+
+def judge_size(stats: pd.DataFrame) -> tuple[str, str]:
+    """Agree if the median falls at every size step and the largest set has a smaller IQR than the smallest."""
+    text = ", ".join(f"{size:g}: {_g(r['median'])} (IQR {_g(r['iqr'])})" for size, r in stats.iterrows())
+    agree = bool(np.all(np.diff(stats["median"]) < 0) and stats["iqr"].iloc[-1] < stats["iqr"].iloc[0])
+    return f"median target loss by size: {text}", _verdict(agree)
+
+
+def judge_freeze(stats: pd.DataFrame) -> tuple[str, str]:
+    """Agree if encoder-frozen is worse than nothing frozen, by more than decoder-frozen differs."""
+    none, encoder, decoder = (stats.loc[f, "median"] for f in ("none", "encoder", "decoder"))
+    text = (f"median target loss: none {_g(none)}, decoder {_g(decoder)}, encoder {_g(encoder)}")
+    return text, _verdict(encoder > none and abs(decoder - none) < encoder - none)
+
+
+def _find_pair(stats: pd.DataFrame, pair: tuple[float, float]):
+    return next((key for key in stats.index if np.allclose(key, pair)), None)
+
+
+def judge_lr(stats: pd.DataFrame) -> tuple[str, str]:
+    """Agree if (1e-3, 1e-4) has the lowest median target loss and (1e-4, 1e-5) the highest."""
+    text = ", ".join(f"{_lrs(k)}: {_g(r['median'])} (IQR {_g(r['iqr'])})"
+                     for k, r in stats.sort_values("median").iterrows())
+    best, worst = stats["median"].idxmin(), stats["median"].idxmax()
+    agree = bool(np.allclose(best, BEST_LRS) and np.allclose(worst, WORST_LRS))
+    return f"median target loss, best first: {text}", _verdict(agree)
+
+
+def judge_domain(medians: pd.Series, in_focus: str) -> tuple[str, str]:
+    """Agree if the in-focus domain has the highest median loss, at least BY_FAR x the next."""
+    ranked = medians.sort_values(ascending=False)
+    ratio = ranked.iloc[0] / ranked.iloc[1]
+    text = (f"hardest {ranked.index[0]} {_g(ranked.iloc[0])}, next {ranked.index[1]} "
+            f"{_g(ranked.iloc[1])} ({ratio:.2g}x); easiest {ranked.index[-1]} {_g(ranked.iloc[-1])}")
+    return text, _verdict(ranked.index[0] == in_focus and ratio >= BY_FAR)
+
+
+def judge_spread(spreads: pd.DataFrame) -> tuple[str, str]:
+    """Agree if the median over pairs of the spread after transfer is below the one before."""
+    before, after = spreads["before"].median(), spreads["after"].median()
+    narrower = (spreads["after"] < spreads["before"]).mean()
+    text = (f"median over {len(spreads)} pairs of std across domains: before {_g(before)}, "
+            f"after {_g(after)}; narrower for {narrower:.0%} of pairs")
+    return text, _verdict(after < before)
+
+
+def judge_dose(medians: pd.Series) -> tuple[str, str]:
+    """Agree if the median target loss falls at every step up in dose."""
+    text = ", ".join(f"{dose:g}: {_g(v)}" for dose, v in medians.items())
+    return (f"median target loss by dose (e/A^2): {text}",
+            _verdict(bool(np.all(np.diff(medians.to_numpy()) < 0))))
+
+
+def judge_lattice(medians: pd.Series) -> tuple[str, str]:
+    """Agree if C_diamond has the highest median target loss and a wurtzite lattice the lowest."""
+    ranked = medians.sort_values()
+    text = ", ".join(f"{lattice} {_g(v)}" for lattice, v in ranked.items())
+    agree = ranked.index[-1] == "C_diamond" and ranked.index[0].endswith("_wurtzite")
+    return f"median target loss, easiest first: {text}", _verdict(agree)
+
+
+def findings(table: pd.DataFrame, facts: pd.DataFrame, metric: str = "ce") -> list[dict]:
+    """Every finding that applies to one experiment: ``finding``, ``claim``, ``statistic``,
+    ``verdict``. F1-F3 need at least two sizes / the three frozen parts / both named LR pairs;
+    F4 a varied defocus with a 0 nm domain (left out of F1-F3 and F5, as in the study); F6 a
+    varied dose; F7 a varied lattice."""
+    transfer = transfer_rows(table, metric)
+    if transfer.empty:
+        return []
+    varied = facts["defocus_nm"].nunique() > 1
+    exclude = [d for d in facts.index[facts["defocus_nm"] == 0] if varied]
+    out = []
+
+    def add(finding: str, judged: tuple[str, str]) -> None:
+        out.append({"finding": finding, "claim": CLAIMS[finding], "statistic": judged[0],
+                    "verdict": judged[1]})
+
+    if "size" in transfer and transfer["size"].nunique() > 1:
+        add("F1", judge_size(by_size(table, metric, exclude)))
+    if "freeze" in transfer and {"none", "encoder", "decoder"} <= set(transfer["freeze"]):
+        add("F2", judge_freeze(by_freeze(table, metric, exclude)))
+    if {"lr_pretrain", "lr_transfer"} <= set(transfer):
+        stats = by_lr_pair(table, metric, exclude)
+        if _find_pair(stats, BEST_LRS) is not None and _find_pair(stats, WORST_LRS) is not None:
+            add("F3", judge_lr(stats))
+    if exclude:
+        add("F4", judge_domain(by_domain(table, metric), exclude[0]))
+    if any(c.startswith(f"before_val_{metric}__") for c in transfer):
+        spreads = spread(table, metric, exclude).dropna()
+        if len(spreads):
+            add("F5", judge_spread(spreads))
+    if facts["dose_e_per_A2"].nunique() > 1:
+        add("F6", judge_dose(by_target_fact(table, facts, "dose_e_per_A2", metric)))
+    if facts["lattice"].nunique() > 1:
+        add("F7", judge_lattice(by_target_fact(table, facts, "lattice", metric)))
+    return out
+
+
+def markdown(results: dict[str, list[dict]]) -> str:
+    """The findings of every experiment as one markdown table."""
+    lines = ["| experiment | finding | claim | statistic | verdict |", "|---|---|---|---|---|"]
+    for experiment, rows in results.items():
+        lines += [f"| {experiment} | {r['finding']} | {r['claim']} | {r['statistic']} | "
+                  f"{r['verdict']} |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- domain facts
+
+def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
+    """Defocus (nm), dose (e/A^2) and lattice of each domain of a loaded study config."""
+    rows = {}
+    for name in domains:
+        domain = study["domains"][name]
+        particles = study["structure_sets"][domain["structure_set"]]["particles"]
+        rows[name] = {"defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
+                      "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
+                      "lattice": particles.get("lattice")}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
+
+
+def report_findings(report_dir: str | Path, study: dict, metric: str = "ce"
+                    ) -> dict[str, list[dict]]:
+    """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``."""
+    from emsim import experiments
+
+    expanded = experiments.expand(study)
+    results = {}
+    for path in sorted(Path(report_dir).glob("*/models.parquet")):
+        name = path.parent.name
+        if name not in expanded:
+            raise ValueError(f"{path}: experiment {name!r} is not in the study config "
+                             f"(experiments: {', '.join(expanded)})")
+        table = pd.read_parquet(path)
+        results[name] = findings(table, domain_facts(study, expanded[name].domains), metric)
+    if not results:
+        raise ValueError(f"{report_dir}: no <experiment>/models.parquet found")
+    return results
+
+
+# ---------------------------------------------------------------- the study's tables
+
+class _TableUnpickler(pickle.Unpickler):
+    """Unpickles pandas and numpy classes (and ``slice``) only: the tables hold nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in ("pandas", "numpy") or (module, name) == ("builtins", "slice"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a table pickle")
+
+
+def read_pickle_table(path: str | Path) -> pd.DataFrame:
+    """A pandas DataFrame from a pickle, through a restricted unpickler."""
+    with open(path, "rb") as file:
+        table = _TableUnpickler(file).load()
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{path}: holds a {type(table).__name__}, not a pandas DataFrame")
+    return table
+
+
+STUDY_LATTICES = {"w_ZnS": "ZnS_wurtzite", "w_CdSe": "CdSe_wurtzite", "fcc_Cu": "Cu_fcc",
+                  "fcc_Ag": "Ag_fcc", "dc_C": "C_diamond", "dc_Si": "Si_diamond",
+                  "spinel_Fe3O4": "Fe3O4_spinel", "spinel_Co3O4": "Co3O4_spinel", "bcc_Fe": "Fe_bcc"}
+
+
+def _defocus_name(angstrom) -> str:
+    return f"df{angstrom / 10:g}"
+
+
+def _structure_name(study_name: str) -> str:
+    lattice, size = study_name.rsplit("_", 1)
+    return f"str_{STUDY_LATTICES[lattice]}_{size}"
+
+
+def study_defocus(df: pd.DataFrame, metric: str = STUDY_METRIC) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """mini_df.pkl (7,200 defocus transfer models, losses already offset; defocus in A) in
+    emsim's columns, with its domain facts."""
+    table = pd.DataFrame({
+        "stage": TRANSFER, "source": df["pretrain_defocus"].map(_defocus_name),
+        "target": df["transfer_defocus"].map(_defocus_name), "freeze": df["freeze_option"],
+        "size": df["N_tl_training_points"], "lr_pretrain": df["pretrain_lr"],
+        "lr_transfer": df["transfer_lr"],
+        f"target_val_{metric}": df["best_target_transfer_performance"],
+        f"before_target_val_{metric}": df["best_target_pretrain_performance"]})
+    angstroms = sorted(int(c.rsplit("_", 1)[1]) for c in df if c.startswith("best_pretrain_val_"))
+    for a in angstroms:
+        table[f"val_{metric}__{_defocus_name(a)}"] = df[f"best_transfer_performance_{a}"]
+        table[f"before_val_{metric}__{_defocus_name(a)}"] = df[f"best_pretrain_val_{a}"]
+    facts = pd.DataFrame({"defocus_nm": [a / 10 for a in angstroms], "dose_e_per_A2": 400.0,
+                          "lattice": "CdSe_wurtzite"}, index=[_defocus_name(a) for a in angstroms])
+    return table, facts
+
+
+def study_dose(df: pd.DataFrame, metric: str = STUDY_METRIC) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """tl_noise_models.pkl (180 dose transfer models, raw CE per epoch) in emsim's columns: each
+    stage's losses at its best epoch on its own domain's validation loss, minus the offset.
+    (The article's notebook took the transfer losses at the PRETRAIN best epoch; the medians
+    differ by < 0.001.)"""
+    doses = sorted({int(d) for d in df["pretrain_dose"]} | {int(d) for d in df["transfer_dose"]})
+    rows = []
+    for _, model in df.iterrows():
+        row = {"stage": TRANSFER, "source": f"dose{int(model['pretrain_dose'])}",
+               "target": f"dose{int(model['transfer_dose'])}", "freeze": model["freezing_mode"],
+               "lr_pretrain": model["pretrain_lr"], "lr_transfer": model["transfer_lr"]}
+        for prefix, history, own in (("before_", model["pretrain_history"], model["pretrain_dose"]),
+                                     ("", model["transfer_history"], model["transfer_dose"])):
+            best = int(np.argmin(history[f"validation_{own}"]))
+            for dose in doses:
+                row[f"{prefix}val_{metric}__dose{dose}"] = history[f"validation_{dose}"][best] - STUDY_OFFSET
+            row[f"{prefix}target_val_{metric}"] = row[f"{prefix}val_{metric}__{row['target']}"]
+        rows.append(row)
+    facts = pd.DataFrame({"defocus_nm": -10.0, "dose_e_per_A2": [float(d) for d in doses],
+                          "lattice": "CdSe_wurtzite"}, index=[f"dose{d}" for d in doses])
+    return pd.DataFrame(rows), facts
+
+
+def study_structure(df: pd.DataFrame, metric: str = STUDY_METRIC
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """mini_size_df.pkl (structure transfer models, raw CE) in emsim's columns, minus the offset."""
+    prefixes = {"": "best_transfer_performance_validation_",
+                "before_": "best_pretrain_performance_validation_"}
+    names = sorted(c[len(prefixes[""]):] for c in df if c.startswith(prefixes[""]))
+    table = pd.DataFrame({"stage": TRANSFER,
+                          "source": df["pretrain_structure"].map(_structure_name),
+                          "target": df["transfer_structure"].map(_structure_name),
+                          "freeze": df["freezing_mode"]})
+    for prefix, column in prefixes.items():
+        for name in names:
+            table[f"{prefix}val_{metric}__{_structure_name(name)}"] = df[column + name] - STUDY_OFFSET
+        own = [table.at[i, f"{prefix}val_{metric}__{t}"] for i, t in table["target"].items()]
+        table[f"{prefix}target_val_{metric}"] = own
+    facts = pd.DataFrame({"defocus_nm": -10.0, "dose_e_per_A2": 300.0,
+                          "lattice": [STUDY_LATTICES[n.rsplit("_", 1)[0]] for n in names]},
+                         index=[_structure_name(n) for n in names])
+    return table, facts
+
+
+STUDY_FILES = {"defocus": ("mini_df.pkl", study_defocus),
+               "dose": ("tl_noise_models.pkl", study_dose),
+               "structure": ("mini_size_df.pkl", study_structure)}
+
+
+def load_study(notebooks: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """The study's defocus, dose and structure tables (from the article repository's
+    ``notebooks/`` folder) in emsim's columns, metric ``study_loss``, with their domain facts."""
+    out = {}
+    for experiment, (filename, convert) in STUDY_FILES.items():
+        path = Path(notebooks) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (clone msa-em/hrtem-transfer-learning and "
+                                    f"pass its notebooks/ folder)")
+        out[experiment] = convert(read_pickle_table(path))
+    return out
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emsim.findings", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("report_dir", nargs="?", help="results/report of a finished study")
+    parser.add_argument("--configfile", help="the study config the results were made with")
+    parser.add_argument("--metric", default="ce",
+                        help="metric short name of the table's loss columns (default: ce)")
+    parser.add_argument("--study", metavar="NOTEBOOKS",
+                        help="the article repository's notebooks/ folder: the study's findings")
+    args = parser.parse_args(argv)
+    if (args.study is None) == (args.report_dir is None):
+        parser.error("give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
+    try:
+        if args.study:
+            results = {name: findings(table, facts, STUDY_METRIC)
+                       for name, (table, facts) in load_study(args.study).items()}
+        else:
+            if not args.configfile:
+                parser.error("REPORT_DIR needs --configfile (the study config of the run)")
+            from emsim import config
+
+            results = report_findings(args.report_dir, config.load(args.configfile), args.metric)
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError) as error:
+        print(f"emsim.findings: {error}", file=sys.stderr)
+        return 2
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
