@@ -48,7 +48,7 @@ def transfer_rows(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.Dat
     """Transfer rows with a target loss, their target not in ``exclude``."""
     column = f"target_val_{metric}"
     if column not in table:
-        raise KeyError(f"the table has no column {column!r} (metric {metric!r})")
+        raise ValueError(f"the table has no column {column!r} (metric {metric!r})")
     rows = table[(table["stage"] == TRANSFER) & table[column].notna()]
     return rows[~rows["target"].isin(list(exclude))]
 
@@ -269,11 +269,18 @@ def report_findings(report_dir: str | Path, study: dict, metric: str = "ce"
 
 # ---------------------------------------------------------------- the study's tables
 
+# Plain data constructors a pandas table pickle needs besides pandas and numpy classes
+# (pyarrow ones for string columns written by pandas >= 3).
+PICKLE_DATA_CLASSES = {("builtins", "slice"), ("builtins", "bytearray"),
+                       ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"),
+                       ("pyarrow.lib", "type_for_alias")}
+
+
 class _TableUnpickler(pickle.Unpickler):
-    """Unpickles pandas and numpy classes (and ``slice``) only: the tables hold nothing else."""
+    """Unpickles pandas and numpy classes and PICKLE_DATA_CLASSES only: nothing that runs code."""
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] in ("pandas", "numpy") or (module, name) == ("builtins", "slice"):
+        if module.split(".")[0] in ("pandas", "numpy") or (module, name) in PICKLE_DATA_CLASSES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a table pickle")
 
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             from emsim import config
 
             results = report_findings(args.report_dir, config.load(args.configfile), args.metric)
-    except (ValueError, KeyError, OSError, pickle.UnpicklingError) as error:
+    except (ValueError, OSError, pickle.UnpicklingError) as error:
         print(f"emsim.findings: {error}", file=sys.stderr)
         return 2
     print(markdown(results))
