@@ -29,7 +29,7 @@ import jsonschema
 import numpy as np
 import yaml
 
-from emsim import shifts, structures
+from emsim import optics, phonons, shifts, structures
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,7 @@ STRUCTURE_SET_SCHEMA = {
                 "mistilt_deg": {"type": "number", "minimum": 0, "default": 2.0},
             },
         },
+        "labels": {"description": "overrides of the study's labels block for this set (filled in by load)"},
         "substrate": {
             "type": "object",
             "additionalProperties": False,
@@ -85,7 +86,7 @@ def load(source: str | Path | dict) -> dict:
     """Validated study config with defaults filled and sweeps expanded.
 
     The result has ``structure_sets`` and ``domains`` as name -> expanded entry (each domain
-    entry gains ``sweep``: the swept values that made it) and ``image.cell_A`` filled.
+    entry gains ``sweep``: the swept values that made it).
     """
     raw = _read(source)
     study = copy.deepcopy(raw)
@@ -93,8 +94,10 @@ def load(source: str | Path | dict) -> dict:
         load_extension(path)
     _validate(study, _top_schema(), "")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets")
+    set_schema = copy.deepcopy(STRUCTURE_SET_SCHEMA)
+    set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])
     for name, spec in study["structure_sets"].items():
-        _validate(spec, STRUCTURE_SET_SCHEMA, f"structure_sets.{name}")
+        _validate(spec, set_schema, f"structure_sets.{name}")
         _check_ranges(spec, f"structure_sets.{name}")
     study["domains"] = _expand_block(study["domains"], "domains")
     for name, domain in study["domains"].items():
@@ -108,6 +111,8 @@ def load(source: str | Path | dict) -> dict:
             )
     _check_image(study)
     _check_particles_fit(study)
+    _check_phonons(study)
+    _check_delocalisation(study)
     _check_splits(study)
     from emsim import experiments  # experiments reads the expanded config
 
@@ -155,6 +160,11 @@ def domain_slice(study: dict, name: str) -> dict:
     if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain if key in shifts.SHIFTS):
         params["extensions"] = list(study["extensions"])
     return normalized(params)
+
+
+def set_labels(study: dict, name: str) -> dict:
+    """Label settings of structure set ``name``: the study's ``labels`` with the set's overrides."""
+    return {**study["labels"], **study["structure_sets"][name].get("labels", {})}
 
 
 def domain_values(study: dict, names: list[str]) -> dict:
@@ -218,6 +228,13 @@ _Validator = jsonschema.validators.extend(
         )
     },
 )
+
+
+def _without_defaults(schema):
+    """A copy of ``schema`` with every ``default`` removed (for blocks that override others)."""
+    if isinstance(schema, dict):
+        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
+    return schema
 
 
 def _fill_defaults(validator, properties, instance, schema):
@@ -334,27 +351,75 @@ def _check_ranges(spec: dict, where: str) -> None:
 
 def _check_image(study: dict) -> None:
     image, sampling = study["image"], study["simulation"]["sampling_A"]
-    fov_A = image["size_px"] * image["pixel_size_A"]
-    cell_A = image.setdefault("cell_A", fov_A)
-    if abs(cell_A - fov_A) > 1e-6 * fov_A:
-        raise ConfigError(
-            f"image: size_px * pixel_size_A = {image['size_px']} * {image['pixel_size_A']} = {fov_A:g} A "
-            f"does not match cell_A = {cell_A:g} A"
-        )
-    ratio = image["pixel_size_A"] / sampling
-    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
-        raise ConfigError(
-            f"image.pixel_size_A: {image['pixel_size_A']} must be a whole multiple of simulation.sampling_A = {sampling}"
-        )
+    for key, length in (("pixel_size_A", image["pixel_size_A"]), ("padding_A", image["padding_A"])):
+        ratio = length / sampling
+        if (length and ratio < 1 - 1e-9) or abs(ratio - round(ratio)) > 1e-6:
+            raise ConfigError(
+                f"image.{key}: {length} must be a whole multiple of simulation.sampling_A = {sampling}"
+            )
+    ratio = image["padding_A"] / image["pixel_size_A"]
+    if abs(ratio - round(ratio)) > 1e-6:
+        raise ConfigError(f"image.padding_A: {image['padding_A']} must be a whole multiple of image.pixel_size_A = {image['pixel_size_A']}")
 
 
 def _check_particles_fit(study: dict) -> None:
     """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)."""
     for name, spec in study["structure_sets"].items():
         try:
-            structures.check_placement(spec["particles"], study["image"]["cell_A"])
+            structures.check_placement(spec["particles"], optics.cell_A(study["image"]))
         except ValueError as error:
             raise ConfigError(f"structure_sets.{name}: {error}") from None
+
+
+def _check_phonons(study: dict) -> None:
+    """Every element of every structure set (and the carbon substrate) has a phonon sigma."""
+    for name, spec in study["structure_sets"].items():
+        symbols = [*structures.LATTICES[spec["particles"]["lattice"]].symbols, "C"]
+        try:
+            phonons.sigmas_A(symbols, study["simulation"]["phonon_sigma_A"])
+        except ValueError as error:
+            raise ConfigError(f"{error} (structure_sets.{name})") from None
+
+
+def _check_delocalisation(study: dict) -> None:
+    """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.optics``).
+
+    Evaluated at the information limit (temporal envelope exp(-2)), capped at the band limit of the
+    multislice (2/3 of its Nyquist frequency), for the aberrations that 99% of the domain's images stay
+    within. The defocus is measured from the particles' calibrated plane; without the
+    calibration the particles' largest diameter is added (the reference is then their exit plane).
+    """
+    microscope, image, sim = study["microscope"], study["image"], study["simulation"]
+    k_max = min(
+        optics.information_limit_k(microscope["energy_eV"], microscope["focal_spread_A"]),
+        1.0 / (3.0 * sim["sampling_A"]),
+    )
+    for name, domain in study["domains"].items():
+        defocus_A = _largest_defocus_A(domain)
+        if not sim["calibrate_zero_defocus"]:
+            defocus_A += 2 * study["structure_sets"][domain["structure_set"]]["particles"]["radius_A"][1]
+        reach_A = optics.delocalisation_A(k_max, defocus_A, microscope["Cs_A"], microscope["energy_eV"])
+        if reach_A > image["padding_A"] + 1e-9:
+            needed = np.ceil(reach_A / image["pixel_size_A"]) * image["pixel_size_A"]
+            raise ConfigError(
+                f"image.padding_A: {image['padding_A']:g} A is less than the {reach_A:.1f} A by which the lens of "
+                f"domain {name!r} moves detail (defocus up to {defocus_A:.0f} A, microscope.Cs_A = "
+                f"{microscope['Cs_A']:g}, information limit {1 / k_max:.2f} A from microscope.focal_spread_A); "
+                f"set image.padding_A >= {needed:g} (a multiple of image.pixel_size_A), or reduce the defocus or Cs"
+            )
+
+
+def _largest_defocus_A(domain: dict, draws: int = 1000) -> float:
+    """|C10| + |C12| [A] that 99% of the images the optics shifts of ``domain`` draw stay within
+    (``draws`` draws, calibration offset 0)."""
+    rng = np.random.default_rng(0)
+    values = np.zeros(draws)
+    for i in range(draws):
+        aberrations: dict = {}
+        for kind, params in shifts.ordered(domain, "optics"):
+            aberrations, _ = kind.apply(aberrations, params, rng, {"zero_defocus_A": 0.0})
+        values[i] = abs(aberrations.get("C10_A", 0.0)) + abs(aberrations.get("C12_A", 0.0))
+    return float(np.quantile(values, 0.99))
 
 
 def _check_splits(study: dict) -> None:

@@ -1,8 +1,10 @@
 """A domain's dataset: images derived from a structure set's cached exit waves by the domain's shifts.
 
 No multislice happens here: each image is the cached exit wave of one structure, through the
-domain's optics shifts (one CTF), intensity averaged over phonon configurations, downsampling,
-then its detector shifts (dose, blur, ...) in order. Image ``i`` draws from
+domain's optics shifts (one CTF, defocus measured from the structure's calibrated zero defocus
+when the set is calibrated), intensity averaged over phonon configurations, downsampling, its
+detector shifts (dose, blur, ...) in order, and last the cut of the image window from the padded
+cell. Image ``i`` draws from
 ``numpy.random.default_rng([domain_seed, i])``, so images are independent of each other and of
 the shard layout.
 """
@@ -15,17 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from emsim import config, data, io, optics, shifts
-from emsim.simulate import ShardWaves, read_zero_defocus_A
+from emsim.simulate import ShardWaves
 
 log = logging.getLogger(__name__)
 
 
-def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng, zero_defocus_A: float):
+def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng):
     """One image of structure ``index`` of a shard under a domain's shifts; returns (image, metadata)."""
     image_cfg, microscope = params["image"], params["microscope"]
+    zero_defocus_A = float(waves.zero_defocus_A[index])
+    zero_defocus_A = zero_defocus_A if np.isfinite(zero_defocus_A) else 0.0
     context = {"pixel_size_A": image_cfg["pixel_size_A"], "zero_defocus_A": zero_defocus_A}
     aberrations: dict = {"C30_A": microscope["Cs_A"]}
-    metadata: dict = {}
+    metadata: dict = {"zero_defocus_A": zero_defocus_A}
     for kind, kind_params in shifts.ordered(domain, "optics"):
         aberrations, values = kind.apply(aberrations, kind_params, rng, context)
         metadata |= values
@@ -35,12 +39,12 @@ def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng,
         optics.Aberrations(**aberrations),
         microscope,
         image_cfg["pixel_size_A"],
-        image_cfg["size_px"],
+        optics.cell_px(image_cfg),
     )
     for kind, kind_params in shifts.ordered(domain, "detector"):
         image, values = kind.apply(image, kind_params, rng, context)
         metadata |= values
-    return np.asarray(image, np.float32), metadata
+    return np.asarray(optics.crop_window(image, image_cfg["size_px"]), np.float32), metadata
 
 
 def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str | Path) -> None:
@@ -49,9 +53,8 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
         config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     n_images = sum(splits.values())
-    zero_defocus_A = _zero_defocus_A(shard_paths)
     images, labels, rows = [], [], []
-    for shard_index, path in enumerate(shard_paths):  # one shard's waves in memory at a time
+    for path in shard_paths:  # one shard's waves in memory at a time
         if len(images) == n_images:
             break
         shard = ShardWaves.load(path)
@@ -60,10 +63,10 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
             if index == n_images:
                 break
             rng = np.random.default_rng([seed, index])
-            image, metadata = render_image(shard, local, domain, params, rng, zero_defocus_A)
+            image, metadata = render_image(shard, local, domain, params, rng)
             images.append(image)
             labels.append(shard.labels[local])
-            rows.append({"structure_index": index, "shard": shard_index, "seed": seed, **metadata})
+            rows.append({"structure_index": index, "seed": seed, **metadata})
         log.info("%s: %d/%d images", params["name"], len(images), n_images)
     if len(images) < n_images:
         raise ValueError(f"{params['name']}: the structure set has {len(images)} structures, splits need {n_images}")
@@ -74,14 +77,6 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
         "domain": params["name"],
         "config": params,
         "sweep": domain.get("sweep", {}),
-        "zero_defocus_A": zero_defocus_A,
         "provenance": io.provenance(params),
     }
     data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs)
-
-
-def _zero_defocus_A(shard_paths: list[str | Path]) -> float:
-    """The set's calibrated zero defocus (mean over structures), 0 when not calibrated."""
-    values = np.concatenate([read_zero_defocus_A(path) for path in shard_paths])
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else 0.0

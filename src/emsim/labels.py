@@ -1,4 +1,10 @@
-"""Ground-truth masks and the zero-defocus calibration, from the particle-in-vacuum exit wave.
+"""Ground-truth particle masks, from the phase the particles alone impart to the beam.
+
+Two methods (config ``labels.method``) give that phase map; the same morphology makes the mask:
+
+- ``phase`` (the seed study's): the phase of the particle-in-vacuum exit wave (multislice);
+- ``potential``: sigma_e times the particles' projected potential (no dynamical scattering), which
+  follows the particle outline also where the exit-wave phase wraps or fades near the rim.
 
 Arrays are indexed ``[x, y]`` (abTEM's convention, see ``emsim.optics``); pixel ``(i, j)`` of an
 image with pixel size ``p`` sits at ``(i p, j p)``.
@@ -6,11 +12,50 @@ image with pixel size ``p`` sits at ``(i p, j p)``.
 
 from __future__ import annotations
 
+import abtem
 import numpy as np
 import scipy.fft as sfft
+from abtem.core.energy import energy2sigma
 from scipy import ndimage
 
 from emsim import optics
+
+METHODS = ("phase", "potential")
+
+
+def label(
+    vacuum_wave: np.ndarray,
+    particles,
+    sim: dict,
+    energy_eV: float,
+    pixel_size_A: float,
+    size_px: int,
+    method: str = "phase",
+    **mask_settings,
+) -> np.ndarray:
+    """Particle mask (size_px, size_px) uint8 of one scene by ``method`` (see module docstring):
+    ``vacuum_wave`` (G, G) is the static particle-in-vacuum exit wave, ``particles`` the ASE atoms
+    that made it; ``mask_settings`` are the keys of :func:`mask_from_phase` and ``lowpass_sigma_A``."""
+    if method == "phase":
+        return label_from_vacuum_wave(vacuum_wave, sim["sampling_A"], pixel_size_A, size_px, **mask_settings)
+    if method == "potential":
+        return label_from_potential(particles, sim, energy_eV, pixel_size_A, size_px, **mask_settings)
+    raise ValueError(f"labels.method: {method!r}; allowed: {', '.join(METHODS)}")
+
+
+def label_from_potential(
+    particles, sim: dict, energy_eV: float, pixel_size_A: float, size_px: int, lowpass_sigma_A: float = 0.5, **mask_settings
+) -> np.ndarray:
+    """Solid particle mask from sigma_e V_proj of static ``particles`` (abTEM potential, same
+    sampling and slicing as the multislice), low-passed and thresholded like the exit-wave phase."""
+    gpts = int(round(particles.cell[0, 0] / sim["sampling_A"]))
+    with abtem.config.set({"device": "cpu", "diagnostics.progress_bar": False}):
+        potential = abtem.Potential(particles, gpts=gpts, slice_thickness=sim["slice_thickness_A"])
+        projected = np.asarray(potential.project().compute().array, np.float64)
+    phase = energy2sigma(energy_eV) * projected
+    optics.check_extent(phase.shape, sim["sampling_A"], pixel_size_A, size_px)
+    smooth = _lowpass_resample(phase, sim["sampling_A"], lowpass_sigma_A, size_px).real
+    return mask_from_phase(smooth, pixel_size_A, **mask_settings)
 
 
 def label_from_vacuum_wave(
@@ -33,7 +78,15 @@ def label_from_vacuum_wave(
     wave = np.asarray(wave)
     optics.check_extent(wave.shape, sampling_A, pixel_size_A, size_px)
     smooth = _lowpass_resample(wave, sampling_A, lowpass_sigma_A, size_px)
-    mask = np.angle(smooth) > threshold_rad
+    return mask_from_phase(np.angle(smooth), pixel_size_A, threshold_rad, closing_A, blur_A)
+
+
+def mask_from_phase(
+    phase: np.ndarray, pixel_size_A: float, threshold_rad: float = np.pi / 16, closing_A: float = 1.5, blur_A: float = 1.0
+) -> np.ndarray:
+    """Phase map (rad) -> solid mask uint8: threshold, periodic closing with a disk of radius
+    ``closing_A``, hole filling, Gaussian blur ``blur_A`` and re-threshold at 0.5."""
+    mask = phase > threshold_rad
     mask = _periodic_closing(mask, closing_A / pixel_size_A)
     mask = _periodic_fill_holes(mask)
     blurred = optics.gaussian_blur(mask.astype(np.float32), blur_A / pixel_size_A)
@@ -93,56 +146,3 @@ def projected_atom_mask(
             hit = idx[dist2 <= radius_A**2] % size_px
             mask[hit[:, 0], hit[:, 1]] = True
     return mask
-
-
-def zero_defocus_A(
-    vacuum_wave: np.ndarray,
-    sampling_A: float,
-    microscope: dict,
-    search_A: tuple[float, float] = (-200.0, 200.0),
-) -> float:
-    """Defocus [A] of minimum contrast (image variance) of the particles in vacuum.
-
-    Grid search over ``search_A`` in 1 A steps, then 0.1 A steps within +-1 A of the best.
-    Images use the microscope's Cs and envelopes; they are evaluated on the smallest grid
-    that holds the wave's band limit (exact intensity samples, cheaper than the full grid).
-    """
-    lo, hi = search_A
-    if not lo < hi:
-        raise ValueError(f"search_A must be (low, high) with low < high, got {search_A}")
-    spectrum, sampling_A = _band_limited_spectrum(np.asarray(vacuum_wave), sampling_A)
-    grid = optics.k_grid(spectrum.shape, sampling_A)
-
-    def variance(defocus_A: float) -> float:
-        aberrations = optics.Aberrations.from_microscope(microscope, defocus_A)
-        transfer = optics.ctf(
-            grid,
-            aberrations,
-            microscope["energy_eV"],
-            microscope.get("focal_spread_A", 0.0),
-            microscope.get("angular_spread_mrad", 0.0),
-        )
-        wave = sfft.ifft2(spectrum * transfer, overwrite_x=True)
-        return float(np.var(wave.real**2 + wave.imag**2))
-
-    coarse = np.arange(np.ceil(lo), np.floor(hi) + 1, 1.0)
-    best = coarse[np.argmin([variance(d) for d in coarse])]
-    fine = best + np.arange(-10, 11) * 0.1
-    fine = fine[(fine >= lo) & (fine <= hi)]
-    return float(fine[np.argmin([variance(d) for d in fine])])
-
-
-def _band_limited_spectrum(wave: np.ndarray, sampling_A: float) -> tuple[np.ndarray, float]:
-    """Spectrum of ``wave`` cropped to the smallest fast FFT size holding all its nonzero
-    frequencies, and the matching real-space sampling [A]."""
-    spectrum = sfft.fft2(wave, norm="forward")
-    n = wave.shape[0]
-    index = np.abs(np.fft.fftfreq(n, 1.0 / n)).astype(int)
-    nonzero = np.abs(spectrum) > 1e-6 * np.abs(spectrum).max()
-    reach = max(index[nonzero.any(axis=1)].max(), index[nonzero.any(axis=0)].max())
-    size = min(sfft.next_fast_len(2 * reach + 2), n)
-    if size >= n:
-        return spectrum * n * n, sampling_A
-    half = size // 2
-    rows = np.r_[0 : size - half, n - half : n]
-    return spectrum[np.ix_(rows, rows)] * size * size, sampling_A * n / size

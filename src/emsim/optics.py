@@ -161,6 +161,40 @@ def image_from_waves(
     return fourier_downsample(intensity, size_px)
 
 
+def cell_A(image: dict) -> float:
+    """Side [A] of the simulated square cell: the image window (``size_px`` x ``pixel_size_A``)
+    plus ``padding_A`` on every side. The window is cut from the cell's centre after the CTF, so
+    that detail the lens moves by up to ``padding_A`` does not wrap around the periodic cell."""
+    return image["size_px"] * image["pixel_size_A"] + 2 * image["padding_A"]
+
+
+def cell_px(image: dict) -> int:
+    """Pixels across the padded cell at the image pixel size."""
+    return int(round(cell_A(image) / image["pixel_size_A"]))
+
+
+def crop_window(image: np.ndarray, size_px: int) -> np.ndarray:
+    """The central (size_px, size_px) window of the last two axes (the image field of view)."""
+    start = (image.shape[-1] - size_px) // 2
+    if start < 0 or image.shape[-2] != image.shape[-1]:
+        raise ValueError(f"cannot cut a {size_px} px window from an image of shape {image.shape}")
+    return image[..., start : start + size_px, start : start + size_px]
+
+
+def information_limit_k(energy_eV: float, focal_spread_A: float) -> float:
+    """Spatial frequency [1/A] where the temporal envelope falls to exp(-2); inf without focal spread."""
+    if focal_spread_A <= 0:
+        return np.inf
+    return float(np.sqrt(2 * np.sqrt(2) / (np.pi * wavelength_A(energy_eV) * focal_spread_A)))
+
+
+def delocalisation_A(k: float, defocus_A: float, Cs_A: float, energy_eV: float) -> float:
+    """How far [A] the lens moves detail at spatial frequency ``k``: |grad_k chi| / 2 pi =
+    lambda k (|defocus| + |Cs| lambda^2 k^2) (the worst azimuth for ``defocus`` = |C10| + |C12|)."""
+    lam = wavelength_A(energy_eV)
+    return float(lam * k * (abs(defocus_A) + abs(Cs_A) * lam**2 * k**2))
+
+
 def check_extent(shape, sampling_A: float, pixel_size_A: float, size_px: int) -> None:
     """ValueError unless a square (G, G) grid at ``sampling_A`` spans size_px * pixel_size_A."""
     extent_A = shape[0] * sampling_A

@@ -20,8 +20,8 @@ import pyfftw
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
+from emsim import calibration, optics, phonons
 from emsim import labels as labels_mod
-from emsim import optics
 from emsim.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,35 +46,32 @@ def vacuum_exit_wave(atoms, sim: dict, microscope: dict) -> np.ndarray:
 
 
 def scene_exit_waves(scene, sim: dict, microscope: dict, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Full-scene exit waves (P, G, G), particle-in-vacuum exit wave (G, G) and their exit-plane
-    distance [A], real space, complex64.
+    """Full-scene exit waves (P, G, G), static particle-in-vacuum exit wave (G, G) and their
+    exit-plane distance [A], real space, complex64.
 
     The particle-in-vacuum wave leaves at the bottom of ``scene.particle_atoms()``'s cell. When
     all substrate atoms lie below that plane (particles on the carbon), each configuration is one
-    multislice in two stages, particles then substrate, and the vacuum wave is the first
-    configuration's wave between the stages (no extra multislice). Otherwise both are simulated.
+    multislice in two stages, particles then substrate. Otherwise the full scene is simulated in one.
     """
     particles = scene.particle_atoms()
     vacuum_plane_A = float(particles.cell[2, 2])
     offset_A = float(scene.cell_A[2]) - vacuum_plane_A
+    vacuum = vacuum_exit_wave(particles, sim, microscope)
     substrate_z = scene.positions_A[~scene.is_particle, 2]
     if len(particles) == 0 or len(substrate_z) == 0 or substrate_z.min() < vacuum_plane_A:
-        full = exit_waves(scene.atoms(), sim, microscope, seed)
-        return full, vacuum_exit_wave(particles, sim, microscope), offset_A
-    full, vacuum = [], None
+        return exit_waves(scene.atoms(), sim, microscope, seed), vacuum, offset_A
+    full = []
     for config in _phonon_configs(scene.atoms(), sim, seed):
         top = _slab(config[scene.is_particle], 0.0, vacuum_plane_A)
         bottom = _slab(config[~scene.is_particle], vacuum_plane_A, scene.cell_A[2])
         waves = _multislice(top, sim, microscope, as_waves=True)
-        if vacuum is None:
-            vacuum = _to_numpy(waves.array)
         full.append(_multislice(bottom, sim, microscope, incident=waves))
     return np.stack(full), vacuum, offset_A
 
 
 def _phonon_configs(atoms, sim, seed):
     """sim["frozen_phonons"] displaced copies of ``atoms`` (abTEM FrozenPhonons, sigma per element)."""
-    sigmas = phonon_sigmas_A(atoms, sim["phonon_sigma_A"])
+    sigmas = phonons.sigmas_A(atoms.get_chemical_symbols(), sim["phonon_sigma_A"])
     return abtem.FrozenPhonons(atoms, sim["frozen_phonons"], sigmas=sigmas, seed=seed)
 
 
@@ -119,17 +116,6 @@ def grid_points(cell_A: float, sampling_A: float) -> int:
             f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}"
         )
     return gpts
-
-
-def phonon_sigmas_A(atoms, sigma_A: float | dict) -> dict[str, float]:
-    """Per-element frozen-phonon sigma [A] (per Cartesian direction) for every element of ``atoms``."""
-    symbols = sorted(set(atoms.get_chemical_symbols()))
-    if not isinstance(sigma_A, dict):
-        return {symbol: float(sigma_A) for symbol in symbols}
-    missing = [s for s in symbols if s not in sigma_A]
-    if missing:
-        raise ValueError(f"simulation.phonon_sigma_A has no entry for element(s) {missing}")
-    return {symbol: float(sigma_A[symbol]) for symbol in symbols}
 
 
 def check_device(device: str) -> str:
@@ -221,6 +207,7 @@ def read_zero_defocus_A(path: str | Path) -> np.ndarray:
 
 def simulate_shard(
     scenes: list,
+    indices: list[int],
     sim: dict,
     microscope: dict,
     image: dict,
@@ -231,40 +218,40 @@ def simulate_shard(
 ) -> ShardWaves:
     """Full-scene exit waves (Fourier space), labels and zero defocus of each scene.
 
-    The stored waves are referenced to the particles' exit plane (the bottom of
+    ``indices`` are the scenes' indices in their structure set: scene ``indices[j]`` uses phonon
+    seed ``SeedSequence([seed, indices[j]])``, so the waves do not depend on how the set is
+    sharded. The scenes' cell is the padded cell (``emsim.optics.cell_A``); labels are cut to the
+    image window. The stored waves are referenced to the particles' exit plane (the bottom of
     ``scene.particle_atoms()``'s cell, where the vacuum wave leaves): they are propagated back
     from the bottom of the scene, so defocus 0 is focus just below the particles for every
     structure, whatever its substrate thickness, and ``zero_defocus_A`` applies to them as is.
-    Scene ``j`` uses phonon seed ``SeedSequence([seed, j])``. With ``wisdom_path``, FFTW wisdom
-    is loaded before and, if the file did not exist, saved after.
+    With ``wisdom_path``, FFTW wisdom is loaded before and, if the file did not exist, saved after.
     """
     check_device(sim["device"])
-    cell_A = image["size_px"] * image["pixel_size_A"]
-    for j, scene in enumerate(scenes):
+    cell_A = optics.cell_A(image)
+    cell_px = optics.cell_px(image)
+    for index, scene in zip(indices, scenes):
         if not np.isclose(scene.cell_A[0], cell_A) or not np.isclose(scene.cell_A[1], cell_A):
             raise ValueError(
-                f"scene {j} cell {scene.cell_A[:2]} A != image.size_px x image.pixel_size_A = {cell_A} A"
+                f"structure {index}: cell {scene.cell_A[:2]} A != image.size_px x image.pixel_size_A "
+                f"+ 2 image.padding_A = {cell_A} A"
             )
     gpts = grid_points(cell_A, sim["sampling_A"])
     grid = optics.k_grid((gpts, gpts), sim["sampling_A"])
-    calibrate = sim.get("calibrate_zero_defocus", False)
     had_wisdom = wisdom_path is not None and load_fftw_wisdom(wisdom_path)
     waves, masks, zero_defocus = [], [], []
-    for j, scene in enumerate(scenes):
+    for index, scene in zip(indices, scenes):
         start = time.perf_counter()
-        phonon_seed = int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
+        phonon_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
         full, vacuum, offset_A = scene_exit_waves(scene, sim, microscope, phonon_seed)
         back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), microscope["energy_eV"])
         waves.append(sfft.fft2(full, overwrite_x=True) * back)
-        masks.append(
-            labels_mod.label_from_vacuum_wave(
-                vacuum, sim["sampling_A"], image["pixel_size_A"], image["size_px"], **labels
-            )
+        mask = labels_mod.label(
+            vacuum, scene.particle_atoms(), sim, microscope["energy_eV"], image["pixel_size_A"], cell_px, **labels
         )
-        zero_defocus.append(
-            labels_mod.zero_defocus_A(vacuum, sim["sampling_A"], microscope) if calibrate else np.nan
-        )
-        log.info("structure %d/%d simulated in %.2f s", j + 1, len(scenes), time.perf_counter() - start)
+        masks.append(optics.crop_window(mask, image["size_px"]))
+        zero_defocus.append(_zero_defocus_A(vacuum, scene, sim, microscope, index))
+        log.info("structure %d simulated in %.2f s", index, time.perf_counter() - start)
     if wisdom_path is not None and not had_wisdom:
         save_fftw_wisdom(wisdom_path)
     return ShardWaves(
@@ -273,6 +260,21 @@ def simulate_shard(
         zero_defocus_A=np.asarray(zero_defocus, np.float32),
         sampling_A=float(sim["sampling_A"]),
     )
+
+
+def _zero_defocus_A(vacuum, scene, sim: dict, microscope: dict, index: int) -> float:
+    """The structure's calibrated zero defocus, nan when calibration is off."""
+    if not sim["calibrate_zero_defocus"]:
+        return np.nan
+    try:
+        return calibration.zero_defocus_A(
+            vacuum, sim["sampling_A"], microscope, sim["zero_defocus_search_A"],
+            depth_A=float(scene.particle_atoms().cell[2, 2]),
+        )
+    except calibration.CalibrationError as error:
+        raise calibration.CalibrationError(
+            f"structure {index}: {error}; widen simulation.zero_defocus_search_A"
+        ) from None
 
 
 def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> None:
@@ -285,6 +287,6 @@ def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> Non
 
     particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
     substrate = {"thickness_A": [10.0, 10.0]}
-    cell_A = image["size_px"] * image["pixel_size_A"]
-    scene = structures.build_scene(particles, substrate, cell_A, np.random.default_rng(0))
-    simulate_shard([scene], {**sim, "calibrate_zero_defocus": False}, microscope, image, {}, seed=0, wisdom_path=path)
+    scene = structures.build_scene(particles, substrate, optics.cell_A(image), np.random.default_rng(0))
+    sim = {**sim, "calibrate_zero_defocus": False, "phonon_sigma_A": 0.0}
+    simulate_shard([scene], [0], sim, microscope, image, {}, seed=0, wisdom_path=path)

@@ -438,7 +438,8 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
 
 
 def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Scene]:
-    """Scenes ``indices`` of a structure set; scene i draws from ``default_rng([spec["seed"], i])``."""
+    """Scenes ``indices`` of a structure set; scene i draws from ``default_rng([spec["seed"], i])``
+    and records ``i`` as ``info["index"]``."""
     particles, substrate = check_particles(spec.get("particles")), check_substrate(spec.get("substrate"))
     n_structures = spec.get("n_structures")
     for i in indices:
@@ -447,7 +448,12 @@ def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Sc
     if LATTICES[particles["lattice"]].kind != "wurtzite" and particles["stacking_faults"][1] > 0:
         logger.warning("particles.stacking_faults applies to wurtzite only; %s gets no faults", particles["lattice"])
     seed = spec.get("seed", 0)
-    return [build_scene(particles, substrate, cell_xy_A, np.random.default_rng([seed, i])) for i in indices]
+    scenes = []
+    for i in indices:
+        scene = build_scene(particles, substrate, cell_xy_A, np.random.default_rng([seed, i]))
+        scene.info["index"] = i
+        scenes.append(scene)
+    return scenes
 
 
 # ---------------------------------------------------------------- files

@@ -1,6 +1,7 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
 from emsim import config as emsim_config
 from emsim import experiments as emsim_experiments
+from emsim import optics as emsim_optics
 from emsim.experiments import dataset_path
 
 STUDY = emsim_config.load(config)

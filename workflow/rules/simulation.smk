@@ -14,7 +14,7 @@ rule structures:
         "results/structures/{set}/shard{shard}.h5",
     params:
         spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
-        cell_A=STUDY["image"]["cell_A"],
+        cell_A=emsim_optics.cell_A(STUDY["image"]),
         shard_size=STUDY["simulation"]["shard_size"],
     log:
         "results/logs/structures/{set}/shard{shard}.log",
@@ -58,8 +58,8 @@ rule exit_waves:
         simulation=emsim_config.normalized(STUDY["simulation"]),
         microscope=EXIT_WAVE_MICROSCOPE,
         image=emsim_config.normalized(STUDY["image"]),
-        labels=emsim_config.normalized(STUDY["labels"]),
-        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"] * 100_003 + int(wc.shard),
+        labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
+        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"],
     log:
         "results/logs/exit_waves/{set}/shard{shard}.log",
     benchmark:
