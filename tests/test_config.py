@@ -30,7 +30,8 @@ def test_labelled_values_and_product_of_sweeps(study):
     study["structure_sets"] = {
         "{lattice}_{radius_A}": {
             "n_structures": 8,
-            "particles": {"lattice": {"values": ["Au_fcc", "Fe_bcc"]}, "radius_A": {"values": {"s": [5, 6], "l": [7, 8]}}},
+            "particles": {"lattice": {"values": ["Au_fcc", "Fe_bcc"]}, "radius_A": {"values": {"s": [5, 6], "l": [7, 8]}},
+                          "min_gap_A": 2},
         }
     }
     study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
@@ -111,3 +112,90 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
     # every transfer run starts from a pretraining run of the grid; 99 of them serve 10,134 transfers
     pretrained = {m.pretrained for m in trained if m.stage == "transfer"}
     assert pretrained <= set(experiments.all_models(study)) and len(pretrained) == 99
+
+
+@pytest.mark.parametrize(
+    "path, value, names",
+    [
+        (("image", "size_px"), 63, ["image.size_px", "multiple of 32"]),
+        (("image", "size_px"), 80, ["image.size_px", "multiple of 32", "64 or 96"]),
+        (("image", "size_px"), 65536, ["image.size_px", "limits.max_size_px"]),
+        (("structure_sets", "au", "n_structures"), 1_000_000_000, ["structure_sets.au.n_structures", "jobs", "limits.max_jobs"]),
+        (("experiments", "defocus", "replicates"), 10**9, ["experiments.defocus", "jobs", "limits.max_jobs"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [0, 1e12, 1]}, ["defocus.mean_nm", "limits.max_sweep_entries"]),
+        (("simulation", "frozen_phonons"), 10**6, ["simulation.shard_size", "GB", "limits.max_file_GB"]),
+        (("limits",), {"max_file_GB": 1e-4}, ["simulation.shard_size", "0.000524 GB", "limits.max_file_GB"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"a/b": 1, "c": 2}}, ["domains.df{mean_nm}", "'dfa/b'", "labels"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"..": 1}}, ["domains.df{mean_nm}", "'df..'"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"*": 1}}, ["'df*'"]),
+        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"{x}": 1}}, ["'df{x}'"]),
+        (("domains", "df{mean_nm}", "sweep"), {"mean_nm": 3}, ["domains.df{mean_nm}.sweep", "reserved"]),
+        (("structure_sets", "au", "particles", "radius_A"), [5, 40], ["structure_sets.au.particles.radius_A", "periodic image"]),
+        (("structure_sets", "au", "particles", "min_gap_A"), 20, ["structure_sets.au.particles.radius_A", "min_gap_A"]),
+        (("image", "size_px"), 64.5, ["image.size_px", "integer"]),
+        (("extensions",), ["no/such/file.py"], ["extensions", "no/such/file.py"]),
+    ],
+)
+def test_expensive_or_unsafe_config_is_rejected_naming_the_key(study, path, value, names):
+    with pytest.raises(ConfigError) as error:
+        config.load(_edit(copy.deepcopy(study), path, value))
+    for name in names:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize("block", ["structure_sets", "domains", "experiments"])
+@pytest.mark.parametrize("name", ["a/b", "..", "x*", "q?", "[ab]", "{x}", "a b", ".hidden", "-x", "a+b"])
+def test_unsafe_names_are_rejected(study, block, name):
+    study[block][name] = study[block].pop(next(iter(study[block])))
+    if block == "structure_sets":
+        study["domains"]["df{mean_nm}"]["structure_set"] = name
+    with pytest.raises(ConfigError, match=rf"^{block}\."):
+        config.load(study)
+
+
+def test_whole_number_floats_become_integers(study):
+    study["image"]["size_px"] = 64.0
+    study["simulation"]["shard_size"] = 4.0
+    study["structure_sets"]["au"]["n_structures"] = 8.0
+    study["training"]["epochs"] = 2.0
+    study["splits"]["train"] = 4.0
+    study["experiments"]["defocus"]["transfer_sizes"] = [2.0]
+    study["structure_sets"]["au"]["particles"]["count"] = [1.0, 1]
+    loaded = config.load(study)
+    values = [loaded["image"]["size_px"], loaded["simulation"]["shard_size"], loaded["structure_sets"]["au"]["n_structures"],
+              loaded["training"]["epochs"], loaded["splits"]["train"], loaded["experiments"]["defocus"]["transfer_sizes"][0],
+              loaded["structure_sets"]["au"]["particles"]["count"][0]]
+    assert all(type(v) is int for v in values)
+    assert all("_n2_" in m.path for m in experiments.all_models(loaded).values() if m.stage == "transfer")
+
+
+def test_limits_can_be_raised_deliberately(study):
+    study["structure_sets"]["au"]["n_structures"] = 400_000
+    with pytest.raises(ConfigError, match="100000 jobs|limits.max_jobs = 100000"):
+        config.load(copy.deepcopy(study))
+    study["limits"] = {"max_jobs": 1_000_000}
+    assert config.load(study)["structure_sets"]["au"]["n_structures"] == 400_000
+
+
+def test_unet_multiple_matches_the_model():
+    from emsim import models
+
+    assert config.UNET_MULTIPLE == models.DOWNSAMPLING
+
+
+def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_path, study):
+    for folder, kind in (("one", "shift_one"), ("two", "shift_two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "shifts.py").write_text(
+            "from emsim.shifts import register\n"
+            f"@register({kind!r}, 'detector', {{}}, order=45)\n"
+            "def f(image, params, rng, context):\n    return image, {}\n"
+        )
+        study["extensions"] = ["shifts.py"]
+        study["domains"]["df{mean_nm}"][kind] = {}
+        (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(study))
+        loaded = config.load(tmp_path / folder / "study.yaml")
+        assert Path(loaded["extensions"][0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
+    from emsim import shifts
+
+    assert {"shift_one", "shift_two"} <= set(shifts.SHIFTS)

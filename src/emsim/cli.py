@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad input: one line naming the key or file, no traceback
         print(f"emsim {args.command}: {error}", file=sys.stderr)
         return 2
 
@@ -56,11 +57,11 @@ def _check(args) -> int:
 
 
 def _info(args) -> int:
-    from emsim import data
+    from emsim import data, io
 
     attrs = data.read_attrs(args.file)
     meta = data.read_meta(args.file)
-    with data.open_dataset(args.file) as f:
+    with data.open_dataset(args.file) as f, io.reading(args.file, "dataset"):
         shape = f["images"].shape
         splits = {name: len(f[f"splits/{name}"]) for name in data.SPLITS}
         images = f["images"][()]
@@ -81,6 +82,8 @@ def _info(args) -> int:
 def _show(args) -> int:
     from emsim import montage
 
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output}: is a folder; give the PNG file to write")
     print(montage.show_dataset(args.file, args.output, count=args.count, split=args.split))
     return 0
 
@@ -88,11 +91,33 @@ def _show(args) -> int:
 def _predict(args) -> int:
     from emsim import predict
 
+    if not Path(args.model).is_file():
+        raise ValueError(f"{args.model}: no such model file")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ValueError(f"-o {args.output}: exists and is not a folder; give a folder for masks and overlays")
+    _check_device(args.device)
     results = predict.predict_files(args.model, args.inputs, args.output, device=args.device)
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:
         print(f"{r['input']}: {r['status']}" + (f" ({r.get('message')})" if r.get("status") != "ok" else ""))
     return 1 if failed else 0
+
+
+def _check_device(device: str) -> None:
+    """``--device``: auto, cpu, or a CUDA device that exists on this machine."""
+    import torch
+
+    try:
+        chosen = torch.device(device) if device != "auto" else None
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device; use auto, cpu or cuda") from None
+    if chosen is not None and chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif chosen is not None and chosen.type != "cpu":
+        raise ValueError(f"--device {device}: not supported; use auto, cpu or cuda")
 
 
 COMMANDS = {"check": _check, "info": _info, "show": _show, "predict": _predict}

@@ -20,6 +20,8 @@ import fnmatch
 import importlib.util
 import itertools
 import json
+import os
+import re
 import sys
 import zlib
 from importlib import resources
@@ -34,6 +36,10 @@ from emsim import optics, phonons, shifts, structures
 
 class ConfigError(ValueError):
     """An invalid study configuration; the message names the key."""
+
+
+UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.models.DOWNSAMPLING)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 
 STRUCTURE_SET_SCHEMA = {
@@ -82,24 +88,32 @@ def domain_schema() -> dict:
     return {"type": "object", "additionalProperties": False, "required": ["structure_set"], "properties": properties}
 
 
-def load(source: str | Path | dict) -> dict:
+def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
     """Validated study config with defaults filled and sweeps expanded.
 
     The result has ``structure_sets`` and ``domains`` as name -> expanded entry (each domain
     entry gains ``sweep``: the swept values that made it).
+    ``extensions`` are resolved against ``base_dir`` (default: the study file's folder, or the
+    working directory for a mapping) and stored relative to the working directory.
     """
     raw = _read(source)
     study = copy.deepcopy(raw)
+    if base_dir is None:
+        base_dir = "." if isinstance(source, dict) else Path(source).parent
+    if isinstance(study.get("extensions"), list):
+        study["extensions"] = [_extension_path(base_dir, path) for path in study["extensions"]]
     for path in study.get("extensions", []):
         load_extension(path)
     _validate(study, _top_schema(), "")
-    study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets")
+    _check_size_px(study)
+    _check_names(study.get("experiments", {}), "experiments")
+    study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
     set_schema = copy.deepcopy(STRUCTURE_SET_SCHEMA)
     set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])
     for name, spec in study["structure_sets"].items():
         _validate(spec, set_schema, f"structure_sets.{name}")
         _check_ranges(spec, f"structure_sets.{name}")
-    study["domains"] = _expand_block(study["domains"], "domains")
+    study["domains"] = _expand_block(study["domains"], "domains", study["limits"])
     for name, domain in study["domains"].items():
         sweep = domain.pop("sweep")
         _validate(domain, domain_schema(), f"domains.{name}")
@@ -117,13 +131,14 @@ def load(source: str | Path | dict) -> dict:
     from emsim import experiments  # experiments reads the expanded config
 
     experiments.check(study)
+    _check_sizes(study)
     return study
 
 
 def load_extension(path: str | Path) -> None:
     """Import a Python file that registers domain-shift kinds (config key ``extensions``)."""
     path = Path(path)
-    module_name = f"emsim_extension_{path.stem}"
+    module_name = f"emsim_extension_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -202,6 +217,12 @@ def match_domains(study: dict, patterns: list[str], key: str) -> list[str]:
 # --- internals -----------------------------------------------------------------------------
 
 
+def _extension_path(base_dir, path):
+    if not isinstance(path, str) or Path(path).is_absolute():
+        return path
+    return os.path.relpath(Path(base_dir) / path)
+
+
 def _read(source) -> dict:
     if isinstance(source, dict):
         return source
@@ -227,6 +248,9 @@ _Validator = jsonschema.validators.extend(
             validator, properties, instance, schema
         )
     },
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
 )
 
 
@@ -246,7 +270,16 @@ def _fill_defaults(validator, properties, instance, schema):
 
 
 def _validate(instance: dict, schema: dict, where: str) -> None:
-    errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    """Raise the best schema error naming its key; whole-number floats where an integer is meant become ints."""
+    validator = _Validator(schema)
+    for error in list(validator.iter_errors(instance)):
+        if error.validator == "type" and _whole_float(error.instance) and "integer" in _as_list(error.validator_value):
+            *parents, last = error.absolute_path
+            target = instance
+            for key in parents:
+                target = target[key]
+            target[last] = int(error.instance)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         key = ".".join(str(p) for p in [*([where] if where else []), *error.absolute_path]) or "<top level>"
@@ -257,6 +290,14 @@ def _validate(instance: dict, schema: dict, where: str) -> None:
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed keys: {', '.join(allowed)}"
         raise ConfigError(f"{key}: {message}")
+
+
+def _whole_float(value) -> bool:
+    return isinstance(value, float) and value.is_integer()
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _looks_numeric(value) -> bool:
@@ -281,16 +322,18 @@ def _sweeps(entry, path=()) -> list[tuple[tuple, dict]]:
     return found
 
 
-def _sweep_values(sweep: dict, key: str) -> list[tuple[str, object]]:
-    """(label, value) pairs of one sweep."""
+def _sweep_values(sweep: dict, key: str, limit: int) -> list[tuple[str, object]]:
+    """(label, value) pairs of one sweep (at most ``limit``)."""
     if "range" in sweep:
         spec = sweep["range"]
-        if not (isinstance(spec, list) and len(spec) == 3 and all(isinstance(v, (int, float)) for v in spec)):
-            raise ConfigError(f"{key}: range must be [start, stop, step], got {spec!r}")
+        if not (isinstance(spec, list) and len(spec) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in spec)):
+            raise ConfigError(f"{key}: range must be [start, stop, step] of finite numbers, got {spec!r}")
         start, stop, step = spec
         if step == 0 or (stop - start) / step < 0:
             raise ConfigError(f"{key}: range {spec} is empty (step must move from start towards stop)")
         count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        if count > limit:
+            raise ConfigError(f"{key}: range {spec} has {count:.3g} values, more than limits.max_sweep_entries = {limit}")
         values = [_clean(start + i * step) for i in range(count)]
         return [(f"{v:g}", v) for v in values]
     values = sweep["values"]
@@ -310,14 +353,21 @@ def _clean(value: float):
     return int(rounded) if float(rounded).is_integer() else rounded
 
 
-def _expand_block(block: dict, where: str) -> dict:
+def _expand_block(block: dict, where: str, limits: dict) -> dict:
     expanded = {}
+    limit = limits["max_sweep_entries"]
     for template, entry in block.items():
+        if where == "domains" and isinstance(entry, dict) and "sweep" in entry:
+            raise ConfigError(f"{where}.{template}.sweep: reserved key (the loader records a domain's swept values there)")
         found = _sweeps(entry)
         fields = [path[-1] for path, _ in found]
         if len(set(fields)) != len(fields):
             raise ConfigError(f"{where}.{template}: two sweeps share the key name; name fields must be unique")
-        choices = [_sweep_values(sweep, f"{where}.{template}.{'.'.join(path)}") for path, sweep in found]
+        choices = [_sweep_values(sweep, f"{where}.{template}.{'.'.join(path)}", limit) for path, sweep in found]
+        count = int(np.prod([len(c) for c in choices], dtype=float))
+        if count > limit:
+            raise ConfigError(f"{where}.{template}: its sweeps expand into {count:.3g} entries, more than "
+                              f"limits.max_sweep_entries = {limit}")
         for combo in itertools.product(*choices):
             item = copy.deepcopy(entry)
             for (path, _), (_, value) in zip(found, combo):
@@ -336,6 +386,7 @@ def _expand_block(block: dict, where: str) -> dict:
                 raise ConfigError(f"{where}.{template}: an entry with sweeps needs a name template such as '{template}{{{fields[0]}}}'")
             if name in expanded:
                 raise ConfigError(f"{where}.{template}: expands to the name {name!r} twice")
+            _check_name(name, f"{where}.{template}", swept=bool(found))
             if where == "domains":
                 item["sweep"] = {field: value for field, (_, value) in zip(fields, combo)}
             expanded[name] = item
@@ -364,9 +415,17 @@ def _check_image(study: dict) -> None:
 
 def _check_particles_fit(study: dict) -> None:
     """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)."""
+    cell_A = optics.cell_A(study["image"])
     for name, spec in study["structure_sets"].items():
+        particles = spec["particles"]
+        if 2 * particles["radius_A"][1] + particles["min_gap_A"] > cell_A:
+            raise ConfigError(
+                f"structure_sets.{name}.particles.radius_A: a {particles['radius_A'][1]} A particle plus "
+                f"particles.min_gap_A = {particles['min_gap_A']} does not fit its own periodic image in the "
+                f"{cell_A:g} A cell (image.size_px * image.pixel_size_A + 2 image.padding_A)"
+            )
         try:
-            structures.check_placement(spec["particles"], optics.cell_A(study["image"]))
+            structures.check_placement(particles, cell_A)
         except ValueError as error:
             raise ConfigError(f"structure_sets.{name}: {error}") from None
 
@@ -430,3 +489,66 @@ def _check_splits(study: dict) -> None:
                 f"structure_sets.{name}.n_structures: {spec['n_structures']} structures are too few for the "
                 f"splits (train + val + test = {needed})"
             )
+
+
+def _check_name(name, key: str, swept: bool = False) -> None:
+    """Names become file and folder names: letters, digits, ``_ . = -``; no ``..``."""
+    if isinstance(name, str) and SAFE_NAME.fullmatch(name) and ".." not in name:
+        return
+    hint = " (choose labels with a {values: {label: value}} sweep)" if swept else ""
+    raise ConfigError(
+        f"{key}: the name {name!r} is not a safe file name part{hint}; use letters, digits and _ . = - "
+        "(not starting with . or -, no '..')"
+    )
+
+
+def _check_names(block: dict, where: str) -> None:
+    for name in block:
+        _check_name(name, f"{where}.{name}")
+
+
+def _check_size_px(study: dict) -> None:
+    """image.size_px must divide by the U-Net's downsampling and stay below limits.max_size_px."""
+    size, limit = study["image"]["size_px"], study["limits"]["max_size_px"]
+    if size % UNET_MULTIPLE:
+        raise ConfigError(
+            f"image.size_px: {size} is not a multiple of {UNET_MULTIPLE} (the U-Net halves images five times); "
+            f"nearest: {max(UNET_MULTIPLE, size // UNET_MULTIPLE * UNET_MULTIPLE)} or {(size // UNET_MULTIPLE + 1) * UNET_MULTIPLE}"
+        )
+    if size > limit:
+        raise ConfigError(f"image.size_px: {size} is larger than limits.max_size_px = {limit}")
+
+
+def _check_sizes(study: dict) -> None:
+    """Estimated job count and file sizes against ``limits`` (before Snakemake builds its DAG)."""
+    limits, sim, image = study["limits"], study["simulation"], study["image"]
+    gpts = int(round(optics.cell_A(image) / sim["sampling_A"]))
+    wave_bytes = float(sim["frozen_phonons"]) * gpts**2 * 8  # complex64
+    dataset_bytes = float(sum(study["splits"].values())) * image["size_px"] ** 2 * 5  # float32 image + uint8 label
+    for key, size in (("simulation.shard_size", sim["shard_size"] * wave_bytes), ("image.size_px", dataset_bytes)):
+        if size > limits["max_file_GB"] * 1e9:
+            what = "exit-wave shard" if key.startswith("simulation") else "domain dataset"
+            raise ConfigError(f"{key}: one {what} file would hold about {size / 1e9:.3g} GB, more than "
+                              f"limits.max_file_GB = {limits['max_file_GB']}")
+    jobs = {f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim["shard_size"])
+            for name, spec in study["structure_sets"].items()}
+    jobs["domains"] = len(study["domains"])
+    for name, spec in study.get("experiments", {}).items():
+        jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
+    total = sum(jobs.values())
+    if total > limits["max_jobs"]:
+        largest = max(jobs, key=jobs.get)
+        raise ConfigError(f"{largest}: the study makes about {total:.3g} jobs ({jobs[largest]:.3g} from {largest}), "
+                          f"more than limits.max_jobs = {limits['max_jobs']}")
+
+
+def _experiment_jobs(study: dict, spec: dict, key: str) -> int:
+    """Models plus evaluation groups of one experiment, counted without expanding its grid."""
+    sources = match_domains(study, spec["sources"], f"{key}.sources")
+    targets = match_domains(study, spec.get("targets", spec["domains"]), f"{key}.targets")
+    pairs = sum(1 for s in sources for t in targets if s != t)
+    reps = spec["replicates"]
+    pretrain = len(sources) * len({lrs[0] for lrs in spec["lr_pairs"]}) * reps
+    transfer = pairs * len(spec["freeze"]) * len(spec["transfer_sizes"]) * len(spec["lr_pairs"]) * reps
+    baseline = pairs * len(spec["baseline"]["mixtures"]) * len(spec["baseline"]["lrs"]) * reps if "baseline" in spec else 0
+    return pretrain + transfer + baseline + len(sources) + 2 * pairs

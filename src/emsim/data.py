@@ -7,6 +7,9 @@ Layout of a dataset file::
     meta/<field>  (N,)                per-image metadata (structure index, defocus, dose, seeds, ...)
     splits/train, splits/val, splits/test   int64 image indices
     attrs: domain (name), config (JSON of the domain's config slice), provenance (JSON)
+
+Every array carries HDF5 Fletcher-32 checksums (per chunk), verified by HDF5 on every read: a
+damaged file raises ValueError naming it instead of giving NaN images.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from emsim.io import atomic_path
+from emsim.io import atomic_path, reading
 
 SPLITS = ("train", "val", "test")
 
@@ -35,12 +38,12 @@ def write_dataset(
         raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} differ in shape")
     with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
         chunks = (1, *images.shape[1:])
-        f.create_dataset("images", data=images.astype(np.float32), chunks=chunks)
-        f.create_dataset("labels", data=labels.astype(np.uint8), chunks=chunks, compression="gzip")
+        f.create_dataset("images", data=images.astype(np.float32), chunks=chunks, fletcher32=True)
+        f.create_dataset("labels", data=labels.astype(np.uint8), chunks=chunks, compression="gzip", fletcher32=True)
         for name, values in meta.items():
-            f.create_dataset(f"meta/{name}", data=np.asarray(values))
+            f.create_dataset(f"meta/{name}", data=np.asarray(values), fletcher32=True)
         for name in SPLITS:
-            f.create_dataset(f"splits/{name}", data=np.asarray(splits[name], dtype=np.int64))
+            f.create_dataset(f"splits/{name}", data=np.asarray(splits[name], dtype=np.int64), fletcher32=True)
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -49,14 +52,14 @@ def split_indices(path: str | Path, split: str) -> np.ndarray:
     """Image indices of one split (``train``, ``val`` or ``test``)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    with open_dataset(path) as f:
+    with open_dataset(path) as f, reading(path, "dataset"):
         return f[f"splits/{split}"][()]
 
 
 def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (float32, raw counts) and labels (uint8) of one split, in split order."""
     index = split_indices(path, split)
-    with open_dataset(path) as f:
+    with open_dataset(path) as f, reading(path, "dataset"):
         order = np.argsort(index)
         images = np.empty((len(index), *f["images"].shape[1:]), np.float32)
         labels = np.empty((len(index), *f["labels"].shape[1:]), np.uint8)
@@ -67,29 +70,35 @@ def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_meta(path: str | Path) -> dict[str, np.ndarray]:
     """Per-image metadata table as a dict of arrays."""
-    with open_dataset(path) as f:
+    with open_dataset(path) as f, reading(path, "dataset"):
         return {name: values[()] for name, values in f["meta"].items()}
 
 
 def read_attrs(path: str | Path) -> dict:
     """File attributes, JSON values decoded."""
-    with open_dataset(path) as f:
+    with open_dataset(path) as f, reading(path, "dataset"):
         return {key: _decode(value) for key, value in f.attrs.items()}
 
 
 def domain_name(path: str | Path) -> str:
     """The domain a dataset file belongs to."""
-    with open_dataset(path) as f:
+    with open_dataset(path) as f, reading(path, "dataset"):
         return str(f.attrs["domain"])
 
 
 def standardize(images: np.ndarray) -> np.ndarray:
-    """Per-image standardisation to mean 0 and variance 1 (float32); flat images map to 0."""
+    """Per-image standardisation to mean 0 and variance 1 (float32); flat images map to 0.
+
+    Statistics are taken in float64, so images near the float32 limit standardise correctly;
+    non-finite pixels raise ValueError.
+    """
     images = np.asarray(images, np.float32)
+    if not np.isfinite(images).all():
+        raise ValueError("image has non-finite pixels (NaN or infinity)")
     axes = tuple(range(images.ndim - 2, images.ndim))
-    mean = images.mean(axis=axes, keepdims=True)
-    std = images.std(axis=axes, keepdims=True)
-    return ((images - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    mean = images.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+    std = images.std(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+    return (images - mean) / np.where(std > 0, std, np.float32(1.0))
 
 
 def open_dataset(path: str | Path) -> h5py.File:
@@ -98,9 +107,10 @@ def open_dataset(path: str | Path) -> h5py.File:
         f = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as error:
         raise ValueError(f"{path}: not a readable emsim dataset ({error})") from None
-    if "images" not in f or "splits" not in f:
+    missing = [key for key in ("images", "labels", "meta", "splits") if key not in f]
+    if missing:
         f.close()
-        raise ValueError(f"{path}: not an emsim dataset (no 'images' or 'splits')")
+        raise ValueError(f"{path}: not an emsim dataset (no {', '.join(repr(k) for k in missing)})")
     return f
 
 

@@ -22,7 +22,7 @@ from abtem.core import backend as abtem_backend
 
 from emsim import calibration, optics, phonons
 from emsim import labels as labels_mod
-from emsim.io import atomic_path
+from emsim.io import atomic_path, reading
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +173,22 @@ class ShardWaves:
     sampling_A: float
 
     def save(self, path: str | Path, attrs: dict) -> None:
-        """Write HDF5 atomically; ``attrs`` (provenance) values that are not strings are stored as JSON."""
+        """Write HDF5 atomically, arrays with Fletcher-32 checksums; ``attrs`` (provenance) values that
+        are not strings are stored as JSON."""
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             grid = self.waves.shape[-2:]
-            waves = f.create_dataset("waves", data=self.waves, chunks=(1, 1, *grid))
+            waves = f.create_dataset("waves", data=self.waves, chunks=(1, 1, *grid), fletcher32=True)
             waves.attrs["convention"] = WAVES_CONVENTION
-            f.create_dataset("labels", data=self.labels, compression="gzip")
-            f.create_dataset("zero_defocus_A", data=self.zero_defocus_A)
+            f.create_dataset("labels", data=self.labels, compression="gzip", fletcher32=True)
+            f.create_dataset("zero_defocus_A", data=self.zero_defocus_A, fletcher32=True)
             f.attrs["sampling_A"] = self.sampling_A
             for key, value in attrs.items():
                 f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> ShardWaves:
-        """Read a file written by ``save``; a missing dataset raises ValueError naming the file."""
-        with h5py.File(path, "r") as f:
+        """Read a file written by ``save``; a missing, truncated or damaged file raises ValueError naming it."""
+        with reading(path, "exit-wave shard"), h5py.File(path, "r") as f:
             missing = [k for k in ("waves", "labels", "zero_defocus_A") if k not in f]
             if missing or "sampling_A" not in f.attrs:
                 raise ValueError(f"{path}: not an emsim shard-waves file (missing {missing or 'sampling_A'})")
@@ -201,7 +202,7 @@ class ShardWaves:
 
 def read_zero_defocus_A(path: str | Path) -> np.ndarray:
     """The (n,) zero-defocus values of a shard file, without reading its waves."""
-    with h5py.File(path, "r") as f:
+    with reading(path, "exit-wave shard"), h5py.File(path, "r") as f:
         return f["zero_defocus_A"][()]
 
 

@@ -31,6 +31,8 @@ from ase.spacegroup import crystal
 from ase.units import _Nav
 from scipy.spatial import cKDTree
 
+from emsim.io import atomic_path, reading
+
 logger = logging.getLogger(__name__)
 
 VACUUM_MARGIN_A = 2.0
@@ -462,34 +464,29 @@ def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Sc
 def save_scenes(path, scenes: list[Scene], attrs: dict) -> None:
     """HDF5: concatenated atoms + ``offsets``, ``cells_A``, per-scene ``info`` JSON; ``attrs`` as JSON strings.
 
-    Written to ``path + '.tmp'`` then renamed, so a killed job leaves no finished-looking file.
+    Written atomically (``emsim.io.atomic_path``), arrays with Fletcher-32 checksums.
     """
-    tmp = os.fspath(path) + ".tmp"
     lengths = [len(s.numbers) for s in scenes]
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FILE_FORMAT
-            for key, value in sorted(attrs.items()):
-                f.attrs[key] = json.dumps(value, sort_keys=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FILE_FORMAT
+        for key, value in sorted(attrs.items()):
+            f.attrs[key] = json.dumps(value, sort_keys=True)
 
-            def put(name, data):
-                f.create_dataset(name, data=data, track_times=False)
+        def put(name, data):
+            checksum = len(data) > 0 and data.dtype.kind != "O"  # HDF5 filters need chunks of fixed-size items
+            f.create_dataset(name, data=data, track_times=False, fletcher32=checksum)
 
-            put("offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-            put("numbers", np.concatenate([s.numbers for s in scenes] or [np.empty(0, np.uint8)]).astype(np.uint8))
-            put("positions_A", np.concatenate([s.positions_A for s in scenes] or [np.empty((0, 3))]).astype(np.float32))
-            put("is_particle", np.concatenate([s.is_particle for s in scenes] or [np.empty(0, bool)]).astype(bool))
-            put("cells_A", np.array([s.cell_A for s in scenes], dtype=np.float64).reshape(-1, 3))
-            put("info", np.array([json.dumps(s.info, sort_keys=True) for s in scenes], dtype=h5py.string_dtype()))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        put("offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        put("numbers", np.concatenate([s.numbers for s in scenes] or [np.empty(0, np.uint8)]).astype(np.uint8))
+        put("positions_A", np.concatenate([s.positions_A for s in scenes] or [np.empty((0, 3))]).astype(np.float32))
+        put("is_particle", np.concatenate([s.is_particle for s in scenes] or [np.empty(0, bool)]).astype(bool))
+        put("cells_A", np.array([s.cell_A for s in scenes], dtype=np.float64).reshape(-1, 3))
+        put("info", np.array([json.dumps(s.info, sort_keys=True) for s in scenes], dtype=h5py.string_dtype()))
 
 
 def load_scenes(path) -> list[Scene]:
-    """Scenes written by :func:`save_scenes`; ValueError naming the file if it is not one."""
-    with h5py.File(path, "r") as f:
+    """Scenes written by :func:`save_scenes`; ValueError naming the file if it is not one or is damaged."""
+    with reading(path, "scenes file"), h5py.File(path, "r") as f:
         if f.attrs.get("format") != FILE_FORMAT:
             raise ValueError(f"{os.fspath(path)}: not an emsim scenes file (format {f.attrs.get('format')!r}, "
                              f"expected {FILE_FORMAT!r})")

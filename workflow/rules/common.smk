@@ -1,10 +1,13 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
+from pathlib import Path
+
 from emsim import config as emsim_config
 from emsim import experiments as emsim_experiments
 from emsim import optics as emsim_optics
 from emsim.experiments import dataset_path
 
-STUDY = emsim_config.load(config)
+# extensions: paths relative to the study file (the last --configfile, else the default study)
+STUDY = emsim_config.load(config, base_dir=Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1]).parent)
 EXPERIMENTS = emsim_experiments.expand(STUDY)
 MODELS = {m.path: m for e in EXPERIMENTS.values() for m in e.models}
 
