@@ -240,6 +240,12 @@ def segment(forward: Forward, image: np.ndarray, pixel_size_A: float | None,
             "maps": {"mask": mask, "probability": probability, "uncertainty": uncertainty}}
 
 
+def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512) -> np.ndarray:
+    """Particle mask (uint8 0/1, shape of ``image``) of one raw greyscale image by one U-Net."""
+    probability = tiled_probability(torch_forward(Ensemble([model])), image, tile_px)
+    return (probability > 0.5).astype(np.uint8)
+
+
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resampling (antialiased when shrinking) of a 2D float image to ``shape``."""
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
