@@ -1,15 +1,24 @@
 """predict_files with a width-0.125 U-Net trained for a few dozen steps on synthetic discs."""
 
+import csv
+import json
+import os
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import tifffile
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from emsim.data import standardize
 from emsim.models import UNet, save_model
-from emsim.predict import predict_files
+from emsim import ood
+from emsim.cli import main
+from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
+from emsim.readers import read_images
 from test_evaluate import disc_images
 
 
@@ -20,20 +29,23 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """60 Adam steps (batch 4) on 32 images of dark discs: enough for IoU ~0.9."""
+    return train_discs(tmp_path_factory.mktemp("model") / "discs.pt", seed=0)
+
+
+def train_discs(path, seed: int, width: float = 0.125, meta: dict | None = None):
     images, labels = disc_images(np.random.default_rng(0), 32, 64, contrast=0.5, dose=40.0)
     x = torch.from_numpy(standardize(images))[:, None]
     y = torch.from_numpy(labels).long()
-    model = UNet(width=0.125, generator=torch.Generator().manual_seed(0))
+    model = UNet(width=width, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(60):
         batch = torch.randint(0, len(x), (4,), generator=generator)
         loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    path = tmp_path_factory.mktemp("model") / "discs.pt"
-    save_model(path, model, meta={"stage": "pretrain"})
+    save_model(path, model, meta={"stage": "pretrain", **(meta or {})})
     return path
 
 
@@ -52,7 +64,7 @@ def test_round_trip_formats(model_path, tmp_path):
         png = np.asarray(Image.open(entry["mask_png"]))
         assert set(np.unique(png)) <= {0, 255} and (png == mask * 255).all()
         overlay = np.asarray(Image.open(entry["overlay_png"]))
-        assert overlay.shape == (96, 96, 3) and entry["shape_px"] == [96, 96]
+        assert overlay.shape == (96, 96, 3) and (entry["height_px"], entry["width_px"]) == (96, 96)
         assert entry["particle_fraction"] == pytest.approx(mask.mean())
     assert summary[0]["mask_png"].endswith("a_mask.png") and summary[0]["index"] is None
 
@@ -140,3 +152,130 @@ def test_non_emsim_model_fails_before_inputs(tmp_path):
     with pytest.raises(ValueError, match="foreign.pt"):
         predict_files(tmp_path / "foreign.pt", [tmp_path / "x.npy"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory):
+    return train_discs(tmp_path_factory.mktemp("model2") / "discs-b.pt", seed=1)
+
+
+def test_ensemble_mean_uncertainty_and_summary(model_path, second_model, tmp_path):
+    images, labels = disc_images(np.random.default_rng(5), 2, 96, contrast=0.5, dose=40.0)
+    np.save(tmp_path / "x.npy", images)
+    alone = [predict_files(m, [tmp_path / "x.npy"], tmp_path / m.stem, device="cpu")
+             for m in (model_path, second_model)]
+    both = predict_files([model_path.parent / "*.pt", second_model], [tmp_path / "x.npy"],
+                         tmp_path / "ensemble", device="cpu", batch_tiles=1)
+    for i, entry in enumerate(both):
+        members = [np.load(a[i]["probability_npy"]) for a in alone]
+        probability = np.load(entry["probability_npy"])
+        assert np.allclose(probability, np.mean(members, axis=0), atol=1e-5)
+        assert np.allclose(np.load(entry["uncertainty_npy"]), entropy_bits(probability))
+        mask = np.load(entry["mask_npy"])
+        assert (mask == (probability > 0.5)).all() and iou(mask, labels[i]) > 0.7
+        assert sum(map(int, entry["particle_areas_px"].split(";"))) == mask.sum()
+        assert entry["particle_count"] == ndimage.label(mask)[1] >= 1
+        assert entry["ood_score"] is None and entry["pixel_size_A"] is None
+    rows = list(csv.DictReader(open(tmp_path / "ensemble" / "summary.csv")))
+    assert [r["index"] for r in rows] == ["0", "1"] and tuple(rows[0]) == CSV_FIELDS
+    provenance = json.loads((tmp_path / "ensemble" / "provenance.json").read_text())
+    assert provenance["models"] == [str(model_path), str(second_model)]
+    assert not [p for p in (tmp_path / "ensemble").iterdir() if p.name.startswith(".")]
+
+
+def test_ensemble_members_must_match(model_path, tmp_path):
+    wide = train_discs(tmp_path / "wide.pt", seed=2, width=0.25)
+    with pytest.raises(ValueError, match="different architectures.*wide.pt"):
+        predict_files([model_path, wide], [], tmp_path / "out", device="cpu")
+    coarse = train_discs(tmp_path / "coarse.pt", seed=2, meta={"inputs": {"pixel_size_A": 0.8}})
+    with pytest.raises(ValueError, match="different pixel sizes.*coarse.pt: 0.8"):
+        predict_files([model_path, coarse], [], tmp_path / "out", device="cpu")
+    with pytest.raises(ValueError, match="matches no file"):
+        predict_files([tmp_path / "none*.pt"], [], tmp_path / "out", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(tmp_path_factory):
+    """A model whose meta records its training pixel size (0.4 Å) and input description."""
+    images, _ = disc_images(np.random.default_rng(0), 32, 64, contrast=0.5, dose=40.0)
+    return train_discs(tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0,
+                       meta={"inputs": ood.reference(images, 0.4)})
+
+
+def test_pixel_size_resampling_and_ood_flag(calibrated_model, tmp_path):
+    images, labels = disc_images(np.random.default_rng(6), 1, 64, contrast=0.5, dose=40.0)
+    fine = np.kron(images[0], np.ones((2, 2), np.float32))  # the same scene at 0.2 Å/px
+    np.save(tmp_path / "fine.npy", fine)
+    [missing] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "a",
+                              device="cpu")
+    assert missing["status"] == "error" and "fine.npy" in missing["message"]
+    assert "--pixel-size" in missing["message"]
+    [entry] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "b",
+                            device="cpu", pixel_size_A=0.2)
+    assert entry["resampled"] and np.load(entry["mask_npy"]).shape == (128, 128)
+    assert iou(np.load(entry["mask_npy"]), np.kron(labels[0], np.ones((2, 2)))) > 0.7
+    assert entry["ood_score"] < entry["ood_threshold"] == ood.DEFAULT_THRESHOLD
+    assert entry["ood_flag"] is False
+    blurred = ndimage.gaussian_filter(images[0], 3)
+    np.save(tmp_path / "blurred.npy", blurred)
+    [shifted] = predict_files(calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "c",
+                              device="cpu", pixel_size_A=0.4)
+    assert not shifted["resampled"] and shifted["ood_flag"] is True
+    [forced] = predict_files(calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "d",
+                             device="cpu", pixel_size_A=0.4, ood_threshold=1e6)
+    assert forced["ood_flag"] is False
+
+
+def test_emd_pixel_size_from_file(calibrated_model, tmp_path):
+    from rsciio.emd import file_writer
+
+    images, labels = disc_images(np.random.default_rng(7), 1, 64, contrast=0.5, dose=40.0)
+    fine = np.kron(images[0], np.ones((2, 2), np.float32))
+    axes = [{"name": n, "size": 128, "navigate": False, "scale": 0.02, "offset": 0.0,
+             "units": "nm"} for n in "yx"]
+    file_writer(str(tmp_path / "scan.emd"), {
+        "data": fine, "axes": axes, "metadata": {"General": {"title": "scan"}, "Signal": {}},
+        "original_metadata": {}})
+    assert read_images(tmp_path / "scan.emd")[1] == pytest.approx(0.2)
+    [entry] = predict_files(calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out",
+                            device="cpu", pixel_size_A=5.0)  # the file's own size wins
+    assert entry["status"] == "ok" and entry["resampled"]
+    assert entry["pixel_size_A"] == pytest.approx(0.2)
+    assert entry["mean_particle_area_nm2"] == pytest.approx(
+        np.load(entry["mask_npy"]).sum() / entry["particle_count"] * 0.02 ** 2)
+    (tmp_path / "broken.emd").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(ValueError, match="broken.emd"):
+        read_images(tmp_path / "broken.emd")
+
+
+def test_dm_pixel_size_from_file():
+    """rosettasciio reads but cannot write DigitalMicrograph files: runs on a real one named by
+    EMSIM_DM_SAMPLE (a .dm3/.dm4 with a calibrated image)."""
+    sample = os.environ.get("EMSIM_DM_SAMPLE")
+    if not sample:
+        pytest.skip("rosettasciio cannot write .dm3/.dm4; set EMSIM_DM_SAMPLE to a real file")
+    images, pixel_size_A = read_images(sample)
+    assert images and images[0].ndim == 2 and pixel_size_A > 0
+
+
+def test_bad_images_fail_alone_and_cli_status(model_path, tmp_path, capsys):
+    images, _ = disc_images(np.random.default_rng(8), 2, 64, contrast=0.5, dose=40.0)
+    stack = np.stack([images[0], np.full((64, 64), 7.0, np.float32), images[1]])
+    np.save(tmp_path / "stack.npy", stack)
+    np.save(tmp_path / "small.npy", images[0][:20, :40])
+    nan = images[1].copy()
+    nan[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    names = ["stack.npy", "small.npy", "nan.npy", "missing.tif"]
+    status = main(["predict", str(model_path), *[str(tmp_path / n) for n in names],
+                   "-o", str(tmp_path / "out"), "--device", "cpu", "--tile", "64"])
+    assert status == 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [(Path(r["input"]).name, r["index"], r["status"]) for r in rows] == [
+        ("stack.npy", "0", "ok"), ("stack.npy", "1", "error"), ("stack.npy", "2", "ok"),
+        ("small.npy", "", "error"), ("nan.npy", "", "error"), ("missing.tif", "", "error")]
+    assert "stack.npy [image 1]: image is constant" in rows[1]["message"]
+    assert "smaller than the model's minimum 32 px" in rows[3]["message"]
+    assert "nan.npy: image contains NaN" in rows[4]["message"]
+    assert not (tmp_path / "out" / "stack_001_mask.png").exists()
+    assert capsys.readouterr().out.splitlines()[-1].startswith("2 ok, 4 failed")

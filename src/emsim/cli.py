@@ -1,4 +1,4 @@
-"""The `emsim` command: check a study, inspect and draw datasets, segment micrographs."""
+"""The `emsim` command: check a study, inspect and draw datasets, segment micrographs, export models."""
 
 from __future__ import annotations
 
@@ -28,11 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("-n", "--count", type=int, default=8)
     show.add_argument("--split", default="train", choices=["train", "val", "test"])
 
-    predict = commands.add_parser("predict", help="segment micrographs (TIFF, PNG, NumPy, HDF5) with a trained model")
-    predict.add_argument("model")
+    predict = commands.add_parser(
+        "predict", help="segment micrographs (TIFF, PNG, NumPy, HDF5, DM3/DM4, EMD) with a model "
+        "or an ensemble (mean probabilities, uncertainty, OOD score, summary.csv)")
+    predict.add_argument("model", help="model file, or a quoted glob (all of its matches form an ensemble)")
     predict.add_argument("inputs", nargs="+")
-    predict.add_argument("-o", "--output", required=True, help="folder for masks and overlays")
+    predict.add_argument("-m", "--model", dest="more_models", action="append", default=[],
+                         help="a further ensemble member (file or quoted glob); repeatable")
+    predict.add_argument("-o", "--output", required=True, help="folder for masks, maps and summary.csv")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--pixel-size", type=float, help="pixel size in Å of inputs whose file records none")
+    predict.add_argument("--tile", type=int, default=512, help="tile size in px (multiple of 32)")
+    predict.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    predict.add_argument("--ood-threshold", type=float, help="replaces the models' OOD threshold")
+
+    export = commands.add_parser("export", help="export a model or an ensemble to ONNX")
+    export.add_argument("models", nargs="+", help="model files or quoted globs")
+    export.add_argument("-o", "--output", required=True, help="ONNX file to write")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -91,15 +103,19 @@ def _show(args) -> int:
 def _predict(args) -> int:
     from emsim import predict
 
-    if not Path(args.model).is_file():
-        raise ValueError(f"{args.model}: no such model file")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"-o {args.output}: exists and is not a folder; give a folder for masks and overlays")
     _check_device(args.device)
-    results = predict.predict_files(args.model, args.inputs, args.output, device=args.device)
+    results = predict.predict_files([args.model, *args.more_models], args.inputs, args.output,
+                                    device=args.device, tile_px=args.tile, batch_tiles=args.batch,
+                                    pixel_size_A=args.pixel_size, ood_threshold=args.ood_threshold,
+                                    progress=sys.stderr.isatty())
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:
-        print(f"{r['input']}: {r['status']}" + (f" ({r.get('message')})" if r.get("status") != "ok" else ""))
+        where = r["input"] + ("" if r.get("index") is None else f" [{r['index']}]")
+        flag = " (out of distribution)" if r.get("ood_flag") else ""
+        print(f"{where}: {r['status']}{flag}" + (f" ({r.get('message')})" if r.get("status") != "ok" else ""))
+    print(f"{len(results) - len(failed)} ok, {len(failed)} failed; summary in {args.output}/summary.csv")
     return 1 if failed else 0
 
 
@@ -120,7 +136,15 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: not supported; use auto, cpu or cuda")
 
 
-COMMANDS = {"check": _check, "info": _info, "show": _show, "predict": _predict}
+def _export(args) -> int:
+    from emsim import export
+
+    members = export.export_onnx(args.models, args.output)
+    print(f"{args.output}: ONNX ensemble of {len(members)} model(s), checked against PyTorch")
+    return 0
+
+
+COMMANDS = {"check": _check, "info": _info, "show": _show, "predict": _predict, "export": _export}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,80 +1,193 @@
-"""Segmentation of user micrographs with a trained model.
+"""Segmentation of user micrographs with a trained model or a deep ensemble of them.
 
-Inputs: TIFF (``.tif``/``.tiff``, pages or samples as a stack), PNG, ``.npy`` and HDF5
-(``.h5``/``.hdf5``: dataset ``images``, else the only 2D/3D numeric dataset). A 2D array is one
-image; a 3D array is a stack of images (N, H, W), unless its last axis has 2-4 entries and the
-others are longer, which is read as colour channels (H, W, C). Colour images are accepted only if
-their colour channels are identical (an alpha channel is dropped); otherwise they are an error.
+The ensemble's class probabilities are the mean of its members' softmax outputs; members must
+share the architecture and the training pixel size. Each image (read by :mod:`emsim.readers`) is
+resampled to the models' pixel size where it differs by more than ``PIXEL_TOLERANCE`` (the pixel
+size comes from the file, else from the user; a model that records one needs one), standardised
+per image (as in training), reflect-padded to a multiple of 32 px and, if larger than
+``tile_px``, segmented in overlapping tiles (batched, each tile through every member once) whose
+probabilities are blended with a tapered weight; maps are resampled back to the input's pixels.
 
-Each image is standardised per image (as in training), reflect-padded to a multiple of 32 px and,
-if larger than ``tile_px``, segmented in overlapping tiles whose class probabilities are blended
-with a tapered weight. For every image ``<stem>_mask.png`` (0/255), ``<stem>_mask.npy`` (uint8
-0/1) and ``<stem>_overlay.png`` are written, ``<stem>`` being the file stem, with ``_<index>``
-(3 digits) for images of a stack.
+Per image (``<stem>`` = file stem, ``-2``... for repeated stems, ``_<index>`` for stacks):
+``<stem>_mask.png`` (0/255), ``<stem>_mask.npy`` (uint8 0/1), ``<stem>_probability.npy``
+(float32 mean particle probability), ``<stem>_uncertainty.npy`` (float32 predictive entropy in
+bits, 0 = certain, 1 = p of 0.5) and ``<stem>_uncertainty.png`` (0-1 bit as 0-255),
+``<stem>_overlay.png``. Per run: ``summary.csv`` (one row per image or failed input, columns
+``CSV_FIELDS``) and ``provenance.json``. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
 import io
+import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
-import tifffile
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
 
-from emsim import data
+from emsim import data, ood
 from emsim.evaluate import pad_to_multiple
-from emsim.io import atomic_path
+from emsim.io import atomic_path, provenance
 from emsim.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.readers import read_images
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".h5", ".hdf5")
-MIN_SIZE_PX = 8
+MIN_SIZE_PX = DOWNSAMPLING  # after resampling: the U-Net's bottleneck is 1 px
+PIXEL_TOLERANCE = 0.02  # relative pixel-size mismatch tolerated without resampling
+UNCERTAIN_BITS = 0.5  # entropy above which a pixel counts as uncertain (p in about 0.11-0.89)
 OVERLAY_TINT = np.array([255, 140, 0], np.float32)  # orange tint inside particles
 OUTLINE = np.array([0, 230, 255], np.uint8)  # cyan outline
 TINT_ALPHA = 0.3
+CSV_FIELDS = ("input", "index", "status", "message", "height_px", "width_px", "pixel_size_A",
+              "resampled", "particle_fraction", "uncertain_fraction", "particle_count",
+              "particle_areas_px", "mean_particle_area_nm2", "ood_score", "ood_threshold",
+              "ood_flag", "mask_png")
+
+Forward = Callable[[np.ndarray], np.ndarray]
 
 
-def predict_files(model_path: str | os.PathLike, inputs: list[str | os.PathLike],
-                  out_dir: str | os.PathLike, device: str = "auto",
-                  tile_px: int = 512) -> list[dict]:
-    """Segment every image of ``inputs``; returns one summary dict per image (or failed input).
+class Ensemble(torch.nn.Module):
+    """Mean class probabilities (N, classes, H, W) of member U-Nets on standardised images."""
 
-    Summary keys: ``input``, ``index`` (position in a stack, None for single images and errors),
-    ``status`` (``ok``/``error``), ``message``, and for ``ok`` also ``shape_px``,
-    ``particle_fraction``, ``mask_png``, ``mask_npy``, ``overlay_png``.
-    A bad input is reported and skipped; a file that is not an emsim model raises ValueError.
-    """
+    def __init__(self, members: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+
+
+def expand_models(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Model files named by paths or glob patterns (sorted matches); ValueError if a pattern
+    matches nothing or a file is missing."""
+    paths = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise ValueError(f"model pattern {pattern!r} matches no file")
+            paths += map(Path, matches)
+        elif not Path(pattern).is_file():
+            raise ValueError(f"model file {pattern} does not exist")
+        else:
+            paths.append(Path(pattern))
+    return list(dict.fromkeys(paths))
+
+
+def load_ensemble(patterns: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+                  ) -> tuple[Ensemble, list[dict], list[Path]]:
+    """Load every model of ``patterns`` as one :class:`Ensemble` (eval mode) with their metas;
+    ValueError naming the files if architectures or training pixel sizes differ."""
+    paths = expand_models(patterns)
+    loaded = [load_model(path, map_location=device) for path in paths]
+    configs = {json.dumps(m.config, sort_keys=True) for m, _ in loaded}
+    if len(configs) > 1:
+        raise ValueError("models of different architectures in one ensemble: " + "; ".join(
+            f"{p}: {m.config}" for p, (m, _) in zip(paths, loaded)))
+    sizes = [model_pixel_size(meta) for _, meta in loaded]
+    known = [s for s in sizes if s is not None]
+    if (known and len(known) < len(sizes)) or (known and not np.allclose(known, known[0],
+                                                                         rtol=1e-6)):
+        raise ValueError("models of different pixel sizes in one ensemble: " + "; ".join(
+            f"{p}: {s} Å" for p, s in zip(paths, sizes)))
+    return Ensemble([m for m, _ in loaded]).eval(), [meta for _, meta in loaded], paths
+
+
+def model_pixel_size(meta: dict) -> float | None:
+    """Training pixel size (Å) recorded in a model's meta, None for older models."""
+    return (meta.get("inputs") or {}).get("pixel_size_A")
+
+
+def torch_forward(model: torch.nn.Module) -> Forward:
+    """Forward of a PyTorch ensemble: standardised tiles (B, 1, h, w) -> particle probability
+    (B, h, w), on the model's device (bf16 autocast on cuda)."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def forward(batch: np.ndarray) -> np.ndarray:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            probability = model(torch.from_numpy(batch).to(device))
+        return probability[:, 1].float().cpu().numpy()
+
+    return forward
+
+
+def predict_files(models: str | os.PathLike | Sequence[str | os.PathLike],
+                  inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  device: str = "auto", tile_px: int = 512, batch_tiles: int = 8,
+                  pixel_size_A: float | None = None, ood_threshold: float | None = None,
+                  progress: bool = False) -> list[dict]:
+    """Segment every image of ``inputs`` with the ensemble of ``models`` (paths or globs).
+
+    Returns one summary dict per image or failed input (keys ``CSV_FIELDS`` plus the output
+    paths); ``status`` is ``ok`` or ``error`` with a ``message`` naming the file. A bad input is
+    reported and skipped; bad models raise ValueError before any input is read.
+    ``pixel_size_A`` applies to inputs whose file records none; ``ood_threshold`` replaces the
+    models' own."""
     if tile_px < DOWNSAMPLING or tile_px % DOWNSAMPLING:
         raise ValueError(f"tile_px must be a positive multiple of {DOWNSAMPLING}, got {tile_px}")
-    device = resolve_device(device)
-    model, _ = load_model(model_path, map_location=device)
+    if batch_tiles < 1:
+        raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
+    patterns = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    ensemble, metas, paths = load_ensemble(patterns, resolve_device(device))
+    references = [meta["inputs"] for meta in metas if meta.get("inputs")]
+    if ood_threshold is None and references:
+        ood_threshold = float(np.mean([r["threshold"] for r in references]))
+    forward = torch_forward(ensemble)
+    model_px = model_pixel_size(metas[0])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, used_stems = [], set()
-    for source in inputs:
+    for source in tqdm(inputs, desc="predict", unit="file", disable=not progress):
         try:
-            images = read_images(source)
+            images, file_px = read_images(source)
         except ValueError as error:
             logger.error("%s", error)
-            summary.append({"input": str(source), "index": None, "status": "error",
-                            "message": str(error)})
+            summary.append(_failure(source, None, str(error)))
             continue
         stem = _unique_stem(Path(source).stem, used_stems)
         for index, image in enumerate(images):
-            mask = segment_image(model, image, tile_px)
+            where = str(source) if len(images) == 1 else f"{source} [image {index}]"
             name = stem if len(images) == 1 else f"{stem}_{index:03d}"
-            summary.append({"input": str(source), "index": None if len(images) == 1 else index,
-                            "status": "ok", "message": None, "shape_px": list(image.shape),
-                            "particle_fraction": float(mask.mean()),
-                            **write_outputs(out_dir / name, image, mask)})
+            try:
+                row = segment(forward, image, file_px or pixel_size_A, model_px, references,
+                              tile_px, batch_tiles, where)
+            except ValueError as error:
+                logger.error("%s", error)
+                summary.append(_failure(source, None if len(images) == 1 else index,
+                                        str(error)))
+                continue
+            maps = row.pop("maps")
+            row.update(input=str(source), index=None if len(images) == 1 else index,
+                       status="ok", message=None, ood_threshold=ood_threshold,
+                       ood_flag=None if row["ood_score"] is None or ood_threshold is None
+                       else row["ood_score"] > ood_threshold)
+            if row["ood_flag"]:
+                logger.warning("%s: out of distribution (score %.2f > threshold %.2f)", where,
+                               row["ood_score"], ood_threshold)
+            row.update(write_outputs(out_dir / name, image, **maps))
+            summary.append(row)
         logger.info("segmented %s (%d image(s))", source, len(images))
+    write_summary(out_dir / "summary.csv", summary)
+    _write_json(out_dir / "provenance.json", {
+        "models": [str(p) for p in paths], "model_pixel_size_A": model_px,
+        "tile_px": tile_px, "pixel_size_A": pixel_size_A, "ood_threshold": ood_threshold,
+        "provenance": provenance(), "model_provenance": [m.get("provenance") for m in metas]})
     return summary
+
+
+def _failure(source, index, message: str) -> dict:
+    return {"input": str(source), "index": index, "status": "error", "message": message}
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:
@@ -87,107 +200,84 @@ def _unique_stem(stem: str, used: set[str]) -> str:
     return candidate
 
 
-def read_images(path: str | os.PathLike) -> list[np.ndarray]:
-    """Greyscale float32 images (H, W) of one file; ValueError naming the file if unusable."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; allowed: {', '.join(SUFFIXES)}")
-    try:
-        if suffix in (".tif", ".tiff"):
-            array = _read_tiff(path)
-        elif suffix == ".png":
-            array = _read_png(path)
-        elif suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            array = _read_hdf5(path)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    except Exception as error:  # corrupt files raise library-specific errors
-        raise ValueError(f"{path}: cannot be read as {suffix} ({error})") from None
-    try:
-        return _as_images(array)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        array = series.asarray()
-        if "S" in series.axes:  # colour samples: move them last
-            array = np.moveaxis(array, series.axes.index("S"), -1)
-    return array
-
-
-def _read_png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode == "P":
-            image = image.convert("RGBA")
-        return np.asarray(image)
-
-
-def _read_hdf5(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        if "images" in f:
-            return f["images"][()]
-        found = []
-        f.visititems(lambda name, item: found.append(name)
-                     if isinstance(item, h5py.Dataset) and item.ndim in (2, 3) else None)
-        if len(found) != 1:
-            raise ValueError(f"no 'images' dataset and {len(found)} 2D/3D datasets "
-                             f"({', '.join(found) or 'none'}); name the image dataset 'images'")
-        return f[found[0]][()]
-
-
-def _as_images(array: np.ndarray) -> list[np.ndarray]:
-    """Split a 2D/3D array into greyscale images, converting grey-valued colour images."""
-    if array.dtype.kind not in "buif":
-        raise ValueError(f"image data of type {array.dtype} is not real numbers")
-    if array.ndim == 3 and 2 <= array.shape[-1] <= 4 and min(array.shape[:2]) > 4:
-        array = _colour_to_grey(array)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise ValueError(f"expected a 2D image or a 3D stack, got shape {array.shape}")
-    if min(array.shape[1:]) < MIN_SIZE_PX:
-        raise ValueError(f"images of {array.shape[1]}x{array.shape[2]} px are smaller than "
-                         f"{MIN_SIZE_PX} px")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError("image contains NaN or infinite values")
-    return list(array)
-
-
-def _colour_to_grey(array: np.ndarray) -> np.ndarray:
-    channels = array[..., :3] if array.shape[-1] in (3, 4) else array[..., :1]  # drop alpha
-    if not (channels == channels[..., :1]).all():
-        raise ValueError(f"colour image with {array.shape[-1]} differing channels; "
-                         "convert it to greyscale (one channel) first")
-    return channels[..., 0]
-
-
-@torch.no_grad()
-def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512) -> np.ndarray:
-    """Particle mask (uint8 0/1, shape of ``image``) of one raw greyscale image."""
-    device = next(model.parameters()).device
+def segment(forward: Forward, image: np.ndarray, pixel_size_A: float | None,
+            model_pixel_size_A: float | None, references: list[dict], tile_px: int,
+            batch_tiles: int, where: str) -> dict:
+    """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
+    ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size."""
+    if not np.isfinite(image).all():
+        raise ValueError(f"{where}: image contains NaN or infinite values")
+    if image.min() == image.max():
+        raise ValueError(f"{where}: image is constant (nothing to segment)")
+    if model_pixel_size_A is not None and pixel_size_A is None:
+        raise ValueError(f"{where}: the file records no pixel size and none was given "
+                         f"(--pixel-size); the model was trained at {model_pixel_size_A:g} Å/px")
     h, w = image.shape
-    x = torch.from_numpy(pad_to_multiple(data.standardize(image)).copy()).to(device)
+    scaled, resampled = image, False
+    if model_pixel_size_A is not None \
+            and abs(pixel_size_A / model_pixel_size_A - 1) > PIXEL_TOLERANCE:
+        factor = pixel_size_A / model_pixel_size_A
+        scaled, resampled = resample(image, (round(h * factor), round(w * factor))), True
+    if min(scaled.shape) < MIN_SIZE_PX:
+        raise ValueError(f"{where}: image of {scaled.shape[0]}x{scaled.shape[1]} px (at the "
+                         f"model's pixel size) is smaller than the model's minimum "
+                         f"{MIN_SIZE_PX} px")
+    probability = tiled_probability(forward, scaled, tile_px, batch_tiles)
+    if resampled:
+        probability = np.clip(resample(probability, (h, w)), 0, 1)
+    uncertainty = entropy_bits(probability)
+    mask = (probability > 0.5).astype(np.uint8)
+    components, count = ndimage.label(mask)
+    areas = np.bincount(components.ravel())[1:]
+    scores = [ood.score(scaled, ref) for ref in references]
+    return {"height_px": h, "width_px": w, "pixel_size_A": pixel_size_A, "resampled": resampled,
+            "particle_fraction": float(mask.mean()),
+            "uncertain_fraction": float((uncertainty > UNCERTAIN_BITS).mean()),
+            "particle_count": int(count), "particle_areas_px": ";".join(map(str, areas)),
+            "mean_particle_area_nm2": None if pixel_size_A is None or not count
+            else float(areas.mean() * (pixel_size_A / 10) ** 2),
+            "ood_score": float(np.mean(scores)) if scores else None,
+            "maps": {"mask": mask, "probability": probability, "uncertainty": uncertainty}}
+
+
+def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512) -> np.ndarray:
+    """Particle mask (uint8 0/1, shape of ``image``) of one raw greyscale image by one U-Net."""
+    probability = tiled_probability(torch_forward(Ensemble([model])), image, tile_px)
+    return (probability > 0.5).astype(np.uint8)
+
+
+def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling (antialiased when shrinking) of a 2D float image to ``shape``."""
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    return F.interpolate(x, size=shape, mode="bilinear", antialias=True,
+                         align_corners=False)[0, 0].numpy()
+
+
+def entropy_bits(probability: np.ndarray) -> np.ndarray:
+    """Binary predictive entropy (bits) of a particle-probability map."""
+    p = np.clip(probability, 1e-7, 1 - 1e-7)
+    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
+
+
+def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512,
+                      batch_tiles: int = 8) -> np.ndarray:
+    """Particle probability (float32, shape of ``image``) of one raw greyscale image, from
+    overlapping tiles sent through ``forward`` in batches of ``batch_tiles``."""
+    h, w = image.shape
+    x = pad_to_multiple(data.standardize(image))
     ph, pw = x.shape
     th, tw = min(tile_px, ph), min(tile_px, pw)
-    weight = _taper(th, device)[:, None] * _taper(tw, device)[None, :]
-    probability = torch.zeros(ph, pw, device=device)
-    total = torch.zeros(ph, pw, device=device)
-    for top in _starts(ph, th):
-        for left in _starts(pw, tw):
-            tile = x[top:top + th, left:left + tw][None, None]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(tile)
-            p = logits.float().softmax(dim=1)[0, 1]
+    weight = _taper(th)[:, None] * _taper(tw)[None, :]
+    corners = [(top, left) for top in _starts(ph, th) for left in _starts(pw, tw)]
+    probability = np.zeros((ph, pw), np.float32)
+    total = np.zeros((ph, pw), np.float32)
+    for start in range(0, len(corners), batch_tiles):
+        chunk = corners[start:start + batch_tiles]
+        batch = np.stack([x[top:top + th, left:left + tw] for top, left in chunk])[:, None]
+        for (top, left), p in zip(chunk, forward(np.ascontiguousarray(batch))):
             probability[top:top + th, left:left + tw] += weight * p
             total[top:top + th, left:left + tw] += weight
-    return (probability / total > 0.5)[:h, :w].to(torch.uint8).cpu().numpy()
+    return (probability / total)[:h, :w]
 
 
 def _starts(length: int, tile: int) -> list[int]:
@@ -199,23 +289,47 @@ def _starts(length: int, tile: int) -> list[int]:
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
-def _taper(n: int, device: torch.device) -> torch.Tensor:
+def _taper(n: int) -> np.ndarray:
     """1D blending weight: highest in the middle of a tile, small but positive at its edges."""
-    ramp = torch.minimum(torch.arange(n, device=device) + 1.0, torch.arange(n, 0, -1, device=device))
-    return torch.clamp(ramp / (n / 4), 0.05, 1.0)
+    ramp = np.minimum(np.arange(n) + 1.0, np.arange(n, 0, -1))
+    return np.clip(ramp / (n / 4), 0.05, 1.0).astype(np.float32)
 
 
-def write_outputs(stem: Path, image: np.ndarray, mask: np.ndarray) -> dict[str, str]:
-    """Write mask PNG (0/255), mask NPY (0/1) and overlay PNG; returns their paths."""
-    paths = {"mask_png": f"{stem}_mask.png", "mask_npy": f"{stem}_mask.npy",
-             "overlay_png": f"{stem}_overlay.png"}
+def write_outputs(stem: Path, image: np.ndarray, mask: np.ndarray, probability: np.ndarray,
+                  uncertainty: np.ndarray) -> dict[str, str]:
+    """Write the per-image files (module docstring); returns their paths."""
+    paths = {name: f"{stem}_{name.replace('_', '.')}" for name in (
+        "mask_png", "mask_npy", "probability_npy", "uncertainty_npy", "uncertainty_png",
+        "overlay_png")}
     _write_png(paths["mask_png"], mask * np.uint8(255))
-    buffer = io.BytesIO()
-    np.save(buffer, mask)
-    with atomic_path(paths["mask_npy"]) as tmp:
-        Path(tmp).write_bytes(buffer.getvalue())
+    _write_npy(paths["mask_npy"], mask)
+    _write_npy(paths["probability_npy"], probability.astype(np.float32))
+    _write_npy(paths["uncertainty_npy"], uncertainty.astype(np.float32))
+    _write_png(paths["uncertainty_png"], np.round(np.clip(uncertainty, 0, 1) * 255).astype(np.uint8))
     _write_png(paths["overlay_png"], overlay(image, mask))
     return paths
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    """One CSV row per image or failed input, columns ``CSV_FIELDS``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(buffer.getvalue())
+
+
+def _write_json(path: Path, document: dict) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(document, indent=1, default=str) + "\n")
+
+
+def _write_npy(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buffer.getvalue())
 
 
 def _write_png(path: str, array: np.ndarray) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim import data, io
+from emsim import data, io, ood
 from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
 
 logger = logging.getLogger(__name__)
@@ -305,6 +305,7 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
             "train_time_s": sum(r["time_s"] for r in history),
             "trainable_params": count_parameters(model, trainable_only=True),
             "total_params": count_parameters(model), "device": str(device),
+            "inputs": ood.describe(run, train[0]),
             "provenance": io.provenance(cfg)}
     save_model(out, model, meta=meta)
     ckpt_path.unlink(missing_ok=True)
