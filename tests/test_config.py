@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emsim import config, experiments
+from emsim import config, experiments, optics
 from emsim.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,7 @@ def study():
 
 def test_range_sweep_expands_into_domains_sharing_one_structure_set(study):
     study["domains"] = {"df{mean_nm}": {"structure_set": "au", "defocus": {"mean_nm": {"range": [-25, 25, 5]}}}}
+    study["image"]["padding_A"] = 9.6  # the lens's reach at 25 nm defocus
     loaded = config.load(study)
     assert list(loaded["domains"]) == [f"df{v}" for v in range(-25, 30, 5)]
     assert {d["structure_set"] for d in loaded["domains"].values()} == {"au"}
@@ -47,7 +48,8 @@ def test_defaults_are_filled(study):
     assert loaded["structure_sets"]["au"]["particles"]["orientation"] == "zone_axis"
     assert loaded["training"]["lr_decay"] == 0.99
     assert loaded["resources"]["training"]["gpu"] == 1
-    assert loaded["image"]["cell_A"] == pytest.approx(25.6)
+    assert optics.cell_A(loaded["image"]) == pytest.approx(25.6 + 2 * 4.8)
+    assert "cell_A" not in loaded["image"]  # checks do not write into the config
 
 
 def _edit(study, path, value):
@@ -67,7 +69,14 @@ def _edit(study, path, value):
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": []}, ["domains.df{mean_nm}.defocus.mean_nm", "empty"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [5, -5, 1]}, ["defocus.mean_nm", "empty"]),
         (("domains", "df{mean_nm}", "structure_set"), "nope", ["domains.df-10.structure_set", "'nope'", "au"]),
-        (("image", "cell_A"), 30.0, ["size_px", "cell_A"]),
+        (("image", "cell_A"), 30.0, ["image", "cell_A", "padding_A"]),
+        (("image", "padding_A"), 2.4, ["image.padding_A", "df-10", ">= 4.4"]),
+        (("image", "padding_A"), 4.2, ["image.padding_A", "multiple of image.pixel_size_A"]),
+        (("microscope", "Cs_A"), 1.2e7, ["image.padding_A", "microscope.Cs_A", "1.2e+07"]),
+        (("simulation", "phonon_sigma_A"), {"Au": 0.09}, ["simulation.phonon_sigma_A", "['C']", "structure_sets.au"]),
+        (("simulation", "phonon_sigma_A"), "hot", ["simulation.phonon_sigma_A"]),
+        (("labels",), {"method": "outline"}, ["labels.method", "potential"]),
+        (("structure_sets", "au", "labels"), {"blur": 1.0}, ["structure_sets.au.labels", "blur_A"]),
         (("image", "pixel_size_A"), 0.3, ["image.pixel_size_A", "sampling_A"]),
         (("structure_sets", "au", "n_structures"), 5, ["structure_sets.au.n_structures", "splits"]),
         (("experiments", "defocus", "transfer_sizes"), [64], ["experiments.defocus.transfer_sizes", "splits.train"]),
@@ -124,14 +133,14 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
         (("experiments", "defocus", "replicates"), 10**9, ["experiments.defocus", "jobs", "limits.max_jobs"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [0, 1e12, 1]}, ["defocus.mean_nm", "limits.max_sweep_entries"]),
         (("simulation", "frozen_phonons"), 10**6, ["simulation.shard_size", "GB", "limits.max_file_GB"]),
-        (("limits",), {"max_file_GB": 1e-4}, ["simulation.shard_size", "0.000524 GB", "limits.max_file_GB"]),
+        (("limits",), {"max_file_GB": 1e-4}, ["simulation.shard_size", "0.000991 GB", "limits.max_file_GB"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"a/b": 1, "c": 2}}, ["domains.df{mean_nm}", "'dfa/b'", "labels"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"..": 1}}, ["domains.df{mean_nm}", "'df..'"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"*": 1}}, ["'df*'"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"{x}": 1}}, ["'df{x}'"]),
         (("domains", "df{mean_nm}", "sweep"), {"mean_nm": 3}, ["domains.df{mean_nm}.sweep", "reserved"]),
         (("structure_sets", "au", "particles", "radius_A"), [5, 40], ["structure_sets.au.particles.radius_A", "periodic image"]),
-        (("structure_sets", "au", "particles", "min_gap_A"), 20, ["structure_sets.au.particles.radius_A", "min_gap_A"]),
+        (("structure_sets", "au", "particles", "min_gap_A"), 30, ["structure_sets.au.particles.radius_A", "min_gap_A"]),
         (("image", "size_px"), 64.5, ["image.size_px", "integer"]),
         (("extensions",), ["no/such/file.py"], ["extensions", "no/such/file.py"]),
     ],

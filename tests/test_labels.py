@@ -1,4 +1,4 @@
-"""Labels from the particle-in-vacuum wave (real abTEM), projected-atom masks, zero-defocus calibration."""
+"""Labels from the particle-in-vacuum wave and from the projected potential (real abTEM), projected-atom masks."""
 
 import ase
 import numpy as np
@@ -54,20 +54,3 @@ def test_projected_atom_mask_disk_and_wrap():
     mask = labels.projected_atom_mask(np.array([[0.0, 0.0, 5.0]]), 12.8, 128, radius_A=1.0)
     assert mask.sum() == pytest.approx(np.pi * (1.0 / 0.1) ** 2, rel=0.05)
     assert mask[0, 0] and mask[-5, -5] and mask[5, -5] and not mask[64, 64]
-
-
-def test_zero_defocus_finds_the_plane_of_a_pure_phase_object():
-    n, sampling = 128, 0.2
-    x = np.arange(n) * sampling
-    rng = np.random.default_rng(4)
-    phase = np.zeros((n, n))
-    for cx, cy in rng.uniform(0, n * sampling, (6, 2)):
-        d2 = ((x[:, None] - cx + 12.8) % 25.6 - 12.8) ** 2 + ((x[None, :] - cy + 12.8) % 25.6 - 12.8) ** 2
-        phase += 0.8 * np.exp(-d2 / (2 * 1.5**2))
-    grid = optics.k_grid((n, n), sampling)
-    # propagate the in-focus phase object by 37.3 A; minimum contrast is back at defocus 37.3 A
-    propagated = sfft.ifft2(sfft.fft2(np.exp(1j * phase)) * optics.ctf(grid, optics.Aberrations(C10_A=37.3), 300e3))
-    microscope = {"energy_eV": 300e3, "Cs_A": 0.0}
-    assert labels.zero_defocus_A(propagated, sampling, microscope) == pytest.approx(37.3, abs=0.051)
-    with pytest.raises(ValueError, match="search_A"):
-        labels.zero_defocus_A(propagated, sampling, microscope, search_A=(10, -10))

@@ -25,8 +25,8 @@ def carbon_like_waves(seed=0) -> ShardWaves:
 
 
 def render(domain: dict, seed=0) -> np.ndarray:
-    params = {"image": {"pixel_size_A": SAMPLING_A, "size_px": SIZE}, "microscope": MICROSCOPE}
-    image, _ = domains.render_image(carbon_like_waves(seed), 0, domain, params, np.random.default_rng(1), 0.0)
+    params = {"image": {"pixel_size_A": SAMPLING_A, "size_px": SIZE, "padding_A": 0.0}, "microscope": MICROSCOPE}
+    image, _ = domains.render_image(carbon_like_waves(seed), 0, domain, params, np.random.default_rng(1))
     return image
 
 
