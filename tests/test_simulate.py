@@ -9,9 +9,10 @@ from abtem.core import backend as abtem_backend
 from emsim import optics, simulate, structures
 
 CELL_A = 25.6
-SIM = {"sampling_A": 0.2, "slice_thickness_A": 2.0, "frozen_phonons": 2, "phonon_sigma_A": 0.1, "device": "cpu"}
+SIM = {"sampling_A": 0.2, "slice_thickness_A": 2.0, "frozen_phonons": 2, "phonon_sigma_A": 0.1, "device": "cpu",
+       "calibrate_zero_defocus": False, "zero_defocus_search_A": [-200.0, 200.0]}
 MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
-IMAGE = {"size_px": 64, "pixel_size_A": 0.4}
+IMAGE = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0}
 LABELS = {"threshold_rad": np.pi / 16, "lowpass_sigma_A": 0.5, "closing_A": 1.5, "blur_A": 1.0}
 PARTICLES = {"lattice": "Au_fcc", "radius_A": [6, 7], "count": [1, 1], "min_gap_A": 4}
 SUBSTRATE = {"thickness_A": [8, 10], "density_g_cm3": 2.0}
@@ -62,7 +63,7 @@ def test_negative_C10_undoes_vacuum_propagation(scenes):
 
 def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
     sim = SIM | {"calibrate_zero_defocus": True}
-    shard = simulate.simulate_shard(scenes, sim, MICROSCOPE, IMAGE, LABELS, seed=11)
+    shard = simulate.simulate_shard(scenes, [0, 1], sim, MICROSCOPE, IMAGE, LABELS, seed=11)
     assert shard.waves.shape == (2, 2, 128, 128) and shard.waves.dtype == np.complex64
     assert shard.labels.shape == (2, 64, 64) and shard.labels.dtype == np.uint8
     assert 0 < shard.labels.mean() < 0.5
@@ -82,11 +83,49 @@ def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
         assert f.attrs["structure_set"] == "au" and '"emsim"' in f.attrs["provenance"]
         assert "Fourier" in f["waves"].attrs["convention"]
 
-    again = simulate.simulate_shard(scenes, SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
+    again = simulate.simulate_shard(scenes, [0, 1], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
     assert again.waves.tobytes() == shard.waves.tobytes()
     assert np.all(np.isnan(again.zero_defocus_A))
-    other = simulate.simulate_shard(scenes[:1], SIM, MICROSCOPE, IMAGE, LABELS, seed=12)
+    other = simulate.simulate_shard(scenes[:1], [0], SIM, MICROSCOPE, IMAGE, LABELS, seed=12)
     assert not np.array_equal(other.waves[0], shard.waves[0])
+
+
+def test_waves_depend_on_the_structure_index_not_the_shard(scenes):
+    both = simulate.simulate_shard(scenes, [4, 5], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
+    alone = simulate.simulate_shard(scenes[1:], [5], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
+    assert alone.waves[0].tobytes() == both.waves[1].tobytes()
+    assert alone.labels[0].tobytes() == both.labels[1].tobytes()
+
+
+def test_vacuum_wave_is_the_static_particles(scenes):
+    scene = scenes[0]
+    _, vacuum, _ = simulate.scene_exit_waves(scene, SIM, MICROSCOPE, seed=3)
+    static = simulate.vacuum_exit_wave(scene.particle_atoms(), SIM, MICROSCOPE)
+    np.testing.assert_array_equal(vacuum, static)
+
+
+def test_padding_keeps_the_window_free_of_wrapped_detail():
+    """The same particle, imaged at 20 nm defocus in cells padded by 2 A and 10 A around a 19.2 A
+    window, against a 20 A padding: with the padding covering the lens's reach (about 10 A here,
+    ``emsim.optics.delocalisation_A``) the window no longer changes."""
+    particle = structures.nanoparticle(structures.LATTICES["Au_fcc"], 6.0, 0, np.random.default_rng(0))
+    microscope = MICROSCOPE | {"Cs_A": 0.0}
+
+    def window(padding_A: float) -> np.ndarray:
+        image = {"size_px": 48, "pixel_size_A": 0.4, "padding_A": padding_A}
+        cell_A = optics.cell_A(image)
+        atoms = particle.copy()
+        atoms.set_cell([cell_A, cell_A, 20.0])
+        atoms.center()
+        waves = sfft.fft2(simulate.exit_waves(atoms, SIM | {"frozen_phonons": 1, "phonon_sigma_A": 0.0}, microscope, 0))
+        intensity = optics.image_from_waves(waves, 0.2, optics.Aberrations(C10_A=-200.0), microscope, 0.4,
+                                            optics.cell_px(image))
+        return optics.crop_window(intensity, 48)
+
+    reference = window(20.0)
+    assert optics.delocalisation_A(1 / 0.6, 200.0, 0.0, 300e3) < 10.0
+    r = [np.corrcoef(window(p).ravel(), reference.ravel())[0, 1] for p in (2.0, 10.0)]
+    assert r[1] > 0.999 and r[0] < r[1]
 
 
 def test_load_rejects_other_files(tmp_path):
@@ -106,13 +145,13 @@ def test_gpu_without_cupy_is_an_error(scenes):
 def test_bad_configuration_is_named(scenes):
     atoms = scenes[0].atoms()
     with pytest.raises(ValueError, match="simulation.device"):
-        simulate.simulate_shard(scenes, SIM | {"device": "tpu"}, MICROSCOPE, IMAGE, LABELS, seed=0)
+        simulate.simulate_shard(scenes, [0, 1], SIM | {"device": "tpu"}, MICROSCOPE, IMAGE, LABELS, seed=0)
     with pytest.raises(ValueError, match="simulation.sampling_A"):
         simulate.exit_waves(atoms, SIM | {"sampling_A": 0.3}, MICROSCOPE, seed=0)
     with pytest.raises(ValueError, match="simulation.phonon_sigma_A"):
         simulate.exit_waves(atoms, SIM | {"phonon_sigma_A": {"C": 0.1}}, MICROSCOPE, seed=0)
     with pytest.raises(ValueError, match="image.size_px"):
-        simulate.simulate_shard(scenes, SIM, MICROSCOPE, {"size_px": 32, "pixel_size_A": 0.4}, LABELS, seed=0)
+        simulate.simulate_shard(scenes, [0, 1], SIM, MICROSCOPE, {"size_px": 32, "pixel_size_A": 0.4, "padding_A": 0.0}, LABELS, seed=0)
 
 
 def test_fftw_wisdom_round_trip(tmp_path):
