@@ -64,7 +64,7 @@ def optimised(args, part, images, labels, device):
     def run(steps):
         n = steps * args.batch
         order = torch.from_numpy(rng.integers(0, len(x), n)).to(device)
-        ops = torch.from_numpy(rng.integers(0, 8, len(x))).to(device)
+        ops = torch.from_numpy(rng.integers(0, 8, n)).to(device)
         return train.train_epoch(step, x, y, order, ops, args.batch, channels_last=True)
 
     return timed(run, args, device, model)

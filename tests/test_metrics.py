@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from emsim.metrics import METRICS, MetricAccumulator, confusion, metrics_from_counts, segmentation_metrics
+from emsim.metrics import (METRICS, STUDY_LOSS_OFFSET, MetricAccumulator, confusion, metrics_from_counts,
+                           segmentation_metrics)
 
 
 def logits_for(pred: np.ndarray, margin: float = 2.0) -> torch.Tensor:
@@ -88,6 +89,24 @@ def test_cross_entropy_matches_torch_and_probabilities_agree():
         assert from_probs[name] == pytest.approx(from_logits[name], rel=1e-5)
 
 
+def test_study_loss_is_cross_entropy_of_probabilities_minus_its_minimum():
+    assert STUDY_LOSS_OFFSET == pytest.approx(0.3133, abs=1e-4)
+    target = torch.tensor([[[1, 0]]])
+    # perfect, fully confident prediction: 0 after the offset (its floor)
+    perfect = segmentation_metrics(torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])[None], target,
+                                   probabilities=True)
+    assert perfect["study_loss"] == pytest.approx(0.0, abs=1e-7)
+    # fully confident and wrong: -log(1 / (1 + e)) - ln(1 + 1/e) = 1 per pixel
+    wrong = segmentation_metrics(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])[None], target,
+                                 probabilities=True)
+    assert wrong["study_loss"] == pytest.approx(1.0, rel=1e-6)
+    # from logits (0, ln 3) -> p1 = 3/4 on pixel 1 (target 1) and pixel 2 (target 0):
+    # pixel 1: log(1 + e^(1/4 - 3/4)), pixel 2: log(1 + e^(3/4 - 1/4))
+    logits = torch.tensor([[[0.0, 0.0]], [[math.log(3), math.log(3)]]])[None]
+    expected = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(0.5))) / 2 - 0.31326168751822286
+    assert segmentation_metrics(logits, target)["study_loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_accumulation_is_dataset_level_not_mean_of_images():
     # image 1: perfect on 1 particle pixel; image 2: 3 particle pixels, 1 found -> pooled IoU 2/4
     target = np.zeros((2, 2, 2), np.uint8)
@@ -107,7 +126,7 @@ def test_accumulation_is_dataset_level_not_mean_of_images():
 
 def test_nothing_accumulated_is_nan():
     assert all(math.isnan(v) for v in MetricAccumulator().result().values())
-    assert all(math.isnan(v) for v in metrics_from_counts(0, 0, 0, 0, 0.0).values())
+    assert all(math.isnan(v) for v in metrics_from_counts(0, 0, 0, 0, 0.0, 0.0).values())
 
 
 def test_shape_errors():

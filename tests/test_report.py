@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 
 from emsim.evaluate import read_evaluation, write_evaluation
-from emsim.report import (domain_order, model_table, plot_examples, plot_ood_profile,
+from emsim.report import (_groups, domain_order, model_table, plot_examples, plot_ood_profile,
                           plot_target_loss, plot_training_curves, plot_transfer_heatmap,
                           write_table)
 from test_evaluate import make_domain, make_model
 
-METRIC_NAMES = ("cross_entropy", "iou", "dice", "precision", "recall", "accuracy")
+METRIC_NAMES = ("cross_entropy", "study_loss", "iou", "dice", "precision", "recall", "accuracy")
 
 
 def record(path, tags, val_ce: dict, own: dict | None = None, epochs: int = 2) -> dict:
     """An evaluation record whose CE values are given; other metrics derive from them."""
     def split(ce):
-        return {m: (ce if m == "cross_entropy" else 1 - ce) for m in METRIC_NAMES}
+        return {m: (ce if m == "cross_entropy" else ce / 2 if m == "study_loss" else 1 - ce)
+                for m in METRIC_NAMES}
     metrics = {d: {"val": split(ce)} for d, ce in val_ce.items()}
     for name, ce in (own or {}).items():
         metrics[tags["target"]][name] = split(ce)
@@ -56,7 +57,8 @@ def test_table_columns_and_derived_values(hand_study):
                    "lr_pretrain", "lr_transfer", "seed", "mix", "pretrained", "seeds__init",
                    "seeds__data", "best_epoch", "train_time_s", "trainable_params", "epochs",
                    "source_value", "target_value", "target_train_ce", "target_test_iou",
-                   "val_dice__A", "before_val_ce__B", "before_target_val_ce", "ood_gap__A"):
+                   "val_dice__A", "before_val_ce__B", "before_target_val_ce", "ood_gap__A",
+                   "target_val_study_loss", "val_study_loss__A", "before_target_val_study_loss"):
         assert column in table, column
     # domains ordered by their value: A (-5) before B (5)
     assert [c for c in table if c.startswith("val_ce__")] == ["val_ce__A", "val_ce__B"]
@@ -167,6 +169,21 @@ def test_figures_of_full_and_tiny_studies(tmp_path, replicates, baselines):
     assert_written(plot_transfer_heatmap(table, tmp_path / "heatmap"))
     assert_written(plot_ood_profile(table, tmp_path / "ood", values, "defocus (nm)"))
     assert_written(plot_training_curves(records, tmp_path / "curves"))
+
+
+def test_loss_figures_plot_the_chosen_metric(tmp_path):
+    records, values = synthetic_study(replicates=1)
+    table = model_table(records, values)
+    transfer = table[table["stage"] == "transfer"]
+    [(_, study)] = [g for g in _groups(transfer, "freeze", "study_loss") if g[0] == "nothing"]
+    [(_, ce)] = [g for g in _groups(transfer, "freeze", "ce") if g[0] == "nothing"]
+    assert np.allclose(study, ce / 2)
+    assert_written(plot_target_loss(table, tmp_path / "t", "study_loss"))
+    assert_written(plot_transfer_heatmap(table, tmp_path / "h", "study_loss"))
+    assert_written(plot_ood_profile(table, tmp_path / "o", values, "defocus (nm)", "study_loss"))
+    assert "study loss" in (tmp_path / "t.svg").read_text()
+    with pytest.raises(ValueError, match="no loss figure for metric 'iou'"):
+        plot_target_loss(table, tmp_path / "x", "iou")
 
 
 def test_figures_without_transfers_or_tags(tmp_path, hand_study):

@@ -1,19 +1,23 @@
 """Training stages on tiny synthetic domains (64 px, width 0.125, CPU)."""
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from emsim import data, train
-from emsim.models import load_model
+from emsim import data, evaluate, experiments, train
+from emsim.metrics import STUDY_LOSS_OFFSET
+from emsim.models import load_model, save_model
 
 SIZE_PX = 64
-# threads 1: OpenMP with 2 threads on a busy 2-core machine is up to 50x slower
+# threads 1: OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
+# augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
 CFG = {"width": 0.125, "epochs": 3, "batch_size": 4, "lr": 3e-3, "lr_decay": 0.9,
-       "amp": False, "channels_last": False, "compile": False, "threads": 1, "device": "cpu"}
+       "amp": False, "channels_last": False, "compile": False, "threads": 1, "device": "cpu",
+       "augmentation": "random"}
 
 
 def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
@@ -68,9 +72,35 @@ def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
     assert loss == pytest.approx(meta["best_val_loss"], rel=1e-4)
 
 
-def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path):
+def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tmp_path):
+    order, ops = train._epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
+    assert sorted(zip(order.tolist(), ops.tolist())) == [(i, k) for i in range(5) for k in range(8)]
+    again = train._epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
+    other_epoch = train._epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
+    assert torch.equal(order, again[0]) and not torch.equal(order, other_epoch[0])
+    meta = train.pretrain(domains["a"], tmp_path / "m.pt",
+                          {**CFG, "epochs": 2, "augmentation": "dihedral8"}, seed=0, size=3)
+    assert [r["images_seen"] for r in meta["history"]] == [24, 48]
+    meta = train.pretrain(domains["a"], tmp_path / "r.pt", {**CFG, "epochs": 2}, seed=0, size=3)
+    assert [r["images_seen"] for r in meta["history"]] == [3, 6]
+
+
+def test_random_augmentation_draws_as_before_dihedral8_existed():
+    """One symmetry per image, drawn after the permutation from the epoch's rng (the pre-9.4
+    order of draws, so "random" keeps earlier results)."""
+    order, ops = train._epoch_order(3, "transfer", 4, 6, "random", torch.device("cpu"))
+    rng = np.random.default_rng([3, 1, 4])
+    expected_order = rng.permutation(6)
+    per_image = rng.integers(0, 8, 6)
+    assert order.tolist() == expected_order.tolist()
+    assert ops.tolist() == per_image[expected_order].tolist()
+
+
+@pytest.mark.parametrize("augmentation, size", [("random", None), ("dihedral8", 3)])
+def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augmentation, size):
+    cfg = {**CFG, "augmentation": augmentation}
     full = tmp_path / "full.pt"
-    meta_full = train.pretrain(domains["a"], full, CFG, seed=5)
+    meta_full = train.pretrain(domains["a"], full, cfg, seed=5, size=size)
 
     class Killed(Exception):
         pass
@@ -81,10 +111,11 @@ def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path):
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.pretrain(domains["a"], resumed, CFG, seed=5, on_epoch_end=kill_after_first_epoch)
+        train.pretrain(domains["a"], resumed, cfg, seed=5, size=size,
+                       on_epoch_end=kill_after_first_epoch)
     assert not resumed.exists() and (tmp_path / "resumed.pt.ckpt").exists()
     epochs_run = []
-    meta_resumed = train.pretrain(domains["a"], resumed, CFG, seed=5,
+    meta_resumed = train.pretrain(domains["a"], resumed, cfg, seed=5, size=size,
                                   on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [2, 3]
     assert not (tmp_path / "resumed.pt.ckpt").exists()
@@ -111,6 +142,51 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
     Path(f"{out}.ckpt").write_bytes(b"truncated")
     train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2)
     assert "ignoring unreadable checkpoint" in caplog.text and not Path(f"{out}.ckpt").exists()
+
+
+def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
+    dataset = make_domain(tmp_path / "d.h5", "d", n_train=6, seed=1)
+    out = tmp_path / "m.pt"
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(dataset, out, CFG, seed=1, on_epoch_end=stop)
+    assert Path(f"{out}.ckpt").exists()
+    make_domain(dataset, "d", n_train=6, seed=2)  # rebuilt: same path, sizes and domain
+    epochs_run = []
+    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+        meta = train.pretrain(dataset, out, CFG, seed=1,
+                              on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == [1, 2, 3]
+    assert f"discarded checkpoint {out}.ckpt: the content of input(s) {dataset} changed" \
+        in caplog.text
+    fresh = tmp_path / "fresh.pt"
+    assert train.pretrain(dataset, fresh, CFG, seed=1)["inputs"] == meta["inputs"]
+    a, b = load_model(out)[0].state_dict(), load_model(fresh)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrained, tmp_path,
+                                                               caplog):
+    source = tmp_path / "source.pt"
+    model, meta = load_model(pretrained[0])
+    save_model(source, model, meta=meta)
+    out = tmp_path / "t.pt"
+    cfg = {**CFG, "epochs": 2}
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0, on_epoch_end=stop)
+    with torch.no_grad():
+        model.decoder.head.weight.add_(0.1)
+    save_model(source, model, meta=meta)  # same meta, other weights
+    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+        train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0)
+    assert f"the content of input(s) {source} changed" in caplog.text
 
 
 def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
@@ -179,6 +255,7 @@ def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
                           {**CFG, "epochs": 1}, seed=0)
     assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
     assert meta["domains"] == ["a", "b"]
+    assert (meta["target_domain"], meta["source_domain"]) == ("a", "b")
     with pytest.raises(ValueError, match="mix = 17 .* 0..16"):
         train.baseline((domains["a"], domains["b"]), (17, 1), tmp_path / "c.pt", CFG, seed=0)
     with pytest.raises(ValueError, match="mix = 7 .* 0..6"):
@@ -201,3 +278,36 @@ def test_dihedral_gives_the_8_symmetries_and_matches_labels():
     assert torch.equal(out[3], x[0].flip(0).flip(1))
     labels = (x > 7).to(torch.uint8)
     assert torch.equal(train.dihedral(labels, torch.arange(8)), (out > 7).to(torch.uint8))
+
+
+def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
+    study = {"domains": {"a": {}, "b": {}}, "experiments": {"x": {
+        "domains": ["a", "b"], "sources": ["b"], "freeze": ["none"], "transfer_sizes": [4],
+        "lr_pairs": [[1e-3, 1e-4]], "replicates": 1,
+        "baseline": {"mixtures": [[5, 2]], "lrs": [2e-3]}}}}
+    [spec] = [m for m in experiments.expand(study)["x"].models if m.stage == "baseline"]
+    paths = {experiments.dataset_path(name): domains[name] for name in ("a", "b")}
+    meta = train.baseline([paths[p] for p in spec.datasets], spec.mix, tmp_path / "b.pt",
+                          {**CFG, "epochs": 1, "lr": spec.lr}, seed=spec.seed)
+    assert (meta["target_domain"], meta["source_domain"]) == (spec.tags["target"],
+                                                             spec.tags["source"])
+    assert spec.tags["size"] == spec.mix[0] == 5
+    assert spec.tags["lr_baseline"] == meta["config"]["lr"] == 2e-3
+    assert spec.tags["lr_pretrain"] is None and spec.tags["lr_transfer"] is None
+
+
+def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp_path):
+    cfg = {**CFG, "epochs": 2, "loss": "softmax_cross_entropy"}
+    meta = train.pretrain(domains["a"], tmp_path / "m.pt", cfg, seed=0, size=8)
+    history = meta["history"]
+    assert all(0 < r["train_loss"] < 1 and 0 < r["val_loss"] < 1 for r in history)
+    assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
+    model = load_model(tmp_path / "m.pt")[0]
+    val = evaluate.load_split(domains["a"], "val", torch.device("cpu"))
+    assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"],
+                                                                       rel=1e-4)
+    with pytest.raises(ValueError, match="'loss' must be one of"):
+        train.resolve_cfg({"lr": 1e-3, "loss": "dice"})
+    with pytest.raises(ValueError, match="'augmentation' must be one of"):
+        train.resolve_cfg({"lr": 1e-3, "augmentation": "none"})
+    assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))

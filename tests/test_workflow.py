@@ -1,8 +1,10 @@
 """Real Snakemake runs of the tiny study: end to end, then what a change reruns (and what it does not)."""
 
 import copy
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from emsim import data
+from emsim import data, train
+from emsim.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -148,3 +152,34 @@ def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
     assert np.allclose(meta["drift_angle_deg"], 30.0)
     images, _ = data.read_split(rerun_dir / "results/datasets/drift2.h5", "train")
     assert images.std() > 0
+
+
+def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_study, tmp_path):
+    """kill -9 mid-pretraining, change the domain's dose, rerun: the stale checkpoint is discarded."""
+    target = "results/models/pretrain/df-10/lr0.001_seed0.pt"
+    model, ckpt = rerun_dir / target, rerun_dir / f"{target}.ckpt"
+    config = copy.deepcopy(tiny_study)
+    config["training"]["epochs"] = 8
+    (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(rerun_dir),
+               "--configfile", str(rerun_dir / "study.yaml"), "--cores", "1", target]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # snakemake and its training subprocess
+        job.wait()
+    assert ckpt.exists() and not model.exists(), "the kill must land after the first epoch, before the last"
+    config["domains"]["df{mean_nm}"]["dose"]["e_per_A2"] = 100
+    snakemake(rerun_dir, "--unlock", config=config)
+    snakemake(rerun_dir, "--cores", "1", "--rerun-incomplete", target, config=config)
+    log = (rerun_dir / "results/logs/models/pretrain/df-10/lr0.001_seed0.log").read_text()
+    assert "the content of input(s) results/datasets/df-10.h5 changed" in log and "resuming" not in log
+    weights, meta = load_model(model)
+    assert len(meta["history"]) == 8 and not ckpt.exists()
+    fresh = tmp_path / "fresh.pt"
+    train.pretrain(rerun_dir / "results/datasets/df-10.h5", fresh, meta["config"], seed=meta["seed"], device="cpu")
+    a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

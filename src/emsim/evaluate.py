@@ -3,15 +3,16 @@
 Each model is scored on the ``val`` split of every domain given, and on the ``train`` and
 ``test`` splits of its own target domain ``tags["target"]``: the transfer target for transfer
 models, the pretraining domain for pretrained models, and the FIRST domain of the mixture for
-single-stage baselines (the workflow sets these tags).
+single-stage baselines, whose mixture lists its target's images first (the workflow sets these
+tags; see :mod:`emsim.experiments`).
 
 Evaluation file (JSON, written by :func:`write_evaluation`)::
 
     {"format": "emsim-evaluation", "version": 1, "provenance": {...},
      "records": [{"path", "tags", "stage", "best_epoch", "best_val_loss", "train_time_s",
                   "trainable_params", "total_params", "seeds", "history",
-                  "metrics": {domain: {split: {cross_entropy, iou, dice, precision, recall,
-                                               accuracy}}}}, ...]}
+                  "metrics": {domain: {split: {cross_entropy, study_loss, iou, dice,
+                                               precision, recall, accuracy}}}}, ...]}
 
 Non-finite numbers are written as ``null``.
 """

@@ -4,6 +4,12 @@ Pretraining runs are keyed by (source domain, learning rate, seed) only, so ever
 and every experiment that starts from the same pretraining shares one file. Models are
 evaluated in groups (one job per group loads each dataset once): ``pretrain/<source>``,
 ``transfer/<source>/<target>`` and ``baseline/<a>+<b>``.
+
+Single-stage baselines train on each unordered pair of (source, target) domains once, as
+``(a, b)`` in series order: ``a`` is the baseline's TARGET and ``b`` its source, the mixture
+``[m, n]`` is m images of ``a`` plus n of ``b`` (so ``size`` = m, comparable with a transfer run
+of m target images), and its one learning rate is tagged ``lr_baseline``; :func:`emsim.train.baseline`
+takes its datasets and mix in the same order.
 """
 
 from __future__ import annotations
@@ -133,7 +139,7 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
                 ModelSpec(
                     baseline_path(name, pair, mix, lr, seed), "baseline",
                     tuple(dataset_path(d) for d in pair), lr, seed, mix=tuple(mix),
-                    tags=_tags(name, "baseline", pair[1], pair[0], mix=f"{mix[0]}:{mix[1]}", lr_pretrain=lr, seed=seed,
+                    tags=_tags(name, "baseline", pair[1], pair[0], mix=f"{mix[0]}:{mix[1]}", lr_baseline=lr, seed=seed,
                                size=mix[0]),
                 )
                 for mix, lr, seed in itertools.product(spec["baseline"]["mixtures"], spec["baseline"]["lrs"], seeds)
@@ -143,6 +149,7 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
 
 def _tags(experiment, stage, source, target, **extra) -> dict:
     tags = {"experiment": experiment, "stage": stage, "source": source, "target": target, "freeze": "none",
-            "size": None, "lr_pretrain": None, "lr_transfer": None, "seed": None, "mix": None, "pretrained": None}
+            "size": None, "lr_pretrain": None, "lr_transfer": None, "lr_baseline": None, "seed": None, "mix": None,
+            "pretrained": None}
     tags.update(extra)
     return tags

@@ -1,8 +1,9 @@
 """The per-model table of a study and the figures drawn from it.
 
 Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
-(``ce`` = cross-entropy in nats/pixel, ``iou``, ``dice``, ``precision``, ``recall``,
-``accuracy``), ``<d>`` a domain name:
+(``ce`` = cross-entropy in nats/pixel, ``study_loss`` = the seed study's reported loss, see
+:mod:`emsim.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
+domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
   ``target``, ``freeze``, ``size``, ``lr_pretrain``, ``lr_transfer``, ``seed``, ``mix``,
@@ -22,7 +23,8 @@ Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric shor
   ``target`` and ``source`` tags) of their val_ce__<target>, minus target_val_ce. Gains < 0
   mean negative transfer; the last three are NaN except for transfer rows.
 
-Figures are written as ``<stem>.png`` and ``<stem>.svg``.
+Figures are written as ``<stem>.png`` and ``<stem>.svg``; the loss figures take the loss to plot
+(``metric``: a short name of :data:`FIGURE_METRICS`, default ``ce``).
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ from emsim.predict import segment_image
 
 logger = logging.getLogger(__name__)
 
-SHORT = {"cross_entropy": "ce", "iou": "iou", "dice": "dice", "precision": "precision",
-         "recall": "recall", "accuracy": "accuracy"}
+SHORT = {"cross_entropy": "ce", "study_loss": "study_loss", "iou": "iou", "dice": "dice",
+         "precision": "precision", "recall": "recall", "accuracy": "accuracy"}
 TRAINING_FIELDS = ("best_epoch", "best_val_loss", "train_time_s", "trainable_params",
                    "total_params")
 PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 CE_LABEL = "cross-entropy (nats/pixel)"
+FIGURE_METRICS = {"ce": CE_LABEL,
+                  "study_loss": "study loss (CE of softmax outputs - 0.3133)"}
 FREEZE_ORDER = ("none", "encoder", "decoder")
 FAMILY_COLOURS = {"pretrain only": "tab:grey", "transfer, nothing frozen": "tab:blue",
                   "transfer, encoder frozen": "tab:orange", "transfer, decoder frozen": "tab:green",
@@ -238,20 +242,29 @@ def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colours: list[str]) -> 
     ax.set_xticks(positions, [label for label, _ in groups])
 
 
-def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+def _metric_label(metric: str) -> str:
+    if metric not in FIGURE_METRICS:
+        raise ValueError(f"no loss figure for metric {metric!r}; allowed: {list(FIGURE_METRICS)}")
+    return FIGURE_METRICS[metric]
+
+
+def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce"
+                     ) -> list[Path]:
     """Target val. loss after transfer, by transfer size, by freezing and by learning-rate pair
     (box + points); single-stage baselines join the size panel, the median pretrain-only loss
     on the same targets is a dashed line."""
+    label = _metric_label(metric)
     transfer = _rows(table, TRANSFER)
-    baselines = _rows(table, BASELINE)["target_val_ce"].dropna().to_numpy()
+    baselines = _rows(table, BASELINE)[f"target_val_{metric}"].dropna().to_numpy()
     panels = [("size", "transfer set size (images)"), ("freeze", "frozen part"),
               ("lr_pair", "learning rate: pretrain → transfer")]
     figure = Figure(figsize=(13, 4.2), layout="constrained")
     axes = figure.subplots(1, 3, sharey=True)
-    before = transfer["before_target_val_ce"].dropna() if len(transfer) else pd.Series([])
+    before = (transfer[f"before_target_val_{metric}"].dropna() if len(transfer)
+              else pd.Series([]))
     for ax, (key, xlabel) in zip(axes, panels):
         ax.set_xlabel(xlabel)
-        groups = _groups(transfer, key)
+        groups = _groups(transfer, key, metric)
         colours = ["tab:blue"] * len(groups)
         if key == "size" and len(baselines):
             groups.append(("baseline", baselines))
@@ -264,7 +277,7 @@ def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]
         if len(before):
             pretrain_line = ax.axhline(before.median(), color="tab:grey", linestyle="--")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(f"target val. {CE_LABEL}")
+    axes[0].set_ylabel(f"target val. {label}")
     if len(before):
         figure.legend(handles=[pretrain_line], loc="outside lower center", fontsize=9,
                       labels=[f"median loss of the pretrained models on the same targets "
@@ -305,15 +318,15 @@ def _group_key(row: pd.Series, key: str) -> tuple[tuple, str] | None:
     return _sortable(value), _fmt(value)
 
 
-def _groups(transfer: pd.DataFrame, key: str) -> list[tuple[str, np.ndarray]]:
-    """(label, target val. CE values) per value of ``key``, in a natural order."""
+def _groups(transfer: pd.DataFrame, key: str, metric: str) -> list[tuple[str, np.ndarray]]:
+    """(label, target val. ``metric`` values) per value of ``key``, in a natural order."""
     grouped: dict[str, list[float]] = {}
     order: dict[str, tuple] = {}
     for _, row in transfer.iterrows():
         found = _group_key(row, key)
-        if found is not None and not pd.isna(row["target_val_ce"]):
+        if found is not None and not pd.isna(row[f"target_val_{metric}"]):
             order[found[1]] = found[0]
-            grouped.setdefault(found[1], []).append(row["target_val_ce"])
+            grouped.setdefault(found[1], []).append(row[f"target_val_{metric}"])
     return [(label, np.array(grouped[label])) for label in sorted(grouped, key=order.get)]
 
 
@@ -321,8 +334,10 @@ def _domains_of(table: pd.DataFrame, prefix: str = "val_ce__") -> list[str]:
     return [c[len(prefix):] for c in table.columns if c.startswith(prefix)]
 
 
-def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce"
+                          ) -> list[Path]:
     """Source x target matrix of the median target val. loss, before and after transfer."""
+    label = _metric_label(metric)
     transfer = _rows(table, TRANSFER)
     domains = _domains_of(table)
     sources = [d for d in domains if d in set(transfer.get("source", []))]
@@ -337,8 +352,8 @@ def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike) -> list[
         figure.suptitle("Median target loss by source and target domain")
         return save_figure(figure, stem)
     matrices = {}
-    for column, name in (("before_target_val_ce", "before transfer (pretrain only)"),
-                         ("target_val_ce", "after transfer")):
+    for column, name in ((f"before_target_val_{metric}", "before transfer (pretrain only)"),
+                         (f"target_val_{metric}", "after transfer")):
         medians = transfer.groupby(["source", "target"])[column].median()
         matrices[name] = np.array([[medians.get((s, t), np.nan) for t in targets] for s in sources])
     finite = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
@@ -354,7 +369,7 @@ def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike) -> list[
         if matrix.size <= 200:
             _annotate(ax, matrix, (vmin + vmax) / 2)
     axes[0].set_ylabel("source (pretraining) domain")
-    figure.colorbar(image, ax=axes, label=f"median target val. {CE_LABEL}", shrink=0.9)
+    figure.colorbar(image, ax=axes, label=f"median target val. {label}", shrink=0.9)
     figure.suptitle("Median target loss by source and target domain (grey: no models)")
     return save_figure(figure, stem)
 
@@ -368,11 +383,13 @@ def _annotate(ax, matrix: np.ndarray, middle: float) -> None:
 
 def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
                      domain_values: dict[str, float | str] | None = None,
-                     parameter_label: str | dict[str, str] = "domain") -> list[Path]:
+                     parameter_label: str | dict[str, str] = "domain", metric: str = "ce"
+                     ) -> list[Path]:
     """Median val. loss on every domain vs the swept domain parameter, per model family
     (pretrain only, transfer by frozen part, baseline); band = interquartile range.
     One panel per experiment; ``parameter_label`` (per experiment if a dict) names the x axis
     with its unit, e.g. ``"defocus (nm)"``; non-numeric domain values are plotted as categories."""
+    metric_label = _metric_label(metric)
     domain_values = domain_values or {}
     experiments = (list(dict.fromkeys(table["experiment"].dropna()))
                    if "experiment" in table else []) or [None]
@@ -381,7 +398,7 @@ def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
     families = table.apply(_family, axis=1) if len(table) else pd.Series([], dtype=str)
     for ax, experiment in zip(axes, experiments):
         rows = table if experiment is None else table[table["experiment"] == experiment]
-        domains = [d for d in _domains_of(table) if rows[f"val_ce__{d}"].notna().any()]
+        domains = [d for d in _domains_of(table) if rows[f"val_{metric}__{d}"].notna().any()]
         if not domains:
             _note(ax, "no evaluated models")
             continue
@@ -392,7 +409,8 @@ def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
         present = list(dict.fromkeys(families[rows.index]))
         for family in ([f for f in FAMILY_COLOURS if f in present]
                        + [f for f in present if f not in FAMILY_COLOURS]):
-            losses = rows.loc[families[rows.index] == family, [f"val_ce__{d}" for d in domains]]
+            losses = rows.loc[families[rows.index] == family,
+                              [f"val_{metric}__{d}" for d in domains]]
             q25, q50, q75 = (losses.quantile(q).to_numpy()[order] for q in (0.25, 0.5, 0.75))
             colour = FAMILY_COLOURS.get(family, "black")
             ax.plot(x[order], q50, marker="o", color=colour,
@@ -404,7 +422,7 @@ def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
         label = (parameter_label.get(experiment, "domain") if isinstance(parameter_label, dict)
                  else parameter_label)
         ax.set_xlabel(label)
-        ax.set_ylabel(f"median val. {CE_LABEL}")
+        ax.set_ylabel(f"median val. {metric_label}")
         ax.set_title(f"experiment {experiment}" if experiment is not None else "all models")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -1,18 +1,28 @@
 """Pretraining, transfer learning and single-stage mixed-data baselines of the U-Net.
 
 Every stage: Adam, learning rate ``lr * lr_decay**epoch`` in epoch ``epoch`` (0-based), batches
-of ``batch_size`` (last batch may be smaller), random dihedral augmentation (one of 8 symmetries
-per image, images must be square), per-image standardisation, cross-entropy on logits. The saved
-model is the one with the best validation loss; its meta holds the per-epoch history, full config
-and seeds.
+of ``batch_size`` (last batch may be smaller), dihedral augmentation (images must be square),
+per-image standardisation. The saved model is the one with the best validation loss (of the
+trained loss); its meta holds the per-epoch history (with ``images_seen``, the cumulative number
+of augmented images trained on), full config and seeds.
+
+Augmentation (``augmentation``): ``dihedral8`` (the seed study) trains on every image in all 8
+dihedral symmetries every epoch, the n*8 (image, symmetry) pairs in shuffled order, i.e. 8x the
+steps of ``random``; ``random`` draws one symmetry per image per epoch.
+
+Loss (``loss``): ``cross_entropy`` on logits, or ``softmax_cross_entropy``, the seed study's
+cross-entropy applied to softmax outputs, recorded minus its minimum ln(1 + e^-1) like the study's
+numbers (:data:`emsim.metrics.STUDY_LOSS_OFFSET`).
 
 Reproducibility and resume: the model is initialised from ``torch.Generator().manual_seed(seed)``;
 the shuffle order and augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed,
 stage, e])``. After every epoch a checkpoint ``out + ".ckpt"`` (model, optimiser, history, best
 weights) is written atomically; a rerun of the same call resumes from it and ends with exactly the
-weights of an uninterrupted run (on CPU; GPU kernels may be non-deterministic). A checkpoint made
-by a different call (other config, seed or data) is ignored with a warning. The checkpoint is
-removed once the model file is written.
+weights of an uninterrupted run (on CPU; GPU kernels may be non-deterministic). The checkpoint's
+identity covers the call (config, seed, paths, sizes) and the CONTENT of every input (sha256 of the
+arrays read from each dataset and of the pretrained weights): a checkpoint of another call, or one
+whose inputs changed since (a rebuilt dataset), is discarded with a warning naming the difference.
+The checkpoint is removed once the model file is written.
 
 GPU path: data resident on the device, augmentation there, bf16 autocast if ``amp``,
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam, cuDNN autotuning.
@@ -21,6 +31,7 @@ GPU path: data resident on the device, augmentation there, bf16 autocast if ``am
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import os
@@ -33,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from emsim import data, io, ood
+from emsim.metrics import STUDY_LOSS_OFFSET
 from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
 
 logger = logging.getLogger(__name__)
@@ -41,9 +53,12 @@ STAGES = ("pretrain", "transfer", "baseline")
 CFG_DEFAULTS = {
     "width": 1.0, "epochs": 10, "batch_size": 16, "lr": None, "lr_decay": 0.99, "amp": True,
     "channels_last": True, "compile": False, "threads": None, "device": "auto",
+    "augmentation": "dihedral8", "loss": "cross_entropy",
 }
+AUGMENTATIONS = ("dihedral8", "random")
+LOSSES = ("cross_entropy", "softmax_cross_entropy")
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -63,7 +78,25 @@ def resolve_cfg(cfg: dict) -> dict:
     for key in ("epochs", "batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"training key {key!r} must be >= 1, got {cfg[key]!r}")
+    for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES)):
+        if cfg[key] not in allowed:
+            raise ValueError(f"training key {key!r} must be one of {list(allowed)}, "
+                             f"got {cfg[key]!r}")
     return cfg
+
+
+def loss_sum(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Summed per-pixel ``loss`` (a :data:`LOSSES` name) of a batch; ``softmax_cross_entropy``
+    without the study's offset."""
+    logits, target = logits.float(), target.long()
+    if loss == "softmax_cross_entropy":
+        logits = logits.softmax(dim=1)  # the study fed probabilities to CrossEntropyLoss
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+def loss_offset(loss: str) -> float:
+    """What is subtracted from the per-pixel mean of ``loss`` in the history."""
+    return STUDY_LOSS_OFFSET if loss == "softmax_cross_entropy" else 0.0
 
 
 def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
@@ -78,16 +111,17 @@ def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool
+def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool,
+                    loss_name: str = "cross_entropy"
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimisation step on a batch -> detached loss (no device sync). ``amp`` = bf16
-    autocast (only meaningful on cuda)."""
+    """One optimisation step on a batch -> detached mean loss (no device sync, no offset).
+    ``amp`` = bf16 autocast (only meaningful on cuda)."""
     device_type = next(model.parameters()).device.type
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y.long())
+        loss = loss_sum(logits, y, loss_name) / y.numel()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -98,22 +132,24 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, am
 
 def train_epoch(step, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
                 ops: torch.Tensor, batch_size: int, channels_last: bool) -> torch.Tensor:
-    """Run ``step`` over batches of device-resident ``images`` (n,1,H,W) / ``labels`` (n,H,W)
-    in ``order`` with per-image symmetries ``ops``; returns the per-step losses."""
+    """Run ``step`` over batches of device-resident ``images`` (n,1,H,W) / ``labels`` (n,H,W):
+    image ``order[i]`` in symmetry ``ops[i]`` is the i-th sample; returns the per-step losses."""
     losses = []
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        x = dihedral(images[index], ops[index])
+        index, op = order[start:start + batch_size], ops[start:start + batch_size]
+        x = dihedral(images[index], op)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        losses.append(step(x, dihedral(labels[index], ops[index])))
+        losses.append(step(x, dihedral(labels[index], op)))
     return torch.stack(losses)
 
 
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int, amp: bool, channels_last: bool) -> float:
-    """Per-pixel cross-entropy of ``model`` (eval mode, no augmentation) over a dataset."""
+              batch_size: int, amp: bool, channels_last: bool,
+              loss: str = "cross_entropy") -> float:
+    """Per-pixel ``loss`` of ``model`` (eval mode, no augmentation) over a dataset, minus
+    :func:`loss_offset`."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -123,10 +159,9 @@ def mean_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        total += F.cross_entropy(logits.float(), labels[start:start + batch_size].long(),
-                                 reduction="sum")
+        total += loss_sum(logits, labels[start:start + batch_size], loss)
     model.train(was_training)
-    return total.item() / labels.numel()
+    return total.item() / labels.numel() - loss_offset(loss)
 
 
 def pretrain(dataset: str | os.PathLike, out: str | os.PathLike, cfg: dict, seed: int,
@@ -138,11 +173,12 @@ def pretrain(dataset: str | os.PathLike, out: str | os.PathLike, cfg: dict, seed
     images, labels = data.read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     domain = data.domain_name(dataset)
+    val = data.read_split(dataset, "val")
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
     run = {"stage": "pretrain", "dataset": str(dataset), "size": size,
-           "source_domain": domain, "target_domain": domain, "seeds": {"init": seed, "data": seed}}
-    return _fit(run, model, (images, labels), data.read_split(dataset, "val"), out, cfg, seed,
-                device, on_epoch_end)
+           "source_domain": domain, "target_domain": domain, "seeds": {"init": seed, "data": seed},
+           "inputs": {str(dataset): digest(images, labels, *val)}}
+    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
 
 
 def transfer(pretrained: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
@@ -158,18 +194,21 @@ def transfer(pretrained: str | os.PathLike, dataset: str | os.PathLike, out: str
     if model.config["width"] != float(cfg["width"]):
         raise ValueError(f"training key 'width' = {cfg['width']} differs from the width "
                          f"{model.config['width']} of the pretrained model {pretrained}")
+    weights_digest = digest(*(t.cpu().numpy() for t in model.state_dict().values()))
     freeze_part(model, freeze)
     images, labels = data.read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
+    val = data.read_split(dataset, "val")
     run = {"stage": "transfer", "dataset": str(dataset), "pretrained": str(pretrained),
            "freeze": freeze, "size": size, "source_domain": source_meta.get("target_domain"),
            "target_domain": data.domain_name(dataset),
            "seeds": {"data": seed, **{f"pretrain_{k}": v
                                       for k, v in (source_meta.get("seeds") or {}).items()}},
            "pretrained_best_val_loss": source_meta.get("best_val_loss"),
-           "pretrained_config": source_meta.get("config")}
-    return _fit(run, model, (images, labels), data.read_split(dataset, "val"), out, cfg, seed,
-                device, on_epoch_end)
+           "pretrained_config": source_meta.get("config"),
+           "inputs": {str(pretrained): weights_digest,
+                      str(dataset): digest(images, labels, *val)}}
+    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
 
 
 def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str | os.PathLike,
@@ -177,24 +216,39 @@ def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str
              on_epoch_end: EpochCallback | None = None) -> dict:
     """Single-stage training from random init on the first ``mix[0]`` train images of
     ``datasets[0]`` plus the first ``mix[1]`` of ``datasets[1]``; validation loss on the union of
-    both val splits (all images, each pixel weighted equally). Returns the model meta."""
+    both val splits (all images, each pixel weighted equally). Returns the model meta.
+
+    ``datasets[0]`` is the TARGET domain and ``datasets[1]`` the source: ``mix`` = (target
+    images, source images), so ``mix[0]`` plays the role of a transfer run's ``size``
+    (the grid's pairs, :mod:`emsim.experiments`, are tagged the same way)."""
     cfg = resolve_cfg(cfg)
     if len(datasets) != 2 or len(mix) != 2:
         raise ValueError(f"baseline needs 2 datasets and a 2-element mix, got {datasets}, {mix}")
     if sum(mix) < 1:
         raise ValueError(f"baseline mix {list(mix)} selects no images")
-    train, val = [], []
+    train, val, inputs = [], [], {}
     for path, n in zip(datasets, mix):
         train.append(_first(*data.read_split(path, "train"), n, "mix", path))
         val.append(data.read_split(path, "val"))
+        inputs[str(path)] = digest(*train[-1], *val[-1])
     domains = [data.domain_name(path) for path in datasets]
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
     run = {"stage": "baseline", "datasets": [str(p) for p in datasets],
            "mix": [int(n) for n in mix],
-           "domains": domains, "source_domain": domains[0], "target_domain": domains[1],
-           "seeds": {"init": seed, "data": seed}}
+           "domains": domains, "source_domain": domains[1], "target_domain": domains[0],
+           "seeds": {"init": seed, "data": seed}, "inputs": inputs}
     return _fit(run, model, _concat(train, datasets), _concat(val, datasets), out, cfg, seed,
                 device, on_epoch_end)
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """sha256 over the dtype, shape and bytes of ``arrays``: the content identity of an input."""
+    h = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
 
 
 def _first(images: np.ndarray, labels: np.ndarray, n: int | None, key: str, path
@@ -225,10 +279,17 @@ def _to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, wha
     return x, torch.from_numpy(np.ascontiguousarray(labels, np.uint8)).to(device)
 
 
-def _epoch_order(seed: int, stage: str, epoch: int, n: int, device: torch.device):
+def _epoch_order(seed: int, stage: str, epoch: int, n: int, augmentation: str,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image index and symmetry of every sample of an epoch, in training order."""
     rng = np.random.default_rng([seed, STAGES.index(stage), epoch])
-    order = torch.from_numpy(rng.permutation(n)).to(device)
-    return order, torch.from_numpy(rng.integers(0, 8, n)).to(device)
+    if augmentation == "dihedral8":
+        pairs = rng.permutation(n * 8)
+        order, ops = pairs // 8, pairs % 8
+    else:
+        order = rng.permutation(n)
+        ops = rng.integers(0, 8, n)[order]
+    return torch.from_numpy(order).to(device), torch.from_numpy(ops).to(device)
 
 
 def _check_loss(loss: float, stage: str, epoch: int, where: str) -> None:
@@ -258,7 +319,7 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=device.type == "cuda")
     net = torch.compile(model) if cfg["compile"] else model
-    step = make_train_step(net, optimizer, amp)
+    step = make_train_step(net, optimizer, amp, cfg["loss"])
 
     history, best = [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
     ckpt_path = Path(f"{out}.ckpt")
@@ -274,21 +335,23 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
         lr = cfg["lr"] * cfg["lr_decay"] ** epoch
         for group in optimizer.param_groups:
             group["lr"] = lr
-        order, ops = _epoch_order(seed, stage, epoch, len(train_x), device)
+        order, ops = _epoch_order(seed, stage, epoch, len(train_x), cfg["augmentation"], device)
         losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], channels_last)
         losses = losses.tolist()  # the epoch's only device sync; names the first bad step
         for i, loss in enumerate(losses, 1):
             _check_loss(loss, stage, epoch + 1, f"step {i}")
-        sizes = [min(cfg["batch_size"], len(train_x) - s)
-                 for s in range(0, len(train_x), cfg["batch_size"])]
-        train_loss = float(np.dot(losses, sizes) / len(train_x))
-        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last)
+        sizes = [min(cfg["batch_size"], len(order) - s)
+                 for s in range(0, len(order), cfg["batch_size"])]
+        train_loss = float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
+        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last,
+                             cfg["loss"])
         _check_loss(val_loss, stage, epoch + 1, "validation")
         if val_loss < best["val_loss"]:
             best = {"epoch": epoch + 1, "val_loss": val_loss,
                     "state_dict": copy.deepcopy(model.state_dict())}
+        images_seen = (history[-1]["images_seen"] if history else 0) + len(order)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                  "time_s": time.perf_counter() - start}
+                  "images_seen": images_seen, "time_s": time.perf_counter() - start}
         history.append(record)
         logger.info("%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)", stage, epoch + 1,
                     cfg["epochs"], train_loss, val_loss, lr, record["time_s"])
@@ -320,8 +383,20 @@ def _load_checkpoint(path: Path, run: dict, device: torch.device) -> dict | None
     except Exception as error:  # unreadable: start over rather than fail the job
         logger.warning("ignoring unreadable checkpoint %s (%s)", path, error)
         return None
-    if not isinstance(state, dict) or state.get("emsim_checkpoint") != CHECKPOINT_VERSION \
-            or state.get("run") != run:
-        logger.warning("ignoring checkpoint %s: written by a different run", path)
+    if not isinstance(state, dict) or state.get("emsim_checkpoint") != CHECKPOINT_VERSION:
+        logger.warning("ignoring checkpoint %s: not a version %d emsim checkpoint", path,
+                       CHECKPOINT_VERSION)
         return None
-    return state
+    old = state.get("run") or {}
+    if old == run:
+        return state
+    differing = sorted(k for k in set(old) | set(run) if k != "inputs" and old.get(k) != run.get(k))
+    if differing:
+        logger.warning("ignoring checkpoint %s: written by a different run (differs in %s)",
+                       path, ", ".join(differing))
+    else:
+        before = old.get("inputs") or {}
+        changed = [name for name, sha in run["inputs"].items() if before.get(name) != sha]
+        logger.warning("discarded checkpoint %s: the content of input(s) %s changed since it "
+                       "was written", path, ", ".join(changed))
+    return None
