@@ -37,7 +37,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     path = results / "models" / "pretrain" / "near.pt"
     meta = train.pretrain(near, path, {"width": 0.125, "epochs": 1, "batch_size": 2, "lr": 1e-3,
                                        "device": "cpu"}, seed=0)
-    assert meta["inputs"]["pixel_size_A"] == 0.4 and len(meta["inputs"]["spectrum_mean"]) == \
+    assert meta["input_reference"]["pixel_size_A"] == 0.4 and len(meta["input_reference"]["spectrum_mean"]) == \
         ood.SPECTRUM_BINS
     old = results / "models" / "old.pt"  # trained before the description existed
     save_model(old, UNet(width=0.125, generator=torch.Generator().manual_seed(1)),

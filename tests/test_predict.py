@@ -187,7 +187,7 @@ def test_ensemble_members_must_match(model_path, tmp_path):
     wide = train_discs(tmp_path / "wide.pt", seed=2, width=0.25)
     with pytest.raises(ValueError, match="different architectures.*wide.pt"):
         predict_files([model_path, wide], [], tmp_path / "out", device="cpu")
-    coarse = train_discs(tmp_path / "coarse.pt", seed=2, meta={"inputs": {"pixel_size_A": 0.8}})
+    coarse = train_discs(tmp_path / "coarse.pt", seed=2, meta={"input_reference": {"pixel_size_A": 0.8}})
     with pytest.raises(ValueError, match="different pixel sizes.*coarse.pt: 0.8"):
         predict_files([model_path, coarse], [], tmp_path / "out", device="cpu")
     with pytest.raises(ValueError, match="matches no file"):
@@ -199,7 +199,7 @@ def calibrated_model(tmp_path_factory):
     """A model whose meta records its training pixel size (0.4 Å) and input description."""
     images, _ = disc_images(np.random.default_rng(0), 32, 64, contrast=0.5, dose=40.0)
     return train_discs(tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0,
-                       meta={"inputs": ood.reference(images, 0.4)})
+                       meta={"input_reference": ood.reference(images, 0.4)})
 
 
 def test_pixel_size_resampling_and_ood_flag(calibrated_model, tmp_path):

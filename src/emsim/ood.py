@@ -96,7 +96,7 @@ def study_scores(results: str | os.PathLike, loss_ratio: float = LOSS_RATIO) -> 
     for record in records:
         model_path = _resolve(results, record["path"])
         _, meta = models.load_model(model_path)
-        ref = meta.get("inputs") or _describe_from_meta(results, meta)
+        ref = meta.get("input_reference") or _describe_from_meta(results, meta)
         target = record["tags"]["target"]
         in_domain = record["metrics"][target]["val"]["cross_entropy"]
         for domain, splits in record["metrics"].items():

@@ -105,7 +105,7 @@ def load_ensemble(patterns: Sequence[str | os.PathLike], device: str | torch.dev
 
 def model_pixel_size(meta: dict) -> float | None:
     """Training pixel size (Å) recorded in a model's meta, None for older models."""
-    return (meta.get("inputs") or {}).get("pixel_size_A")
+    return (meta.get("input_reference") or {}).get("pixel_size_A")
 
 
 def torch_forward(model: torch.nn.Module) -> Forward:
@@ -140,7 +140,7 @@ def predict_files(models: str | os.PathLike | Sequence[str | os.PathLike],
         raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
     patterns = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     ensemble, metas, paths = load_ensemble(patterns, resolve_device(device))
-    references = [meta["inputs"] for meta in metas if meta.get("inputs")]
+    references = [meta["input_reference"] for meta in metas if meta.get("input_reference")]
     if ood_threshold is None and references:
         ood_threshold = float(np.mean([r["threshold"] for r in references]))
     forward = torch_forward(ensemble)

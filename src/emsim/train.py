@@ -368,7 +368,7 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
             "train_time_s": sum(r["time_s"] for r in history),
             "trainable_params": count_parameters(model, trainable_only=True),
             "total_params": count_parameters(model), "device": str(device),
-            "inputs": ood.describe(run, train[0]),
+            "input_reference": ood.describe(run, train[0]),
             "provenance": io.provenance(cfg)}
     save_model(out, model, meta=meta)
     ckpt_path.unlink(missing_ok=True)
