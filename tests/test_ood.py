@@ -12,7 +12,7 @@ from test_evaluate import disc_images
 def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> str:
     images, labels = disc_images(np.random.default_rng(len(domain)), n, 64, contrast, dose)
     splits = {"train": np.arange(2), "val": np.arange(2, 4), "test": np.arange(4, 6)}
-    data.write_dataset(path, images, labels, {}, splits,
+    data.write_dataset(path, images, labels, {"structure_index": np.arange(n)}, splits,
                        {"domain": domain, "config": {"image": {"pixel_size_A": 0.4}}})
     return str(path)
 

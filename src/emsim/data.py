@@ -57,7 +57,8 @@ def split_indices(path: str | Path, split: str) -> np.ndarray:
 
 
 def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (float32, raw counts) and labels (uint8) of one split, in split order."""
+    """Images (float32, raw counts) and labels (uint8) of one split, in split order; non-finite
+    pixels raise ValueError naming the file."""
     index = split_indices(path, split)
     with open_dataset(path) as f, reading(path, "dataset"):
         order = np.argsort(index)
@@ -65,6 +66,8 @@ def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         labels = np.empty((len(index), *f["labels"].shape[1:]), np.uint8)
         images[order] = f["images"][np.sort(index)]
         labels[order] = f["labels"][np.sort(index)]
+    if not np.isfinite(images).all():
+        raise ValueError(f"{path}: the {split} split has non-finite pixels (NaN or infinity)")
     return images, labels
 
 
