@@ -38,6 +38,17 @@ def test_label_is_solid_and_matches_projected_atoms(particle):
     assert np.array_equal(ndimage.binary_fill_holes(label), label.astype(bool))
 
 
+def test_potential_label_follows_the_outline_at_least_as_closely_as_the_phase_label(particle):
+    atoms, wave = particle
+    outline = labels.projected_atom_mask(atoms.positions, CELL_A, 200, radius_A=1.5)
+    phase = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="phase").astype(bool)
+    potential = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="potential").astype(bool)
+    assert np.array_equal(ndimage.binary_fill_holes(potential), potential)
+    assert iou(potential, outline) >= 0.8 and iou(potential, outline) >= iou(phase, outline) - 0.02
+    with pytest.raises(ValueError, match="labels.method"):
+        labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="outline")
+
+
 def test_label_fills_holes_across_the_periodic_edge():
     n, sampling = 128, 0.2
     x = np.arange(n) * sampling

@@ -112,6 +112,18 @@ def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, t
     assert jobs["structures"] == 2 and jobs["exit_waves"] == 2 and jobs["domain_dataset"] == 2
 
 
+@pytest.mark.parametrize("edit", [
+    lambda study: study["structure_sets"]["au"].update(labels={"blur_A": 1.6}),
+    lambda study: study["simulation"].update(zero_defocus_search_A=[-150, 150]),
+])
+def test_changing_labels_or_calibration_reruns_exit_waves_not_scenes(rerun_dir, tiny_study, edit):
+    changed = copy.deepcopy(tiny_study)
+    edit(changed)
+    jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
+    assert "structures" not in jobs
+    assert jobs["exit_waves"] == 2 and jobs["domain_dataset"] == 2
+
+
 def test_adding_a_domain_schedules_only_the_new_one(rerun_dir, tiny_study):
     changed = copy.deepcopy(tiny_study)
     changed["domains"]["lowdose"] = {"structure_set": "au", "defocus": {"mean_nm": -10}, "dose": {"e_per_A2": 20}}
