@@ -45,6 +45,8 @@ def test_potential_label_follows_the_outline_at_least_as_closely_as_the_phase_la
     potential = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="potential").astype(bool)
     assert np.array_equal(ndimage.binary_fill_holes(potential), potential)
     assert iou(potential, outline) >= 0.8 and iou(potential, outline) >= iou(phase, outline) - 0.02
+    atoms_label = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="atoms", blur_A=0.4).astype(bool)
+    assert iou(atoms_label, ndimage.binary_fill_holes(outline)) >= 0.95 > iou(potential, outline)
     with pytest.raises(ValueError, match="labels.method"):
         labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="outline")
 
