@@ -76,6 +76,8 @@ def _edit(study, path, value):
         (("simulation", "phonon_sigma_A"), {"Au": 0.09}, ["simulation.phonon_sigma_A", "['C']", "structure_sets.au"]),
         (("simulation", "phonon_sigma_A"), "hot", ["simulation.phonon_sigma_A"]),
         (("labels",), {"method": "outline"}, ["labels.method", "potential"]),
+        (("training", "augmentation"), "d4", ["training.augmentation", "dihedral8"]),
+        (("training", "loss"), "dice", ["training.loss", "softmax_cross_entropy"]),
         (("structure_sets", "au", "labels"), {"blur": 1.0}, ["structure_sets.au.labels", "blur_A"]),
         (("image", "pixel_size_A"), 0.3, ["image.pixel_size_A", "sampling_A"]),
         (("structure_sets", "au", "n_structures"), 5, ["structure_sets.au.n_structures", "splits"]),
