@@ -9,7 +9,7 @@ The search is exact and cheap: the wave's spectrum is cropped to the frequencies
 temporal envelope passes above ``ENVELOPE_CUTOFF`` (every image is computed on the smallest grid
 that holds them), and with a known particle depth the minimum is found by a bounded Brent search
 (golden section and parabolic steps, to ``TOLERANCE_A``) over the particles' depth plus
-``MARGIN_A`` on both sides, where the variance has a single wide basin when Cs is small (about 15
+``MARGIN_A`` on both sides, where the variance has a single wide basin when Cs is small (about 10
 images instead of the ~420 of a 1 A + 0.1 A grid search). A minimum on the edge of that bracket,
 or no depth given, falls back to the grid search over the whole search range: 1 A steps, then
 bounded Brent within +-1 A of the best.
