@@ -18,6 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from emsim import config as config_module
+from emsim.paths import baseline_path, dataset_path, pretrain_path, transfer_path
 
 STAGES = ("pretrain", "transfer", "baseline")
 
@@ -36,26 +37,6 @@ class ModelSpec:
     size: int | None = None
     mix: tuple[int, int] | None = None
     tags: dict = field(default_factory=dict, compare=False)
-
-
-def dataset_path(domain: str) -> str:
-    return f"results/datasets/{domain}.h5"
-
-
-def pretrain_path(source: str, lr: float, seed: int) -> str:
-    return f"results/models/pretrain/{source}/lr{lr:g}_seed{seed}.pt"
-
-
-def transfer_path(experiment, source, target, freeze, size, lrs, seed) -> str:
-    return f"results/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs[0]:g}-{lrs[1]:g}_seed{seed}.pt"
-
-
-def baseline_path(experiment, pair, mix, lr, seed) -> str:
-    return f"results/models/{experiment}/baseline/{pair[0]}+{pair[1]}/mix{mix[0]}-{mix[1]}_lr{lr:g}_seed{seed}.pt"
-
-
-def evaluation_path(experiment: str, group: str) -> str:
-    return f"results/evaluation/{experiment}/{group}.json"
 
 
 @dataclass
@@ -79,30 +60,6 @@ def expand(study: dict) -> dict[str, Experiment]:
 def all_models(study: dict) -> dict[str, ModelSpec]:
     """Every distinct model file of the study (pretraining shared across experiments)."""
     return {m.path: m for exp in expand(study).values() for m in exp.models}
-
-
-def check(study: dict) -> None:
-    """Config errors of the experiments block (sizes larger than the train split, bad names)."""
-    train = study["splits"]["train"]
-    for name, spec in study.get("experiments", {}).items():
-        key = f"experiments.{name}"
-        series = config_module.match_domains(study, spec["domains"], f"{key}.domains")
-        for list_key in ("sources", "targets"):
-            if list_key in spec:
-                chosen = config_module.match_domains(study, spec[list_key], f"{key}.{list_key}")
-                outside = [d for d in chosen if d not in series]
-                if outside:
-                    raise config_module.ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
-        for size in spec["transfer_sizes"]:
-            if size > train:
-                raise config_module.ConfigError(
-                    f"{key}.transfer_sizes: {size} is larger than the train split (splits.train = {train})"
-                )
-        for mix in spec.get("baseline", {}).get("mixtures", []):
-            if max(mix) > train or sum(mix) == 0:
-                raise config_module.ConfigError(
-                    f"{key}.baseline.mixtures: {mix} needs 1..{train} images per domain (splits.train = {train})"
-                )
 
 
 def _expand_one(study: dict, name: str, spec: dict) -> Experiment:

@@ -7,7 +7,7 @@ rule evaluate:
         models=lambda wc: [m.path for m in evaluation_group(wc)],
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
-        "results/evaluation/{experiment}/{group}.json",
+        paths.EVALUATION,
     params:
         tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
@@ -15,15 +15,13 @@ rule evaluate:
     wildcard_constraints:
         group=r"(pretrain|transfer|baseline)/.+",
     log:
-        "results/logs/evaluation/{experiment}/{group}.log",
+        paths.log(paths.EVALUATION),
     benchmark:
-        "results/benchmarks/evaluation/{experiment}/{group}.tsv"
+        paths.benchmark(paths.EVALUATION)
     conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("evaluation")["threads"]
+        CONDA_ENV
+    threads: threads_of("evaluation")
     resources:
-        mem_mb=resources_of("evaluation")["mem_mb"],
-        runtime=resources_of("evaluation")["runtime"],
-        gpu=resources_of("evaluation")["gpu"],
+        **resources_of("evaluation"),
     script:
         "../scripts/evaluate.py"

@@ -5,9 +5,9 @@ rule report_table:
     input:
         evaluation_paths,
     output:
-        parquet="results/report/{experiment}/models.parquet",
+        parquet=paths.REPORT_PARQUET,
         csv=report(
-            "results/report/{experiment}/models.csv",
+            paths.REPORT_CSV,
             caption="../report/table.rst",
             category="{experiment}",
             labels={"table": "per-model table"},
@@ -15,23 +15,23 @@ rule report_table:
     params:
         domain_values=series_values,
     log:
-        "results/logs/report/{experiment}/table.log",
+        paths.log(paths.REPORT_TABLE),
     benchmark:
-        "results/benchmarks/report/{experiment}/table.tsv"
+        paths.benchmark(paths.REPORT_TABLE)
     conda:
-        "../../envs/emsim.yaml"
+        CONDA_ENV
     script:
         "../scripts/report_table.py"
 
 
 rule report_figures:
     input:
-        table="results/report/{experiment}/models.parquet",
+        table=paths.REPORT_PARQUET,
         evaluations=evaluation_paths,
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
         report(
-            directory("results/report/{experiment}/figures"),
+            directory(paths.REPORT_FIGURES),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="{experiment}",
@@ -42,11 +42,11 @@ rule report_figures:
         parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
         device=STUDY["training"]["device"],
     log:
-        "results/logs/report/{experiment}/figures.log",
+        paths.log(paths.REPORT_FIGURES),
     benchmark:
-        "results/benchmarks/report/{experiment}/figures.tsv"
+        paths.benchmark(paths.REPORT_FIGURES)
     conda:
-        "../../envs/emsim.yaml"
+        CONDA_ENV
     resources:
         mem_mb=resources_of("evaluation")["mem_mb"],
     script:

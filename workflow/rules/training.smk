@@ -2,82 +2,73 @@
 # Model files are named by their grid point; params come from the grid entry (emsim.experiments).
 
 TRAINING = emsim_config.normalized(STUDY.get("training", {}))
-PRETRAIN = "results/models/pretrain/{source}/lr{lr}_seed{seed}.pt"
-TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.pt"
-BASELINE = "results/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.pt"
 
 
 rule pretrain:
     input:
-        grid(PRETRAIN, "datasets"),
+        grid(paths.PRETRAIN, "datasets"),
     output:
-        PRETRAIN,
+        paths.PRETRAIN,
     params:
         training=TRAINING,
-        lr=grid(PRETRAIN, "lr"),
-        seed=grid(PRETRAIN, "seed"),
+        lr=grid(paths.PRETRAIN, "lr"),
+        seed=grid(paths.PRETRAIN, "seed"),
     log:
-        "results/logs/models/pretrain/{source}/lr{lr}_seed{seed}.log",
+        paths.log(paths.PRETRAIN),
     benchmark:
-        "results/benchmarks/models/pretrain/{source}/lr{lr}_seed{seed}.tsv"
+        paths.benchmark(paths.PRETRAIN)
     conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
+        CONDA_ENV
+    threads: threads_of("training")
     resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        **resources_of("training"),
     script:
         "../scripts/train.py"
 
 
 rule transfer:
     input:
-        pretrained=grid(TRANSFER, "pretrained"),
-        datasets=grid(TRANSFER, "datasets"),
+        pretrained=grid(paths.TRANSFER, "pretrained"),
+        datasets=grid(paths.TRANSFER, "datasets"),
     output:
-        TRANSFER,
+        paths.TRANSFER,
     params:
         training=TRAINING,
-        lr=grid(TRANSFER, "lr"),
-        seed=grid(TRANSFER, "seed"),
-        freeze=grid(TRANSFER, "freeze"),
-        size=grid(TRANSFER, "size"),
+        lr=grid(paths.TRANSFER, "lr"),
+        seed=grid(paths.TRANSFER, "seed"),
+        freeze=grid(paths.TRANSFER, "freeze"),
+        size=grid(paths.TRANSFER, "size"),
     log:
-        "results/logs/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.log",
+        paths.log(paths.TRANSFER),
     benchmark:
-        "results/benchmarks/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.tsv"
+        paths.benchmark(paths.TRANSFER)
     conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
+        CONDA_ENV
+    threads: threads_of("training")
     resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        **resources_of("training"),
     script:
         "../scripts/train.py"
 
 
 rule baseline:
     input:
-        grid(BASELINE, "datasets"),
+        grid(paths.BASELINE, "datasets"),
     output:
-        BASELINE,
+        paths.BASELINE,
     params:
         training=TRAINING,
-        lr=grid(BASELINE, "lr"),
-        seed=grid(BASELINE, "seed"),
-        mix=grid(BASELINE, "mix"),
+        lr=grid(paths.BASELINE, "lr"),
+        seed=grid(paths.BASELINE, "seed"),
+        mix=grid(paths.BASELINE, "mix"),
     log:
-        "results/logs/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.log",
+        paths.log(paths.BASELINE),
     benchmark:
-        "results/benchmarks/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.tsv"
+        paths.benchmark(paths.BASELINE)
     conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
+        CONDA_ENV
+    threads: threads_of("training")
     resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        **resources_of("training"),
     script:
         "../scripts/train.py"
