@@ -128,9 +128,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
     _check_phonons(study)
     _check_delocalisation(study)
     _check_splits(study)
-    from emsim import experiments  # experiments reads the expanded config
-
-    experiments.check(study)
+    _check_experiments(study)
     _check_sizes(study)
     return study
 
@@ -517,6 +515,30 @@ def _check_size_px(study: dict) -> None:
         )
     if size > limit:
         raise ConfigError(f"image.size_px: {size} is larger than limits.max_size_px = {limit}")
+
+
+def _check_experiments(study: dict) -> None:
+    """Config errors of the experiments block (sizes larger than the train split, bad names)."""
+    train = study["splits"]["train"]
+    for name, spec in study.get("experiments", {}).items():
+        key = f"experiments.{name}"
+        series = match_domains(study, spec["domains"], f"{key}.domains")
+        for list_key in ("sources", "targets"):
+            if list_key in spec:
+                chosen = match_domains(study, spec[list_key], f"{key}.{list_key}")
+                outside = [d for d in chosen if d not in series]
+                if outside:
+                    raise ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
+        for size in spec["transfer_sizes"]:
+            if size > train:
+                raise ConfigError(
+                    f"{key}.transfer_sizes: {size} is larger than the train split (splits.train = {train})"
+                )
+        for mix in spec.get("baseline", {}).get("mixtures", []):
+            if max(mix) > train or sum(mix) == 0:
+                raise ConfigError(
+                    f"{key}.baseline.mixtures: {mix} needs 1..{train} images per domain (splits.train = {train})"
+                )
 
 
 def _check_sizes(study: dict) -> None:
