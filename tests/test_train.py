@@ -13,10 +13,10 @@ from emsim.metrics import STUDY_LOSS_OFFSET
 from emsim.models import load_model, save_model
 
 SIZE_PX = 64
-# threads 1: OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
+# one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
 # augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
 CFG = {"width": 0.125, "epochs": 3, "batch_size": 4, "lr": 3e-3, "lr_decay": 0.9,
-       "amp": False, "channels_last": False, "compile": False, "threads": 1, "device": "cpu",
+       "amp": False, "channels_last": False, "compile": False, "device": "cpu",
        "augmentation": "random"}
 
 

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("pretrain", "transfer", "baseline")
 CFG_DEFAULTS = {
     "width": 1.0, "epochs": 10, "batch_size": 16, "lr": None, "lr_decay": 0.99, "amp": True,
-    "channels_last": True, "compile": False, "threads": None, "device": "auto",
+    "channels_last": True, "compile": False, "device": "auto",
     "augmentation": "dihedral8", "loss": "cross_entropy",
 }
 AUGMENTATIONS = ("dihedral8", "random")
@@ -302,17 +302,12 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
     """Shared training loop with checkpoint/resume; writes the best model to ``out``."""
     stage, out = run["stage"], Path(out)
     device = resolve_device(device if device is not None else cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
     amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
     run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x),
            "val_size": len(val_x)}
-
     model.to(device,
              memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.train()
@@ -321,28 +316,15 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
     net = torch.compile(model) if cfg["compile"] else model
     step = make_train_step(net, optimizer, amp, cfg["loss"])
 
-    history, best = [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
     ckpt_path = Path(f"{out}.ckpt")
-    state = _load_checkpoint(ckpt_path, run, device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best = state["history"], state["best"]
-        logger.info("%s: resuming %s after epoch %d", stage, out, len(history))
-
+    history, best = _resume(ckpt_path, run, device, model, optimizer)
     for epoch in range(len(history), cfg["epochs"]):
         start = time.perf_counter()
         lr = cfg["lr"] * cfg["lr_decay"] ** epoch
         for group in optimizer.param_groups:
             group["lr"] = lr
         order, ops = _epoch_order(seed, stage, epoch, len(train_x), cfg["augmentation"], device)
-        losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], channels_last)
-        losses = losses.tolist()  # the epoch's only device sync; names the first bad step
-        for i, loss in enumerate(losses, 1):
-            _check_loss(loss, stage, epoch + 1, f"step {i}")
-        sizes = [min(cfg["batch_size"], len(order) - s)
-                 for s in range(0, len(order), cfg["batch_size"])]
-        train_loss = float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
+        train_loss = _train_loss(step, train_x, train_y, order, ops, cfg, stage, epoch)
         val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last,
                              cfg["loss"])
         _check_loss(val_loss, stage, epoch + 1, "validation")
@@ -355,23 +337,57 @@ def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
         history.append(record)
         logger.info("%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)", stage, epoch + 1,
                     cfg["epochs"], train_loss, val_loss, lr, record["time_s"])
-        with io.atomic_path(ckpt_path) as tmp:
-            torch.save({"emsim_checkpoint": CHECKPOINT_VERSION, "run": run,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "history": history, "best": best}, tmp)
+        _save_checkpoint(ckpt_path, run, model, optimizer, history, best)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
+    meta = _save_best(out, model, run, history, best, device, train[0])
+    ckpt_path.unlink(missing_ok=True)
+    return meta
 
+
+def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple[list, dict]:
+    """History and best epoch so far, from a matching checkpoint (loaded into model and optimizer)."""
+    state = _load_checkpoint(ckpt_path, run, device)
+    if state is None:
+        return [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    logger.info("%s: resuming %s after epoch %d", run["stage"], ckpt_path, len(state["history"]))
+    return state["history"], state["best"]
+
+
+def _train_loss(step, train_x, train_y, order, ops, cfg: dict, stage: str, epoch: int) -> float:
+    """One epoch of training steps; its mean training loss (offset removed), every step checked."""
+    losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"],
+                         bool(cfg["channels_last"]))
+    losses = losses.tolist()  # the epoch's only device sync; names the first bad step
+    for i, loss in enumerate(losses, 1):
+        _check_loss(loss, stage, epoch + 1, f"step {i}")
+    sizes = [min(cfg["batch_size"], len(order) - s)
+             for s in range(0, len(order), cfg["batch_size"])]
+    return float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
+
+
+def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: list, best: dict) -> None:
+    with io.atomic_path(path) as tmp:
+        torch.save({"emsim_checkpoint": CHECKPOINT_VERSION, "run": run,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history, "best": best}, tmp)
+
+
+def _save_best(out: Path, model: UNet, run: dict, history: list, best: dict, device,
+               train_images) -> dict:
+    """Write the best epoch's weights with the run's metadata to ``out``; return the metadata."""
     model.load_state_dict(best["state_dict"])
+    trainable_params = count_parameters(model, trainable_only=True)
     meta = {**run, "history": history, "best_epoch": best["epoch"],
             "best_val_loss": best["val_loss"],
             "train_time_s": sum(r["time_s"] for r in history),
-            "trainable_params": count_parameters(model, trainable_only=True),
+            "trainable_params": trainable_params,
             "total_params": count_parameters(model), "device": str(device),
-            "input_reference": ood.describe(run, train[0]),
-            "provenance": io.provenance(cfg)}
+            "input_reference": ood.describe(run, train_images),
+            "provenance": io.provenance(run["config"])}
     save_model(out, model, meta=meta)
-    ckpt_path.unlink(missing_ok=True)
     return meta
 
 
