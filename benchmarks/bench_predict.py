@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from emsim.export import export_onnx, onnx_session
-from emsim.models import UNet, save_model
+from emsim.learning.models import UNet, save_model
 from emsim.predict import load_ensemble, tiled_probability, torch_forward
 
 

@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    from emsim import calibration, labels, optics, simulate, structures
+    from emsim.simulation import calibration, labels, optics, simulate, structures
 
     print(f"import emsim (abTEM included): {time.perf_counter() - start:.2f} s")
     if args.wisdom:

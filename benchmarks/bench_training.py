@@ -1,6 +1,6 @@
 """Training throughput and peak memory of the U-Net: emsim's optimised path vs a plain fp32 loop.
 
-Optimised path = the code emsim.train runs: dataset resident on the device, dihedral augmentation
+Optimised path = the code emsim.learning.train runs: dataset resident on the device, dihedral augmentation
 there, bf16 autocast (cuda only), channels_last, fused Adam (cuda), optional torch.compile.
 Plain path = a textbook fp32 loop: data in host memory, augmentation with numpy, a host-to-device
 copy and a ``loss.item()`` per step. Both train the same model (same width and seed), with full
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim import train
-from emsim.models import UNet, count_parameters, freeze, resolve_device
+from emsim.learning import train
+from emsim.learning.models import UNet, count_parameters, freeze, resolve_device
 
 POOL_BATCHES = 4  # distinct batches of synthetic data the loops cycle through
 
@@ -52,7 +52,7 @@ def build(width: float, part: str, device: torch.device, channels_last: bool):
 
 
 def optimised(args, part, images, labels, device):
-    """Images/s of the emsim.train code path (train_epoch + make_train_step)."""
+    """Images/s of the emsim.learning.train code path (train_epoch + make_train_step)."""
     model = build(args.width, part, device, channels_last=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")

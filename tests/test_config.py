@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emsim import config, experiments, optics
-from emsim.config import ConfigError
+from emsim.simulation import optics
+from emsim.study import config, experiments
+from emsim.study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,7 +188,7 @@ def test_limits_can_be_raised_deliberately(study):
 
 
 def test_unet_multiple_matches_the_model():
-    from emsim import models
+    from emsim.learning import models
 
     assert config.UNET_MULTIPLE == models.DOWNSAMPLING
 
@@ -196,7 +197,7 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
     for folder, kind in (("one", "shift_one"), ("two", "shift_two")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "shifts.py").write_text(
-            "from emsim.shifts import register\n"
+            "from emsim.simulation.shifts import register\n"
             f"@register({kind!r}, 'detector', {{}}, order=45)\n"
             "def f(image, params, rng, context):\n    return image, {}\n"
         )
@@ -205,6 +206,6 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
         (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(study))
         loaded = config.load(tmp_path / folder / "study.yaml")
         assert Path(loaded["extensions"][0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
-    from emsim import shifts
+    from emsim.simulation import shifts
 
     assert {"shift_one", "shift_two"} <= set(shifts.SHIFTS)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from emsim import data
-from emsim.evaluate import evaluate_models, read_evaluation, write_evaluation
-from emsim.metrics import METRICS, segmentation_metrics
-from emsim.models import UNet, load_model, save_model
+from emsim.learning.evaluate import evaluate_models, read_evaluation, write_evaluation
+from emsim.learning.metrics import METRICS, segmentation_metrics
+from emsim.learning.models import UNet, load_model, save_model
 
 
 def disc_images(rng: np.random.Generator, n: int, size: int, contrast: float, dose: float):

@@ -9,7 +9,7 @@ import torch
 
 from emsim.cli import main
 from emsim.export import export_onnx, onnx_session
-from emsim.models import UNet, save_model
+from emsim.learning.models import UNet, save_model
 from emsim.predict import load_ensemble
 
 

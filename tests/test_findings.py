@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emsim import findings as fd
+from emsim.study import findings as fd
 from emsim.report import model_table
 from test_report import record
 

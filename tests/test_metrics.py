@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emsim.metrics import (METRICS, STUDY_LOSS_OFFSET, MetricAccumulator, confusion, metrics_from_counts,
+from emsim.learning.metrics import (METRICS, STUDY_LOSS_OFFSET, MetricAccumulator, confusion, metrics_from_counts,
                            segmentation_metrics)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from emsim.models import UNet, count_parameters, freeze, load_model, save_model
+from emsim.learning.models import UNet, count_parameters, freeze, load_model, save_model
 
 # segmentation-models-pytorch Unet("resnet18", in_channels=1, classes=2): ResNet18 without fc
 # (11,689,512 - 513,000) with a 1-channel stem (-6,272) = 11,170,240; decoder blocks 3,151,552;

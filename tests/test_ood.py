@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from emsim import data, evaluate, ood, train
-from emsim.models import UNet, save_model
+from emsim import data
+from emsim.learning import evaluate, ood, train
+from emsim.learning.models import UNet, save_model
 from test_evaluate import disc_images
 
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.fft as sfft
 from ase.cluster import FaceCenteredCubic
 
-from emsim import optics
+from emsim.simulation import optics
 
 ENERGY_EV = 300e3
 SAMPLING_A = 0.1

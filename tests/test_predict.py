@@ -14,8 +14,8 @@ from PIL import Image
 from scipy import ndimage
 
 from emsim.data import standardize
-from emsim.models import UNet, save_model
-from emsim import ood
+from emsim.learning.models import UNet, save_model
+from emsim.learning import ood
 from emsim.cli import main
 from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images

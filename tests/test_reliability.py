@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from emsim import cli, data, io, structures
-from emsim.simulate import ShardWaves
+from emsim import cli, data, io
+from emsim.simulation import structures
+from emsim.simulation.simulate import ShardWaves
 from test_evaluate import make_domain, make_model
 
 

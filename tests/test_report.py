@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emsim.evaluate import read_evaluation, write_evaluation
+from emsim.learning.evaluate import read_evaluation, write_evaluation
 from emsim.report import (_groups, domain_order, model_table, plot_examples, plot_ood_profile,
                           plot_target_loss, plot_training_curves, plot_transfer_heatmap,
                           write_table)

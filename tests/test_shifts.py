@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from emsim import domains, optics, shifts
-from emsim.simulate import ShardWaves
+from emsim.simulation import domains, optics, shifts
+from emsim.simulation.simulate import ShardWaves
 
 MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
 SAMPLING_A = 0.2

@@ -6,7 +6,7 @@ import pytest
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
-from emsim import optics, simulate, structures
+from emsim.simulation import optics, simulate, structures
 
 CELL_A = 25.6
 SIM = {"sampling_A": 0.2, "slice_thickness_A": 2.0, "frozen_phonons": 2, "phonon_sigma_A": 0.1, "device": "cpu",
@@ -107,7 +107,7 @@ def test_vacuum_wave_is_the_static_particles(scenes):
 def test_padding_keeps_the_window_free_of_wrapped_detail():
     """The same particle, imaged at 20 nm defocus in cells padded by 2 A and 10 A around a 19.2 A
     window, against a 20 A padding: with the padding covering the lens's reach (about 10 A here,
-    ``emsim.optics.delocalisation_A``) the window no longer changes."""
+    ``emsim.simulation.optics.delocalisation_A``) the window no longer changes."""
     particle = structures.nanoparticle(structures.LATTICES["Au_fcc"], 6.0, 0, np.random.default_rng(0))
     microscope = MICROSCOPE | {"Cs_A": 0.0}
 

@@ -1,4 +1,4 @@
-"""Tests of emsim.structures: lattices, particles, carbon, scenes, files, validation."""
+"""Tests of emsim.simulation.structures: lattices, particles, carbon, scenes, files, validation."""
 
 import json
 
@@ -9,7 +9,7 @@ from ase.data import atomic_numbers
 from ase.units import _Nav
 from scipy.spatial import cKDTree
 
-from emsim import structures as S
+from emsim.simulation import structures as S
 
 # Published lattice constants (A): a, c, and the wurtzite/spinel internal parameter (spinel u in origin choice 1).
 EXPECTED = {

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from emsim import data, evaluate, experiments, train
-from emsim.metrics import STUDY_LOSS_OFFSET
-from emsim.models import load_model, save_model
+from emsim import data
+from emsim.learning import evaluate, train
+from emsim.study import experiments
+from emsim.learning.metrics import STUDY_LOSS_OFFSET
+from emsim.learning.models import load_model, save_model
 
 SIZE_PX = 64
 # one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
@@ -135,7 +137,7 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=1, on_epoch_end=stop)
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
         train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2,
                        on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [1] and "ignoring checkpoint" in caplog.text
@@ -156,7 +158,7 @@ def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
     assert Path(f"{out}.ckpt").exists()
     make_domain(dataset, "d", n_train=6, seed=2)  # rebuilt: same path, sizes and domain
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
         meta = train.pretrain(dataset, out, CFG, seed=1,
                               on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [1, 2, 3]
@@ -184,7 +186,7 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
         train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0)
     assert f"the content of input(s) {source} changed" in caplog.text
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from emsim import data, train
-from emsim.models import load_model
+from emsim import data
+from emsim.learning import train
+from emsim.learning.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow

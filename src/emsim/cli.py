@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args) -> int:
-    from emsim import config, experiments
+    from emsim.study import config, experiments
 
     study = config.load(args.config)
     print(f"{args.config}: valid")

@@ -34,10 +34,11 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from emsim import data, ood
-from emsim.evaluate import pad_to_multiple
+from emsim import data
+from emsim.learning import ood
+from emsim.learning.evaluate import pad_to_multiple
 from emsim.io import atomic_path, provenance
-from emsim.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning.models import DOWNSAMPLING, load_model, resolve_device
 from emsim.readers import read_images
 
 logger = logging.getLogger(__name__)

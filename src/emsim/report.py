@@ -2,7 +2,7 @@
 
 Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
 (``ce`` = cross-entropy in nats/pixel, ``study_loss`` = the seed study's reported loss, see
-:mod:`emsim.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
+:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
 domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
@@ -44,7 +44,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
 from emsim.io import atomic_path
-from emsim.models import load_model, resolve_device
+from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
 from pathlib import Path
 
-from emsim import config as emsim_config
-from emsim import experiments as emsim_experiments
-from emsim import optics as emsim_optics
-from emsim import paths
-from emsim.paths import dataset_path
+from emsim.study import config as emsim_config
+from emsim.study import experiments as emsim_experiments
+from emsim.simulation import optics as emsim_optics
+from emsim.study import paths
+from emsim.study.paths import dataset_path
 
 # extensions: paths relative to the study file (the last --configfile, else the default study)
 STUDY = emsim_config.load(config, base_dir=Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1]).parent)

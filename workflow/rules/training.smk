@@ -1,5 +1,5 @@
 # Pretraining (shared by every transfer run that starts from it), transfer, single-stage baselines.
-# Model files are named by their grid point; params come from the grid entry (emsim.experiments).
+# Model files are named by their grid point; params come from the grid entry (emsim.study.experiments).
 
 TRAINING = emsim_config.normalized(STUDY.get("training", {}))
 

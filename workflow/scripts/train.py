@@ -2,7 +2,8 @@
 
 import torch
 
-from emsim import io, train
+from emsim import io
+from emsim.learning import train
 
 io.log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

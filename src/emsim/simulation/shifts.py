@@ -31,7 +31,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from emsim import optics
+from emsim.simulation import optics
 
 Stage = Literal["optics", "detector"]
 STAGES: tuple[Stage, ...] = ("optics", "detector")

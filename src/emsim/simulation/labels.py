@@ -6,7 +6,7 @@ Two methods (config ``labels.method``) give that phase map; the same morphology 
 - ``potential``: sigma_e times the particles' projected potential (no dynamical scattering), which
   follows the particle outline also where the exit-wave phase wraps or fades near the rim.
 
-Arrays are indexed ``[x, y]`` (abTEM's convention, see ``emsim.optics``); pixel ``(i, j)`` of an
+Arrays are indexed ``[x, y]`` (abTEM's convention, see ``emsim.simulation.optics``); pixel ``(i, j)`` of an
 image with pixel size ``p`` sits at ``(i p, j p)``.
 """
 
@@ -18,7 +18,7 @@ import scipy.fft as sfft
 from abtem.core.energy import energy2sigma
 from scipy import ndimage
 
-from emsim import optics
+from emsim.simulation import optics
 
 METHODS = ("phase", "potential")
 

@@ -8,7 +8,7 @@ evaluated in groups (one job per group loads each dataset once): ``pretrain/<sou
 Single-stage baselines train on each unordered pair of (source, target) domains once, as
 ``(a, b)`` in series order: ``a`` is the baseline's TARGET and ``b`` its source, the mixture
 ``[m, n]`` is m images of ``a`` plus n of ``b`` (so ``size`` = m, comparable with a transfer run
-of m target images), and its one learning rate is tagged ``lr_baseline``; :func:`emsim.train.baseline`
+of m target images), and its one learning rate is tagged ``lr_baseline``; :func:`emsim.learning.train.baseline`
 takes its datasets and mix in the same order.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from emsim import config as config_module
-from emsim.paths import baseline_path, dataset_path, pretrain_path, transfer_path
+from emsim.study import config as config_module
+from emsim.study.paths import baseline_path, dataset_path, pretrain_path, transfer_path
 
 STAGES = ("pretrain", "transfer", "baseline")
 

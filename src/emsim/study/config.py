@@ -31,14 +31,14 @@ import jsonschema
 import numpy as np
 import yaml
 
-from emsim import optics, phonons, shifts, structures
+from emsim.simulation import optics, phonons, shifts, structures
 
 
 class ConfigError(ValueError):
     """An invalid study configuration; the message names the key."""
 
 
-UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.models.DOWNSAMPLING)
+UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 
@@ -235,7 +235,7 @@ def _read(source) -> dict:
 
 
 def _top_schema() -> dict:
-    text = resources.files("emsim").joinpath("schemas/config.schema.yaml").read_text()
+    text = resources.files("emsim.study").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)
 
 
@@ -439,7 +439,7 @@ def _check_phonons(study: dict) -> None:
 
 
 def _check_delocalisation(study: dict) -> None:
-    """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.optics``).
+    """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.simulation.optics``).
 
     Evaluated at the information limit (temporal envelope exp(-2)), capped at the band limit of the
     multislice (2/3 of its Nyquist frequency), for the aberrations that 99% of the domain's images stay

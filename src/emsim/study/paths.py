@@ -1,4 +1,4 @@
-"""Every result path of a study, defined once: used by :mod:`emsim.experiments` and the rule files.
+"""Every result path of a study, defined once: used by :mod:`emsim.study.experiments` and the rule files.
 
 Templates name their wildcards as the rules do; the ``*_path`` functions fill them from values
 (learning rates written with ``:g``). Each job's log and benchmark sit under ``results/logs`` and

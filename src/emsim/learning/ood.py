@@ -10,7 +10,7 @@ contrast-transfer rings (defocus), noise floor (dose), lattice fringes (structur
 Score of an image: the RMS over rings of its z-score against that description (about 1 in
 distribution). An image larger than the training images is cut into tiles of the training size
 whose power spectra are averaged. The default threshold ``DEFAULT_THRESHOLD`` is replaced by one
-calibrated on a study's own domains with :func:`study_scores` (``python -m emsim.ood results``).
+calibrated on a study's own domains with :func:`study_scores` (``python -m emsim.learning.ood results``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def study_scores(results: str | os.PathLike, loss_ratio: float = LOSS_RATIO) -> 
     ``domains`` (mean score and loss per domain), Spearman's ``rho_domains`` (across domains)
     and ``rho_pairs`` (across pairs), and ``threshold``: the score that best separates pairs
     whose loss exceeds ``loss_ratio`` x the in-domain loss (balanced accuracy)."""
-    from emsim import evaluate, models
+    from emsim.learning import evaluate, models
 
     results = Path(results)
     records = [r for path in sorted((results / "evaluation").rglob("*.json"))
@@ -160,7 +160,7 @@ def _calibrate(pairs: list[dict], loss_ratio: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emsim.ood", description=study_scores.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m emsim.learning.ood", description=study_scores.__doc__)
     parser.add_argument("results", help="a study's results folder")
     parser.add_argument("--loss-ratio", type=float, default=LOSS_RATIO)
     parser.add_argument("-o", "--output", help="also write everything as JSON here")

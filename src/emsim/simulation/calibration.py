@@ -21,7 +21,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import optimize
 
-from emsim import optics
+from emsim.simulation import optics
 
 ENVELOPE_CUTOFF = 1e-3
 MARGIN_A = 10.0

@@ -12,7 +12,7 @@ steps of ``random``; ``random`` draws one symmetry per image per epoch.
 
 Loss (``loss``): ``cross_entropy`` on logits, or ``softmax_cross_entropy``, the seed study's
 cross-entropy applied to softmax outputs, recorded minus its minimum ln(1 + e^-1) like the study's
-numbers (:data:`emsim.metrics.STUDY_LOSS_OFFSET`).
+numbers (:data:`emsim.learning.metrics.STUDY_LOSS_OFFSET`).
 
 Reproducibility and resume: the model is initialised from ``torch.Generator().manual_seed(seed)``;
 the shuffle order and augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed,
@@ -43,9 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim import data, io, ood
-from emsim.metrics import STUDY_LOSS_OFFSET
-from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
+from emsim import data, io
+from emsim.learning import ood
+from emsim.learning.metrics import STUDY_LOSS_OFFSET
+from emsim.learning.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str
 
     ``datasets[0]`` is the TARGET domain and ``datasets[1]`` the source: ``mix`` = (target
     images, source images), so ``mix[0]`` plays the role of a transfer run's ``size``
-    (the grid's pairs, :mod:`emsim.experiments`, are tagged the same way)."""
+    (the grid's pairs, :mod:`emsim.study.experiments`, are tagged the same way)."""
     cfg = resolve_cfg(cfg)
     if len(datasets) != 2 or len(mix) != 2:
         raise ValueError(f"baseline needs 2 datasets and a 2-element mix, got {datasets}, {mix}")

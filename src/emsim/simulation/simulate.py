@@ -20,8 +20,8 @@ import pyfftw
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
-from emsim import calibration, optics, phonons
-from emsim import labels as labels_mod
+from emsim.simulation import calibration, optics, phonons
+from emsim.simulation import labels as labels_mod
 from emsim.io import atomic_path, reading
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ShardWaves:
 
     waves: (n, P, G, G) complex64 full-scene exit waves in Fourier space (``WAVES_CONVENTION``),
         referenced to the particles' exit plane (see ``simulate_shard``), ready for
-        ``emsim.optics.image_from_waves``;
+        ``emsim.simulation.optics.image_from_waves``;
     labels: (n, H, W) uint8 particle masks at the image pixel size;
     zero_defocus_A: (n,) float32 minimum-contrast defocus of the particles in vacuum (nan if
         not calibrated); sampling_A: real-space sampling of the waves [A].
@@ -221,7 +221,7 @@ def simulate_shard(
 
     ``indices`` are the scenes' indices in their structure set: scene ``indices[j]`` uses phonon
     seed ``SeedSequence([seed, indices[j]])``, so the waves do not depend on how the set is
-    sharded. The scenes' cell is the padded cell (``emsim.optics.cell_A``); labels are cut to the
+    sharded. The scenes' cell is the padded cell (``emsim.simulation.optics.cell_A``); labels are cut to the
     image window. The stored waves are referenced to the particles' exit plane (the bottom of
     ``scene.particle_atoms()``'s cell, where the vacuum wave leaves): they are propagated back
     from the bottom of the scene, so defocus 0 is focus just below the particles for every
@@ -284,7 +284,7 @@ def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> Non
     Every exit-wave job loads this file first, so all jobs use the same plans and the same
     config + seed gives the same bytes in any process (FFTW_MEASURE plans differ per process).
     """
-    from emsim import structures
+    from emsim.simulation import structures
 
     particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
     substrate = {"thickness_A": [10.0, 10.0]}

@@ -4,7 +4,7 @@ Each model is scored on the ``val`` split of every domain given, and on the ``tr
 ``test`` splits of its own target domain ``tags["target"]``: the transfer target for transfer
 models, the pretraining domain for pretrained models, and the FIRST domain of the mixture for
 single-stage baselines, whose mixture lists its target's images first (the workflow sets these
-tags; see :mod:`emsim.experiments`).
+tags; see :mod:`emsim.study.experiments`).
 
 Evaluation file (JSON, written by :func:`write_evaluation`)::
 
@@ -31,8 +31,8 @@ import torch
 
 from emsim import data
 from emsim.io import atomic_path, provenance
-from emsim.metrics import MetricAccumulator
-from emsim.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning.metrics import MetricAccumulator
+from emsim.learning.models import DOWNSAMPLING, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ Domain facts (defocus, dose, lattice of each domain: :func:`domain_facts`) say w
 apply to an experiment. :func:`load_study` puts the study's public per-model tables into the same
 columns, so one code path gives both columns of docs/validation.md::
 
-    python -m emsim.findings results/report --configfile config/validation.yaml [--metric ce]
-    python -m emsim.findings --study hrtem-transfer-learning/notebooks
+    python -m emsim.study.findings results/report --configfile config/validation.yaml [--metric ce]
+    python -m emsim.study.findings --study hrtem-transfer-learning/notebooks
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
 def report_findings(report_dir: str | Path, study: dict, metric: str = "ce"
                     ) -> dict[str, list[dict]]:
     """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``."""
-    from emsim import experiments
+    from emsim.study import experiments
 
     expanded = experiments.expand(study)
     results = {}
@@ -392,7 +392,7 @@ def load_study(notebooks: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFr
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emsim.findings", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m emsim.study.findings", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report_dir", nargs="?", help="results/report of a finished study")
     parser.add_argument("--configfile", help="the study config the results were made with")
@@ -410,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.configfile:
                 parser.error("REPORT_DIR needs --configfile (the study config of the run)")
-            from emsim import config
+            from emsim.study import config
 
             results = report_findings(args.report_dir, config.load(args.configfile), args.metric)
     except (ValueError, OSError, pickle.UnpicklingError) as error:
-        print(f"emsim.findings: {error}", file=sys.stderr)
+        print(f"emsim.study.findings: {error}", file=sys.stderr)
         return 2
     print(markdown(results))
     return 0
