@@ -7,10 +7,10 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-
-from emsim.study import findings as fd
-from emsim.report import model_table
 from test_report import record
+
+from emsim.report import model_table
+from emsim.study import findings as fd
 
 DOMAINS = ["df-5", "df0", "df5"]
 FACTS = pd.DataFrame({"defocus_nm": [-5.0, 0.0, 5.0], "dose_e_per_A2": 400.0,

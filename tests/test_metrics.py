@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from emsim.learning.metrics import (METRICS, STUDY_LOSS_OFFSET, MetricAccumulator, confusion, metrics_from_counts,
-                           segmentation_metrics)
+from emsim.learning.metrics import (
+    METRICS,
+    STUDY_LOSS_OFFSET,
+    MetricAccumulator,
+    confusion,
+    metrics_from_counts,
+    segmentation_metrics,
+)
 
 
 def logits_for(pred: np.ndarray, margin: float = 2.0) -> torch.Tensor:

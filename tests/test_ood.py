@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from test_evaluate import disc_images
 
 from emsim import data
 from emsim.learning import evaluate, ood, train
 from emsim.learning.models import UNet, save_model
-from test_evaluate import disc_images
 
 
 def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> str:
@@ -59,7 +59,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
 
 
 def test_calibrated_threshold_separates_degraded_pairs():
-    pairs = [{"score": s, "loss": l, "in_domain_loss": 0.1}
-             for s, l in [(1.0, 0.1), (2.0, 0.12), (3.0, 0.5), (4.0, 0.4), (1.5, 0.3)]]
+    pairs = [{"score": s, "loss": loss, "in_domain_loss": 0.1}
+             for s, loss in [(1.0, 0.1), (2.0, 0.12), (3.0, 0.5), (4.0, 0.4), (1.5, 0.3)]]
     assert ood._calibrate(pairs, 1.5) == pytest.approx(2.5)
     assert ood._calibrate(pairs[:2], 1.5) is None

@@ -12,14 +12,14 @@ import tifffile
 import torch
 from PIL import Image
 from scipy import ndimage
+from test_evaluate import disc_images
 
-from emsim.data import standardize
-from emsim.learning.models import UNet, save_model
-from emsim.learning import ood
 from emsim.cli import main
+from emsim.data import standardize
+from emsim.learning import ood
+from emsim.learning.models import UNet, save_model
 from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images
-from test_evaluate import disc_images
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,11 +7,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_evaluate import make_domain, make_model
 
 from emsim import cli, data, io
 from emsim.simulation import structures
 from emsim.simulation.simulate import ShardWaves
-from test_evaluate import make_domain, make_model
 
 
 def flip_byte(path, dataset: str) -> None:

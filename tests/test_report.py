@@ -6,12 +6,20 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from test_evaluate import make_domain, make_model
 
 from emsim.learning.evaluate import read_evaluation, write_evaluation
-from emsim.report import (_groups, domain_order, model_table, plot_examples, plot_ood_profile,
-                          plot_target_loss, plot_training_curves, plot_transfer_heatmap,
-                          write_table)
-from test_evaluate import make_domain, make_model
+from emsim.report import (
+    _groups,
+    domain_order,
+    model_table,
+    plot_examples,
+    plot_ood_profile,
+    plot_target_loss,
+    plot_training_curves,
+    plot_transfer_heatmap,
+    write_table,
+)
 
 METRIC_NAMES = ("cross_entropy", "study_loss", "iou", "dice", "precision", "recall", "accuracy")
 

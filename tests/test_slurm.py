@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yte
-
 from slurm_cluster import SlurmUnavailable, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import torch
 
 from emsim import data
 from emsim.learning import evaluate, train
-from emsim.study import experiments
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
+from emsim.study import experiments
 
 SIZE_PX = 64
 # one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"

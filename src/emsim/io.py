@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import importlib.metadata
+import logging
 import os
 import sys
 from pathlib import Path

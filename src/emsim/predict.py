@@ -35,9 +35,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from emsim import data
+from emsim.io import atomic_path, provenance
 from emsim.learning import ood
 from emsim.learning.evaluate import pad_to_multiple
-from emsim.io import atomic_path, provenance
 from emsim.learning.models import DOWNSAMPLING, load_model, resolve_device
 from emsim.readers import read_images
 

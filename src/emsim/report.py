@@ -184,7 +184,7 @@ def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike,
                 csv_path: str | os.PathLike) -> None:
     """Write the table as Parquet and CSV, atomically; object columns of mixed types become text."""
     table = table.copy()
-    for column in table.columns[table.dtypes == object]:
+    for column in table.columns[table.dtypes == object]:  # noqa: E721 (a pandas dtype mask)
         kinds = {type(v) for v in table[column] if v is not None and not pd.isna(v)}
         if len(kinds) > 1:
             table[column] = [None if v is None or pd.isna(v) else str(v) for v in table[column]]

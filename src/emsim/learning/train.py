@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from emsim import data, io
 from emsim.learning import ood
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
-from emsim.learning.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
+from emsim.learning.models import UNet, count_parameters, load_model, resolve_device, save_model
+from emsim.learning.models import freeze as freeze_part
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from emsim import data, io
 from emsim.simulation import optics, shifts
-from emsim.study import config
 from emsim.simulation.simulate import ShardWaves
+from emsim.study import config
 
 log = logging.getLogger(__name__)
 

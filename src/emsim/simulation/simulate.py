@@ -20,9 +20,9 @@ import pyfftw
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
+from emsim.io import atomic_path, reading
 from emsim.simulation import calibration, optics, phonons
 from emsim.simulation import labels as labels_mod
-from emsim.io import atomic_path, reading
 
 log = logging.getLogger(__name__)
 
