@@ -28,8 +28,18 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: in
     """Run snakemake on the repository's Snakefile in ``workdir``; return its output."""
     if config is not None:
         (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "study.yaml"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "study.yaml"),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -162,8 +172,20 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     config = copy.deepcopy(tiny_study)
     config["training"]["epochs"] = 8
     (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(rerun_dir),
-               "--configfile", str(rerun_dir / "study.yaml"), "--cores", "1", target]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(rerun_dir),
+        "--configfile",
+        str(rerun_dir / "study.yaml"),
+        "--cores",
+        "1",
+        target,
+    ]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

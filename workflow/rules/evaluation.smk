@@ -8,20 +8,20 @@ rule evaluate:
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
         paths.EVALUATION,
-    params:
-        tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
-        domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
-        device=STUDY["training"]["device"],
-    wildcard_constraints:
-        group=r"(pretrain|transfer|baseline)/.+",
     log:
         paths.log(paths.EVALUATION),
     benchmark:
         paths.benchmark(paths.EVALUATION)
+    wildcard_constraints:
+        group=r"(pretrain|transfer|baseline)/.+",
     conda:
         CONDA_ENV
     threads: threads_of("evaluation")
     resources:
         **resources_of("evaluation"),
+    params:
+        tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
+        domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
+        device=STUDY["training"]["device"],
     script:
         "../scripts/evaluate.py"

@@ -12,14 +12,14 @@ rule report_table:
             category="{experiment}",
             labels={"table": "per-model table"},
         ),
-    params:
-        domain_values=series_values,
     log:
         paths.log(paths.REPORT_TABLE),
     benchmark:
         paths.benchmark(paths.REPORT_TABLE)
     conda:
         CONDA_ENV
+    params:
+        domain_values=series_values,
     script:
         "../scripts/report_table.py"
 
@@ -36,11 +36,6 @@ rule report_figures:
             caption="../report/figures.rst",
             category="{experiment}",
         ),
-    params:
-        domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
-        domain_values=series_values,
-        parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
-        device=STUDY["training"]["device"],
     log:
         paths.log(paths.REPORT_FIGURES),
     benchmark:
@@ -49,5 +44,10 @@ rule report_figures:
         CONDA_ENV
     resources:
         mem_mb=resources_of("evaluation")["mem_mb"],
+    params:
+        domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
+        domain_values=series_values,
+        parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
+        device=STUDY["training"]["device"],
     script:
         "../scripts/report_figures.py"

@@ -12,10 +12,6 @@ EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
 rule structures:
     output:
         paths.STRUCTURES,
-    params:
-        spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
-        cell_A=emsim_optics.cell_A(STUDY["image"]),
-        shard_size=STUDY["simulation"]["shard_size"],
     log:
         paths.log(paths.STRUCTURES),
     benchmark:
@@ -25,6 +21,10 @@ rule structures:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
+        cell_A=emsim_optics.cell_A(STUDY["image"]),
+        shard_size=STUDY["simulation"]["shard_size"],
     script:
         "../scripts/structures.py"
 
@@ -32,10 +32,6 @@ rule structures:
 rule fftw_wisdom:
     output:
         paths.FFTW_WISDOM,
-    params:
-        simulation=emsim_config.normalized(STUDY["simulation"]),
-        microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY["image"]),
     log:
         paths.log(paths.FFTW_WISDOM),
     benchmark:
@@ -44,6 +40,10 @@ rule fftw_wisdom:
         CONDA_ENV
     resources:
         gpu=simulation_gpu(),
+    params:
+        simulation=emsim_config.normalized(STUDY["simulation"]),
+        microscope=EXIT_WAVE_MICROSCOPE,
+        image=emsim_config.normalized(STUDY["image"]),
     script:
         "../scripts/fftw_wisdom.py"
 
@@ -54,12 +54,6 @@ rule exit_waves:
         wisdom=paths.FFTW_WISDOM,
     output:
         paths.EXIT_WAVES,
-    params:
-        simulation=emsim_config.normalized(STUDY["simulation"]),
-        microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY["image"]),
-        labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
-        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"],
     log:
         paths.log(paths.EXIT_WAVES),
     benchmark:
@@ -69,6 +63,12 @@ rule exit_waves:
     threads: threads_of("simulation")
     resources:
         **resources_of("simulation", gpu=simulation_gpu()),
+    params:
+        simulation=emsim_config.normalized(STUDY["simulation"]),
+        microscope=EXIT_WAVE_MICROSCOPE,
+        image=emsim_config.normalized(STUDY["image"]),
+        labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
+        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"],
     script:
         "../scripts/exit_waves.py"
 
@@ -78,8 +78,6 @@ rule domain_dataset:
         lambda wc: shard_paths(paths.EXIT_WAVES, STUDY["domains"][wc.domain]["structure_set"]),
     output:
         paths.DATASET,
-    params:
-        domain=lambda wc: emsim_config.domain_slice(STUDY, wc.domain),
     log:
         paths.log(paths.DATASET),
     benchmark:
@@ -89,5 +87,7 @@ rule domain_dataset:
     threads: threads_of("dataset")
     resources:
         **resources_of("dataset"),
+    params:
+        domain=lambda wc: emsim_config.domain_slice(STUDY, wc.domain),
     script:
         "../scripts/domain_dataset.py"

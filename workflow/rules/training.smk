@@ -9,10 +9,6 @@ rule pretrain:
         grid(paths.PRETRAIN, "datasets"),
     output:
         paths.PRETRAIN,
-    params:
-        training=TRAINING,
-        lr=grid(paths.PRETRAIN, "lr"),
-        seed=grid(paths.PRETRAIN, "seed"),
     log:
         paths.log(paths.PRETRAIN),
     benchmark:
@@ -22,6 +18,10 @@ rule pretrain:
     threads: threads_of("training")
     resources:
         **resources_of("training"),
+    params:
+        training=TRAINING,
+        lr=grid(paths.PRETRAIN, "lr"),
+        seed=grid(paths.PRETRAIN, "seed"),
     script:
         "../scripts/train.py"
 
@@ -32,12 +32,6 @@ rule transfer:
         datasets=grid(paths.TRANSFER, "datasets"),
     output:
         paths.TRANSFER,
-    params:
-        training=TRAINING,
-        lr=grid(paths.TRANSFER, "lr"),
-        seed=grid(paths.TRANSFER, "seed"),
-        freeze=grid(paths.TRANSFER, "freeze"),
-        size=grid(paths.TRANSFER, "size"),
     log:
         paths.log(paths.TRANSFER),
     benchmark:
@@ -47,6 +41,12 @@ rule transfer:
     threads: threads_of("training")
     resources:
         **resources_of("training"),
+    params:
+        training=TRAINING,
+        lr=grid(paths.TRANSFER, "lr"),
+        seed=grid(paths.TRANSFER, "seed"),
+        freeze=grid(paths.TRANSFER, "freeze"),
+        size=grid(paths.TRANSFER, "size"),
     script:
         "../scripts/train.py"
 
@@ -56,11 +56,6 @@ rule baseline:
         grid(paths.BASELINE, "datasets"),
     output:
         paths.BASELINE,
-    params:
-        training=TRAINING,
-        lr=grid(paths.BASELINE, "lr"),
-        seed=grid(paths.BASELINE, "seed"),
-        mix=grid(paths.BASELINE, "mix"),
     log:
         paths.log(paths.BASELINE),
     benchmark:
@@ -70,5 +65,10 @@ rule baseline:
     threads: threads_of("training")
     resources:
         **resources_of("training"),
+    params:
+        training=TRAINING,
+        lr=grid(paths.BASELINE, "lr"),
+        seed=grid(paths.BASELINE, "seed"),
+        mix=grid(paths.BASELINE, "mix"),
     script:
         "../scripts/train.py"

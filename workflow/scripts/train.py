@@ -15,8 +15,14 @@ if snakemake.rule == "pretrain":
     train.pretrain(snakemake.input[0], out, cfg, seed=p.seed, device=device)
 elif snakemake.rule == "transfer":
     train.transfer(
-        snakemake.input.pretrained, snakemake.input.datasets[0], out, cfg,
-        freeze=p.freeze, size=p.size, seed=p.seed, device=device,
+        snakemake.input.pretrained,
+        snakemake.input.datasets[0],
+        out,
+        cfg,
+        freeze=p.freeze,
+        size=p.size,
+        seed=p.seed,
+        device=device,
     )
 else:
     train.baseline(tuple(snakemake.input), tuple(p.mix), out, cfg, seed=p.seed, device=device)

@@ -74,12 +74,16 @@ def _variance_at(spectrum: np.ndarray, sampling_A: float, microscope: dict):
     envelopes = microscope["focal_spread_A"], microscope["angular_spread_mrad"]
     if not envelopes[1]:  # defocus enters only the phase: apply the rest once
         lam = optics.wavelength_A(energy_eV)
-        spectrum = spectrum * optics.ctf(grid, optics.Aberrations.from_microscope(microscope, 0.0), energy_eV, *envelopes)
+        spectrum = spectrum * optics.ctf(
+            grid, optics.Aberrations.from_microscope(microscope, 0.0), energy_eV, *envelopes
+        )
         phase_per_A = (np.pi * lam * grid.k2).astype(np.complex64) * np.complex64(1j)
 
     def variance(defocus_A: float) -> float:
         if envelopes[1]:
-            transfer = optics.ctf(grid, optics.Aberrations.from_microscope(microscope, defocus_A), energy_eV, *envelopes)
+            transfer = optics.ctf(
+                grid, optics.Aberrations.from_microscope(microscope, defocus_A), energy_eV, *envelopes
+            )
         else:
             transfer = np.exp(phase_per_A * np.float32(defocus_A))  # exp(-i chi), C10 = -defocus
         wave = sfft.ifft2(spectrum * transfer, overwrite_x=True, workers=1)

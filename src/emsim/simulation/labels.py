@@ -44,7 +44,13 @@ def label(
 
 
 def label_from_potential(
-    particles, sim: dict, energy_eV: float, pixel_size_A: float, size_px: int, lowpass_sigma_A: float = 0.5, **mask_settings
+    particles,
+    sim: dict,
+    energy_eV: float,
+    pixel_size_A: float,
+    size_px: int,
+    lowpass_sigma_A: float = 0.5,
+    **mask_settings,
 ) -> np.ndarray:
     """Solid particle mask from sigma_e V_proj of static ``particles`` (abTEM potential, same
     sampling and slicing as the multislice), low-passed and thresholded like the exit-wave phase."""
@@ -82,7 +88,11 @@ def label_from_vacuum_wave(
 
 
 def mask_from_phase(
-    phase: np.ndarray, pixel_size_A: float, threshold_rad: float = np.pi / 16, closing_A: float = 1.5, blur_A: float = 1.0
+    phase: np.ndarray,
+    pixel_size_A: float,
+    threshold_rad: float = np.pi / 16,
+    closing_A: float = 1.5,
+    blur_A: float = 1.0,
 ) -> np.ndarray:
     """Phase map (rad) -> solid mask uint8: threshold, periodic closing with a disk of radius
     ``closing_A``, hole filling, Gaussian blur ``blur_A`` and re-threshold at 0.5."""
@@ -127,9 +137,7 @@ def _periodic_fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled[n : 2 * n, m : 2 * m]
 
 
-def projected_atom_mask(
-    positions_A: np.ndarray, cell_xy_A: float, size_px: int, radius_A: float
-) -> np.ndarray:
+def projected_atom_mask(positions_A: np.ndarray, cell_xy_A: float, size_px: int, radius_A: float) -> np.ndarray:
     """(size_px, size_px) bool: pixels within ``radius_A`` of an atom's (x, y), periodic."""
     positions_A = np.asarray(positions_A, dtype=np.float64)
     pixel_A = cell_xy_A / size_px

@@ -90,9 +90,7 @@ def _multislice(atoms, sim, microscope, incident=None, as_waves: bool = False):
     gpts = grid_points(atoms.cell[0, 0], sim["sampling_A"])
     device = check_device(sim["device"])
     with abtem.config.set({"device": device, "fft": "fftw", "diagnostics.progress_bar": False}):
-        potential = abtem.Potential(
-            atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device
-        )
+        potential = abtem.Potential(atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device)
         if incident is None:
             plane_wave = abtem.PlaneWave(energy=microscope["energy_eV"], device=device)
             waves = plane_wave.multislice(potential, lazy=False)
@@ -112,9 +110,7 @@ def grid_points(cell_A: float, sampling_A: float) -> int:
     """Grid points across a square cell; the cell must be a whole number of samples."""
     gpts = int(round(cell_A / sampling_A))
     if not np.isclose(gpts * sampling_A, cell_A, rtol=1e-6):
-        raise ValueError(
-            f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}"
-        )
+        raise ValueError(f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}")
     return gpts
 
 
@@ -269,7 +265,10 @@ def _zero_defocus_A(vacuum, scene, sim: dict, microscope: dict, index: int) -> f
         return np.nan
     try:
         return calibration.zero_defocus_A(
-            vacuum, sim["sampling_A"], microscope, sim["zero_defocus_search_A"],
+            vacuum,
+            sim["sampling_A"],
+            microscope,
+            sim["zero_defocus_search_A"],
             depth_A=float(scene.particle_atoms().cell[2, 2]),
         )
     except calibration.CalibrationError as error:

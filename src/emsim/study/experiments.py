@@ -74,30 +74,66 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
     for source in sources:
         lrs = sorted({lr_pair[0] for lr_pair in spec["lr_pairs"]})
         groups[f"pretrain/{source}"] = [
-            ModelSpec(pretrain_path(source, lr, seed), "pretrain", (dataset_path(source),), lr, seed,
-                      tags=_tags(name, "pretrain", source, source, lr_pretrain=lr, seed=seed))
-            for lr in lrs for seed in seeds
+            ModelSpec(
+                pretrain_path(source, lr, seed),
+                "pretrain",
+                (dataset_path(source),),
+                lr,
+                seed,
+                tags=_tags(name, "pretrain", source, source, lr_pretrain=lr, seed=seed),
+            )
+            for lr in lrs
+            for seed in seeds
         ]
     for source, target in pairs:
         groups[f"transfer/{source}/{target}"] = [
             ModelSpec(
-                transfer_path(name, source, target, freeze, size, lrs, seed), "transfer",
-                (dataset_path(target),), lrs[1], seed, pretrained=pretrain_path(source, lrs[0], seed),
-                freeze=freeze, size=size,
-                tags=_tags(name, "transfer", source, target, freeze=freeze, size=size, lr_pretrain=lrs[0],
-                           lr_transfer=lrs[1], seed=seed, pretrained=pretrain_path(source, lrs[0], seed)),
+                transfer_path(name, source, target, freeze, size, lrs, seed),
+                "transfer",
+                (dataset_path(target),),
+                lrs[1],
+                seed,
+                pretrained=pretrain_path(source, lrs[0], seed),
+                freeze=freeze,
+                size=size,
+                tags=_tags(
+                    name,
+                    "transfer",
+                    source,
+                    target,
+                    freeze=freeze,
+                    size=size,
+                    lr_pretrain=lrs[0],
+                    lr_transfer=lrs[1],
+                    seed=seed,
+                    pretrained=pretrain_path(source, lrs[0], seed),
+                ),
             )
-            for freeze, size, lrs, seed in itertools.product(spec["freeze"], spec["transfer_sizes"], spec["lr_pairs"], seeds)
+            for freeze, size, lrs, seed in itertools.product(
+                spec["freeze"], spec["transfer_sizes"], spec["lr_pairs"], seeds
+            )
         ]
     if "baseline" in spec:
         unordered = list(dict.fromkeys(tuple(sorted(p, key=series.index)) for p in pairs))
         for pair in unordered:
             groups[f"baseline/{pair[0]}+{pair[1]}"] = [
                 ModelSpec(
-                    baseline_path(name, pair, mix, lr, seed), "baseline",
-                    tuple(dataset_path(d) for d in pair), lr, seed, mix=tuple(mix),
-                    tags=_tags(name, "baseline", pair[1], pair[0], mix=f"{mix[0]}:{mix[1]}", lr_baseline=lr, seed=seed,
-                               size=mix[0]),
+                    baseline_path(name, pair, mix, lr, seed),
+                    "baseline",
+                    tuple(dataset_path(d) for d in pair),
+                    lr,
+                    seed,
+                    mix=tuple(mix),
+                    tags=_tags(
+                        name,
+                        "baseline",
+                        pair[1],
+                        pair[0],
+                        mix=f"{mix[0]}:{mix[1]}",
+                        lr_baseline=lr,
+                        seed=seed,
+                        size=mix[0],
+                    ),
                 )
                 for mix, lr, seed in itertools.product(spec["baseline"]["mixtures"], spec["baseline"]["lrs"], seeds)
             ]
@@ -105,8 +141,19 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
 
 
 def _tags(experiment, stage, source, target, **extra) -> dict:
-    tags = {"experiment": experiment, "stage": stage, "source": source, "target": target, "freeze": "none",
-            "size": None, "lr_pretrain": None, "lr_transfer": None, "lr_baseline": None, "seed": None, "mix": None,
-            "pretrained": None}
+    tags = {
+        "experiment": experiment,
+        "stage": stage,
+        "source": source,
+        "target": target,
+        "freeze": "none",
+        "size": None,
+        "lr_pretrain": None,
+        "lr_transfer": None,
+        "lr_baseline": None,
+        "seed": None,
+        "mix": None,
+        "pretrained": None,
+    }
     tags.update(extra)
     return tags

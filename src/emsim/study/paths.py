@@ -47,13 +47,21 @@ def pretrain_path(source: str, lr: float, seed: int) -> str:
 
 
 def transfer_path(experiment, source, target, freeze, size, lrs, seed) -> str:
-    return TRANSFER.format(experiment=experiment, source=source, target=target, freeze=freeze, size=size,
-                           lrs=f"{lrs[0]:g}-{lrs[1]:g}", seed=seed)
+    return TRANSFER.format(
+        experiment=experiment,
+        source=source,
+        target=target,
+        freeze=freeze,
+        size=size,
+        lrs=f"{lrs[0]:g}-{lrs[1]:g}",
+        seed=seed,
+    )
 
 
 def baseline_path(experiment, pair, mix, lr, seed) -> str:
-    return BASELINE.format(experiment=experiment, pair=f"{pair[0]}+{pair[1]}", mix=f"{mix[0]}-{mix[1]}",
-                           lr=f"{lr:g}", seed=seed)
+    return BASELINE.format(
+        experiment=experiment, pair=f"{pair[0]}+{pair[1]}", mix=f"{mix[0]}-{mix[1]}", lr=f"{lr:g}", seed=seed
+    )
 
 
 def evaluation_path(experiment: str, group: str) -> str:
