@@ -37,8 +37,7 @@ from tqdm import tqdm
 from emsim import data
 from emsim.io import atomic_path, provenance
 from emsim.learning import ood
-from emsim.learning.evaluate import pad_to_multiple
-from emsim.learning.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning.models import DOWNSAMPLING, load_model, pad_to_multiple, resolve_device
 from emsim.readers import read_images
 
 logger = logging.getLogger(__name__)

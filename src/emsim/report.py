@@ -39,11 +39,13 @@ from statistics import median
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
 from emsim.io import atomic_path
+from emsim.learning import metrics
 from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 
@@ -523,8 +525,8 @@ def plot_examples(
             raise ValueError(f"{path}: val split has {len(images)} images, no index {index}")
         image, label = images[index], labels[index]
         prediction = segment_image(model, image)
-        inter, union = (label & prediction).sum(), (label | prediction).sum()
-        iou = inter / union if union else 1.0
+        counts = metrics.confusion(torch.from_numpy(prediction), torch.from_numpy(label))
+        iou = metrics.metrics_from_counts(*(int(c) for c in counts), 0.0, 0.0)["iou"]
         low, high = np.percentile(image, [1, 99])
         row[0].imshow(image, cmap="gray", vmin=low, vmax=high)
         row[1].imshow(label, cmap="gray", vmin=0, vmax=1)

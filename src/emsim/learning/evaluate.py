@@ -26,13 +26,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emsim import data
 from emsim.io import atomic_path, provenance
 from emsim.learning.metrics import MetricAccumulator
-from emsim.learning.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning.models import load_model, pad_to_multiple, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +47,6 @@ META_FIELDS = (
     "seeds",
     "history",
 )
-
-
-def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
-    """Reflect-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
-    h, w = images.shape[-2:]
-    pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
-    return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
 
 
 def load_split(path: str | os.PathLike, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,13 @@ DOWNSAMPLING = 32
 MIN_CHANNELS = 8
 
 
+def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
+    """Reflect-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
+    h, w = images.shape[-2:]
+    pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
+    return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(MIN_CHANNELS, int(round(channels * width)))
 
