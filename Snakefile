@@ -11,6 +11,8 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+
+
 wildcard_constraints:
     set=r"[^/]+",
     shard=r"\d+",
@@ -37,8 +39,8 @@ rule all:
     default_target: True
     input:
         [dataset_path(d) for d in STUDY["domains"]],
-        [f"results/report/{e}/models.csv" for e in EXPERIMENTS],
-        [f"results/report/{e}/figures" for e in EXPERIMENTS],
+        [paths.REPORT_CSV.format(experiment=e) for e in EXPERIMENTS],
+        [paths.REPORT_FIGURES.format(experiment=e) for e in EXPERIMENTS],
 
 
 rule datasets:

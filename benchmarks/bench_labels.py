@@ -22,8 +22,18 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-LATTICES = ("CdSe_wurtzite", "ZnS_wurtzite", "Cu_fcc", "Ag_fcc", "Au_fcc", "C_diamond", "Si_diamond",
-            "Fe3O4_spinel", "Co3O4_spinel", "Fe_bcc")
+LATTICES = (
+    "CdSe_wurtzite",
+    "ZnS_wurtzite",
+    "Cu_fcc",
+    "Ag_fcc",
+    "Au_fcc",
+    "C_diamond",
+    "Si_diamond",
+    "Fe3O4_spinel",
+    "Co3O4_spinel",
+    "Fe_bcc",
+)
 FINE_BLUR = ("C_diamond", "Co3O4_spinel", "Fe_bcc")  # the study's 1.0 A blur; 1.6 A for the others
 
 
@@ -50,16 +60,26 @@ def disc_radius_A(mask: np.ndarray, pixel_size_A: float) -> float:
 
 def main() -> None:
     args = parse_args()
-    from emsim import labels, simulate, structures
+    from emsim.simulation import labels, simulate, structures
 
-    sim = {"sampling_A": args.sampling_A, "slice_thickness_A": 2.0, "frozen_phonons": 1, "phonon_sigma_A": 0.0,
-           "device": "cpu", "calibrate_zero_defocus": False}
+    sim = {
+        "sampling_A": args.sampling_A,
+        "slice_thickness_A": 2.0,
+        "frozen_phonons": 1,
+        "phonon_sigma_A": 0.0,
+        "device": "cpu",
+        "calibrate_zero_defocus": False,
+    }
     microscope = {"energy_eV": 300e3}
     pixel_A = args.pixel_size_A
-    print(f"{args.scenes} particle(s) per row, {args.sampling_A} A sampling, 2 A slices, 300 kV, labels at "
-          f"{pixel_A} A/px; reference: projected atoms dilated by {args.dilate_A} A\n")
-    print("| lattice | r (A) | R atoms (A) | blur (A) | IoU phase-atoms | IoU potential-atoms | IoU phase-potential "
-          "| dR phase (A) | dR potential (A) | s/particle |")
+    print(
+        f"{args.scenes} particle(s) per row, {args.sampling_A} A sampling, 2 A slices, 300 kV, labels at "
+        f"{pixel_A} A/px; reference: projected atoms dilated by {args.dilate_A} A\n"
+    )
+    print(
+        "| lattice | r (A) | R atoms (A) | blur (A) | IoU phase-atoms | IoU potential-atoms | IoU phase-potential "
+        "| dR phase (A) | dR potential (A) | s/particle |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lattice in args.lattices:
         blur_A = 1.0 if lattice in FINE_BLUR else 1.6
@@ -76,19 +96,33 @@ def main() -> None:
                 atoms = scene.particle_atoms()
                 wave = simulate.vacuum_exit_wave(atoms, sim, microscope)
                 by_phase, by_potential = (
-                    labels.label(wave, atoms, sim, microscope["energy_eV"], pixel_A, size_px, method, **settings)
-                    .astype(bool) for method in labels.METHODS
+                    labels.label(
+                        wave, atoms, sim, microscope["energy_eV"], pixel_A, size_px, method, **settings
+                    ).astype(bool)
+                    for method in labels.METHODS
                 )
                 # hole-filled like the labels: the channels of open projections (wurtzite, spinel) are particle
                 reference = labels._periodic_fill_holes(
-                    labels.projected_atom_mask(atoms.positions, cell_A, size_px, args.dilate_A))
+                    labels.projected_atom_mask(atoms.positions, cell_A, size_px, args.dilate_A)
+                )
                 r_ref = disc_radius_A(reference, pixel_A)
-                rows.append([r_ref, iou(by_phase, reference), iou(by_potential, reference), iou(by_phase, by_potential),
-                             disc_radius_A(by_phase, pixel_A) - r_ref, disc_radius_A(by_potential, pixel_A) - r_ref])
+                rows.append(
+                    [
+                        r_ref,
+                        iou(by_phase, reference),
+                        iou(by_potential, reference),
+                        iou(by_phase, by_potential),
+                        disc_radius_A(by_phase, pixel_A) - r_ref,
+                        disc_radius_A(by_potential, pixel_A) - r_ref,
+                    ]
+                )
             seconds = (time.perf_counter() - start) / args.scenes
             m = np.mean(rows, axis=0)
-            print(f"| {lattice} | {radius_A:g} | {m[0]:.1f} | {blur_A:g} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:.2f} | "
-                  f"{m[4]:+.2f} | {m[5]:+.2f} | {seconds:.1f} |", flush=True)
+            print(
+                f"| {lattice} | {radius_A:g} | {m[0]:.1f} | {blur_A:g} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:.2f} | "
+                f"{m[4]:+.2f} | {m[5]:+.2f} | {seconds:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

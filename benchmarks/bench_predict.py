@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from emsim.export import export_onnx, onnx_session
-from emsim.models import UNet, save_model
+from emsim.learning.models import UNet, save_model
 from emsim.predict import load_ensemble, tiled_probability, torch_forward
 
 
@@ -31,7 +31,7 @@ def onnx_forward(session):
 
 
 def seconds(forward, frame: np.ndarray, args) -> float:
-    tiled_probability(forward, frame[:args.tile, :args.tile], args.tile, args.batch)  # warm-up
+    tiled_probability(forward, frame[: args.tile, : args.tile], args.tile, args.batch)  # warm-up
     start = time.perf_counter()
     for _ in range(args.repeats):
         tiled_probability(forward, frame, args.tile, args.batch)
@@ -51,23 +51,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     frame = np.random.default_rng(0).poisson(40.0, (args.size, args.size)).astype(np.float32)
-    print(f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, frame "
-          f"{args.size}x{args.size} px, tiles {args.tile} px in batches of {args.batch}, "
-          f"width {args.width}")
+    print(
+        f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, frame "
+        f"{args.size}x{args.size} px, tiles {args.tile} px in batches of {args.batch}, "
+        f"width {args.width}"
+    )
     print(f"{'engine':<12} {'models':>6} {'s/frame':>9} {'frames/s':>9}")
     with tempfile.TemporaryDirectory() as folder:
         paths = []
         for seed in range(args.members):
             paths.append(Path(folder) / f"m{seed}.pt")
-            save_model(paths[-1], UNet(args.width, generator=torch.Generator().manual_seed(seed)),
-                       meta={})
+            save_model(paths[-1], UNet(args.width, generator=torch.Generator().manual_seed(seed)), meta={})
         for members in sorted({1, args.members}):
             ensemble, _, _ = load_ensemble(paths[:members])
             onnx_path = Path(folder) / f"ensemble{members}.onnx"
             export_onnx(paths[:members], onnx_path)
-            for engine, forward in (("pytorch", torch_forward(ensemble)),
-                                    ("onnxruntime", onnx_forward(onnx_session(onnx_path,
-                                                                              args.threads)))):
+            for engine, forward in (
+                ("pytorch", torch_forward(ensemble)),
+                ("onnxruntime", onnx_forward(onnx_session(onnx_path, args.threads))),
+            ):
                 s = seconds(forward, frame, args)
                 print(f"{engine:<12} {members:>6} {s:>9.2f} {1 / s:>9.3f}", flush=True)
 

@@ -11,12 +11,18 @@ import time
 import numpy as np
 
 t0 = time.perf_counter()
-from emsim import structures  # noqa: E402
+from emsim.simulation import structures  # noqa: E402
 
 IMPORT_S = time.perf_counter() - t0
 CELL_XY_A, THICKNESS_A, DENSITY_G_CM3 = 100.0, 30.0, 2.0
-PARTICLES = {"lattice": "CdSe_wurtzite", "radius_A": [20, 20], "count": [1, 1], "stacking_faults": [0, 2],
-             "orientation": "zone_axis", "mistilt_deg": 2.0}
+PARTICLES = {
+    "lattice": "CdSe_wurtzite",
+    "radius_A": [20, 20],
+    "count": [1, 1],
+    "stacking_faults": [0, 2],
+    "orientation": "zone_axis",
+    "mistilt_deg": 2.0,
+}
 SUBSTRATE = {"thickness_A": [THICKNESS_A, THICKNESS_A], "density_g_cm3": DENSITY_G_CM3}
 
 
@@ -54,12 +60,13 @@ def main():
     rng = np.random.default_rng(0)
     cold_s = seconds(lambda: structures.build_scene(PARTICLES, SUBSTRATE, CELL_XY_A, rng))
     warm_s = [seconds(lambda: structures.build_scene(PARTICLES, SUBSTRATE, CELL_XY_A, rng)) for _ in range(10)]
-    carbon_s = [seconds(lambda: structures.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng))
-                for _ in range(10)]
+    carbon_s = [
+        seconds(lambda: structures.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng)) for _ in range(10)
+    ]
     n_atoms = len(structures.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng))
     naive_s = seconds(lambda: naive_carbon(CELL_XY_A, THICKNESS_A, n_atoms, rng))
     print(f"scene {CELL_XY_A:.0f} x {CELL_XY_A:.0f} A, {THICKNESS_A:.0f} A carbon ({n_atoms} C), one r=20 A CdSe")
-    print(f"import emsim.structures       {IMPORT_S:.3f} s")
+    print(f"import emsim.simulation.structures       {IMPORT_S:.3f} s")
     print(f"build_scene cold (first call) {cold_s:.3f} s")
     print(f"build_scene warm mean of 10   {np.mean(warm_s):.3f} s (min {np.min(warm_s):.3f}, max {np.max(warm_s):.3f})")
     print(f"amorphous_carbon mean of 10   {np.mean(carbon_s):.3f} s")

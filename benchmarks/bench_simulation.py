@@ -42,20 +42,30 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    from emsim import calibration, labels, optics, simulate, structures
+    from emsim.simulation import calibration, labels, optics, simulate, structures
 
     print(f"import emsim (abTEM included): {time.perf_counter() - start:.2f} s")
     if args.wisdom:
         print(f"FFTW wisdom loaded: {simulate.load_fftw_wisdom(args.wisdom)}")
     image = {"size_px": args.size_px, "pixel_size_A": args.pixel_size_A, "padding_A": args.padding_A}
     cell_A, cell_px = optics.cell_A(image), optics.cell_px(image)
-    sim = {"sampling_A": args.sampling_A, "slice_thickness_A": 2.0, "frozen_phonons": args.phonons,
-           "phonon_sigma_A": "room_temperature", "device": args.device}
+    sim = {
+        "sampling_A": args.sampling_A,
+        "slice_thickness_A": 2.0,
+        "frozen_phonons": args.phonons,
+        "phonon_sigma_A": "room_temperature",
+        "device": args.device,
+    }
     microscope = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
-    spec = {"seed": 1, "particles": {"lattice": args.lattice, "radius_A": [15, 25], "count": [1, 3]},
-            "substrate": {"thickness_A": [20, 60], "density_g_cm3": 2.0}}
-    print(f"cell {cell_A:.1f} A, grid {round(cell_A / args.sampling_A)}^2 at {args.sampling_A} A, "
-          f"{args.phonons} phonon(s), device {args.device}, lattice {args.lattice}")
+    spec = {
+        "seed": 1,
+        "particles": {"lattice": args.lattice, "radius_A": [15, 25], "count": [1, 3]},
+        "substrate": {"thickness_A": [20, 60], "density_g_cm3": 2.0},
+    }
+    print(
+        f"cell {cell_A:.1f} A, grid {round(cell_A / args.sampling_A)}^2 at {args.sampling_A} A, "
+        f"{args.phonons} phonon(s), device {args.device}, lattice {args.lattice}"
+    )
     print("structure  atoms  scene_s  waves_s  label_s  zero_s  total_s")
     grid = optics.k_grid((round(cell_A / args.sampling_A),) * 2, args.sampling_A)
     totals, zero_times, waves = [], [], None
@@ -73,26 +83,37 @@ def main() -> None:
         t4 = time.perf_counter()
         totals.append(t3 - t0)
         zero_times.append(t4 - t3)
-        print(f"{i:9d}  {len(scene.numbers):5d}  {t1 - t0:7.2f}  {t2 - t1:7.2f}  {t3 - t2:7.2f}  "
-              f"{t4 - t3:6.2f}  {t3 - t0:7.2f}")
+        print(
+            f"{i:9d}  {len(scene.numbers):5d}  {t1 - t0:7.2f}  {t2 - t1:7.2f}  {t3 - t2:7.2f}  "
+            f"{t4 - t3:6.2f}  {t3 - t0:7.2f}"
+        )
     if args.wisdom:
         simulate.save_fftw_wisdom(args.wisdom)
-    print(f"seconds per structure: cold {totals[0]:.2f}"
-          + (f", amortised over {len(totals) - 1}: {np.mean(totals[1:]):.2f}" if len(totals) > 1 else ""))
+    print(
+        f"seconds per structure: cold {totals[0]:.2f}"
+        + (f", amortised over {len(totals) - 1}: {np.mean(totals[1:]):.2f}" if len(totals) > 1 else "")
+    )
     print(f"zero-defocus calibration per structure: mean {np.mean(zero_times):.3f} s, max {np.max(zero_times):.3f} s")
 
     rng = np.random.default_rng(0)
-    optics.image_from_waves(waves, args.sampling_A, optics.Aberrations.from_microscope(microscope, 0.0),
-                            microscope, args.pixel_size_A, cell_px)
+    optics.image_from_waves(
+        waves,
+        args.sampling_A,
+        optics.Aberrations.from_microscope(microscope, 0.0),
+        microscope,
+        args.pixel_size_A,
+        cell_px,
+    )
     start = time.perf_counter()
     for _ in range(args.images):
         aberrations = optics.Aberrations.from_microscope(microscope, rng.uniform(-250, 250))
-        intensity = optics.image_from_waves(waves, args.sampling_A, aberrations, microscope,
-                                            args.pixel_size_A, cell_px)
+        intensity = optics.image_from_waves(waves, args.sampling_A, aberrations, microscope, args.pixel_size_A, cell_px)
         optics.crop_window(optics.poisson_noise(intensity, 400.0, args.pixel_size_A, rng), args.size_px)
     elapsed = time.perf_counter() - start
-    print(f"images from cached waves ({args.size_px}^2 px from {waves.shape[-1]}^2, {waves.shape[0]} phonon(s)): "
-          f"{args.images / elapsed:.1f} images/s ({1e3 * elapsed / args.images:.1f} ms/image)")
+    print(
+        f"images from cached waves ({args.size_px}^2 px from {waves.shape[-1]}^2, {waves.shape[0]} phonon(s)): "
+        f"{args.images / elapsed:.1f} images/s ({1e3 * elapsed / args.images:.1f} ms/image)"
+    )
 
 
 if __name__ == "__main__":

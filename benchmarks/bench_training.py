@@ -1,6 +1,6 @@
 """Training throughput and peak memory of the U-Net: emsim's optimised path vs a plain fp32 loop.
 
-Optimised path = the code emsim.train runs: dataset resident on the device, dihedral augmentation
+Optimised path = the code emsim.learning.train runs: dataset resident on the device, dihedral augmentation
 there, bf16 autocast (cuda only), channels_last, fused Adam (cuda), optional torch.compile.
 Plain path = a textbook fp32 loop: data in host memory, augmentation with numpy, a host-to-device
 copy and a ``loss.item()`` per step. Both train the same model (same width and seed), with full
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim import train
-from emsim.models import UNet, count_parameters, freeze, resolve_device
+from emsim.learning import train
+from emsim.learning.models import UNet, count_parameters, freeze, resolve_device
 
 POOL_BATCHES = 4  # distinct batches of synthetic data the loops cycle through
 
@@ -52,7 +52,7 @@ def build(width: float, part: str, device: torch.device, channels_last: bool):
 
 
 def optimised(args, part, images, labels, device):
-    """Images/s of the emsim.train code path (train_epoch + make_train_step)."""
+    """Images/s of the emsim.learning.train code path (train_epoch + make_train_step)."""
     model = build(args.width, part, device, channels_last=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
@@ -107,8 +107,11 @@ def timed(run, args, device, model):
     run(args.steps)
     synchronize(device)
     elapsed = time.perf_counter() - start
-    return {"images_per_s": args.steps * args.batch / elapsed, "peak_mb": peak_memory_mb(device),
-            "trainable": count_parameters(model, trainable_only=True)}
+    return {
+        "images_per_s": args.steps * args.batch / elapsed,
+        "peak_mb": peak_memory_mb(device),
+        "trainable": count_parameters(model, trainable_only=True),
+    }
 
 
 def main() -> None:
@@ -134,9 +137,11 @@ def main() -> None:
     images = torch.randn(n, 1, args.size, args.size, generator=g)
     labels = (torch.rand(n, args.size, args.size, generator=g) > 0.7).to(torch.uint8)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, "
-          f"width {args.width}, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"compile={args.compile}, threads {torch.get_num_threads()}")
+    print(
+        f"device {name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, "
+        f"width {args.width}, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"compile={args.compile}, threads {torch.get_num_threads()}"
+    )
     memory = "device allocated" if device.type == "cuda" else "process RSS (monotonic)"
     print(f"peak memory: {memory}")
     print(f"{'path':<10} {'training':<15} {'trainable':>11} {'images/s':>9} {'peak MB':>9}")
@@ -146,8 +151,10 @@ def main() -> None:
         for part, mode in (("none", "full fine-tune"), ("encoder", "frozen encoder")):
             r = bench(args, part, images, labels, device)
             results[label, part] = r
-            print(f"{label:<10} {mode:<15} {r['trainable']:>11,} {r['images_per_s']:>9.1f} "
-                  f"{r['peak_mb']:>9.0f}", flush=True)
+            print(
+                f"{label:<10} {mode:<15} {r['trainable']:>11,} {r['images_per_s']:>9.1f} {r['peak_mb']:>9.0f}",
+                flush=True,
+            )
     for label, _ in paths:
         ratio = results[label, "encoder"]["images_per_s"] / results[label, "none"]["images_per_s"]
         print(f"{label}: frozen encoder / full fine-tune = {ratio:.2f}x")

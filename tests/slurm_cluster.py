@@ -96,9 +96,7 @@ def ensure_installed() -> None:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True)
         proc = subprocess.run(install, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or shutil.which("slurmctld") is None:
-        raise SlurmUnavailable(
-            f"`{' '.join(install)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
-        )
+        raise SlurmUnavailable(f"`{' '.join(install)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
 
 
 def read_conf_templates(source_dir: Path = SHARED_CONF_DIR) -> tuple[str, str]:
@@ -225,8 +223,7 @@ class SlurmCluster:
         pid = _read_pid(pid_file)
         if pid is not None and _pid_alive(pid):
             raise RuntimeError(
-                f"{argv[0]} already runs (pid {pid} in {pid_file}) but was not started here: "
-                "stop that cluster first"
+                f"{argv[0]} already runs (pid {pid} in {pid_file}) but was not started here: stop that cluster first"
             )
         pid_file.unlink(missing_ok=True)
         proc = subprocess.run(argv, user=user, capture_output=True, text=True)  # forks, returns
@@ -276,14 +273,22 @@ class SlurmCluster:
     def _cancel_jobs(self) -> None:
         proc = subprocess.run(
             ["squeue", "-h", "-o", "%i", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         ids = proc.stdout.split() if proc.returncode == 0 else []
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
-            _wait_for(lambda: not subprocess.run(
-                ["squeue", "-h", "-o", "%i", "--states=RUNNING,COMPLETING"],
-                capture_output=True, text=True).stdout.strip(), 20, 0.5)
+            _wait_for(
+                lambda: (
+                    not subprocess.run(
+                        ["squeue", "-h", "-o", "%i", "--states=RUNNING,COMPLETING"], capture_output=True, text=True
+                    ).stdout.strip()
+                ),
+                20,
+                0.5,
+            )
 
     # -- helpers -------------------------------------------------------------------------
     @staticmethod

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from emsim import calibration, optics
+from emsim.simulation import calibration, optics
 
 MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
 

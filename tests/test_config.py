@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emsim import config, experiments, optics
-from emsim.config import ConfigError
+from emsim.simulation import optics
+from emsim.study import config, experiments
+from emsim.study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,11 @@ def test_labelled_values_and_product_of_sweeps(study):
     study["structure_sets"] = {
         "{lattice}_{radius_A}": {
             "n_structures": 8,
-            "particles": {"lattice": {"values": ["Au_fcc", "Fe_bcc"]}, "radius_A": {"values": {"s": [5, 6], "l": [7, 8]}},
-                          "min_gap_A": 2},
+            "particles": {
+                "lattice": {"values": ["Au_fcc", "Fe_bcc"]},
+                "radius_A": {"values": {"s": [5, 6], "l": [7, 8]}},
+                "min_gap_A": 2,
+            },
         }
     }
     study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
@@ -63,10 +67,18 @@ def _edit(study, path, value):
 @pytest.mark.parametrize(
     "path, value, names",
     [
-        (("structure_sets", "au", "particles", "lattice"), "Unobtanium_fcc", ["structure_sets.au.particles.lattice", "Au_fcc"]),
+        (
+            ("structure_sets", "au", "particles", "lattice"),
+            "Unobtanium_fcc",
+            ["structure_sets.au.particles.lattice", "Au_fcc"],
+        ),
         (("domains", "df{mean_nm}", "dose", "e_per_A2"), 0, ["domains.df-10.dose.e_per_A2"]),
         (("domains", "df{mean_nm}", "dose", "e_per_A2"), -5, ["domains.df-10.dose.e_per_A2"]),
-        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": []}, ["domains.df{mean_nm}.defocus.mean_nm", "empty"]),
+        (
+            ("domains", "df{mean_nm}", "defocus", "mean_nm"),
+            {"values": []},
+            ["domains.df{mean_nm}.defocus.mean_nm", "empty"],
+        ),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [5, -5, 1]}, ["defocus.mean_nm", "empty"]),
         (("domains", "df{mean_nm}", "structure_set"), "nope", ["domains.df-10.structure_set", "'nope'", "au"]),
         (("image", "cell_A"), 30.0, ["image", "cell_A", "padding_A"]),
@@ -86,7 +98,11 @@ def _edit(study, path, value):
         (("domains", "df{mean_nm}", "astigmatsm"), {"magnitude_nm": 1}, ["domains.df-10", "astigmatsm", "astigmatism"]),
         (("structure_sets", "au", "particles", "radius_A"), [9, 5], ["structure_sets.au.particles.radius_A", "larger"]),
         (("microscope", "Cs_A"), "1.2e7", ["microscope.Cs_A", "1.2e+7"]),
-        (("structure_sets", "au", "particles", "count"), [1, 6], ["structure_sets.au", "particles.count", "cannot place"]),
+        (
+            ("structure_sets", "au", "particles", "count"),
+            [1, 6],
+            ["structure_sets.au", "particles.count", "cannot place"],
+        ),
     ],
 )
 def test_bad_config_names_the_key(study, path, value, names):
@@ -104,7 +120,9 @@ def test_unreadable_file_names_the_file(tmp_path):
 
 
 def test_normalized_slices_ignore_key_order():
-    assert repr(config.normalized({"b": 1, "a": {"d": 2, "c": 3}})) == repr(config.normalized({"a": {"c": 3, "d": 2}, "b": 1}))
+    assert repr(config.normalized({"b": 1, "a": {"d": 2, "c": 3}})) == repr(
+        config.normalized({"a": {"c": 3, "d": 2}, "b": 1})
+    )
 
 
 def test_seed_study_grid_has_10854_models_sharing_pretraining():
@@ -131,17 +149,33 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
         (("image", "size_px"), 63, ["image.size_px", "multiple of 32"]),
         (("image", "size_px"), 80, ["image.size_px", "multiple of 32", "64 or 96"]),
         (("image", "size_px"), 65536, ["image.size_px", "limits.max_size_px"]),
-        (("structure_sets", "au", "n_structures"), 1_000_000_000, ["structure_sets.au.n_structures", "jobs", "limits.max_jobs"]),
+        (
+            ("structure_sets", "au", "n_structures"),
+            1_000_000_000,
+            ["structure_sets.au.n_structures", "jobs", "limits.max_jobs"],
+        ),
         (("experiments", "defocus", "replicates"), 10**9, ["experiments.defocus", "jobs", "limits.max_jobs"]),
-        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"range": [0, 1e12, 1]}, ["defocus.mean_nm", "limits.max_sweep_entries"]),
+        (
+            ("domains", "df{mean_nm}", "defocus", "mean_nm"),
+            {"range": [0, 1e12, 1]},
+            ["defocus.mean_nm", "limits.max_sweep_entries"],
+        ),
         (("simulation", "frozen_phonons"), 10**6, ["simulation.shard_size", "GB", "limits.max_file_GB"]),
         (("limits",), {"max_file_GB": 1e-4}, ["simulation.shard_size", "0.000991 GB", "limits.max_file_GB"]),
-        (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"a/b": 1, "c": 2}}, ["domains.df{mean_nm}", "'dfa/b'", "labels"]),
+        (
+            ("domains", "df{mean_nm}", "defocus", "mean_nm"),
+            {"values": {"a/b": 1, "c": 2}},
+            ["domains.df{mean_nm}", "'dfa/b'", "labels"],
+        ),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"..": 1}}, ["domains.df{mean_nm}", "'df..'"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"*": 1}}, ["'df*'"]),
         (("domains", "df{mean_nm}", "defocus", "mean_nm"), {"values": {"{x}": 1}}, ["'df{x}'"]),
         (("domains", "df{mean_nm}", "sweep"), {"mean_nm": 3}, ["domains.df{mean_nm}.sweep", "reserved"]),
-        (("structure_sets", "au", "particles", "radius_A"), [5, 40], ["structure_sets.au.particles.radius_A", "periodic image"]),
+        (
+            ("structure_sets", "au", "particles", "radius_A"),
+            [5, 40],
+            ["structure_sets.au.particles.radius_A", "periodic image"],
+        ),
         (("structure_sets", "au", "particles", "min_gap_A"), 30, ["structure_sets.au.particles.radius_A", "min_gap_A"]),
         (("image", "size_px"), 64.5, ["image.size_px", "integer"]),
         (("extensions",), ["no/such/file.py"], ["extensions", "no/such/file.py"]),
@@ -173,9 +207,15 @@ def test_whole_number_floats_become_integers(study):
     study["experiments"]["defocus"]["transfer_sizes"] = [2.0]
     study["structure_sets"]["au"]["particles"]["count"] = [1.0, 1]
     loaded = config.load(study)
-    values = [loaded["image"]["size_px"], loaded["simulation"]["shard_size"], loaded["structure_sets"]["au"]["n_structures"],
-              loaded["training"]["epochs"], loaded["splits"]["train"], loaded["experiments"]["defocus"]["transfer_sizes"][0],
-              loaded["structure_sets"]["au"]["particles"]["count"][0]]
+    values = [
+        loaded["image"]["size_px"],
+        loaded["simulation"]["shard_size"],
+        loaded["structure_sets"]["au"]["n_structures"],
+        loaded["training"]["epochs"],
+        loaded["splits"]["train"],
+        loaded["experiments"]["defocus"]["transfer_sizes"][0],
+        loaded["structure_sets"]["au"]["particles"]["count"][0],
+    ]
     assert all(type(v) is int for v in values)
     assert all("_n2_" in m.path for m in experiments.all_models(loaded).values() if m.stage == "transfer")
 
@@ -189,7 +229,7 @@ def test_limits_can_be_raised_deliberately(study):
 
 
 def test_unet_multiple_matches_the_model():
-    from emsim import models
+    from emsim.learning import models
 
     assert config.UNET_MULTIPLE == models.DOWNSAMPLING
 
@@ -198,7 +238,7 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
     for folder, kind in (("one", "shift_one"), ("two", "shift_two")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "shifts.py").write_text(
-            "from emsim.shifts import register\n"
+            "from emsim.simulation.shifts import register\n"
             f"@register({kind!r}, 'detector', {{}}, order=45)\n"
             "def f(image, params, rng, context):\n    return image, {}\n"
         )
@@ -207,6 +247,6 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
         (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(study))
         loaded = config.load(tmp_path / folder / "study.yaml")
         assert Path(loaded["extensions"][0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
-    from emsim import shifts
+    from emsim.simulation import shifts
 
     assert {"shift_one", "shift_two"} <= set(shifts.SHIFTS)

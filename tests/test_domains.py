@@ -3,15 +3,27 @@
 import numpy as np
 import pytest
 
-from emsim import config, data, domains, optics, simulate, structures
+from emsim import data
+from emsim.simulation import domains, optics, simulate, structures
+from emsim.study import config
 
 STUDY = {
     "microscope": {"energy_eV": 300e3, "focal_spread_A": 10.0},
-    "simulation": {"sampling_A": 0.2, "slice_thickness_A": 4.0, "frozen_phonons": 1, "zero_defocus_search_A": [-100, 100]},
+    "simulation": {
+        "sampling_A": 0.2,
+        "slice_thickness_A": 4.0,
+        "frozen_phonons": 1,
+        "zero_defocus_search_A": [-100, 100],
+    },
     "image": {"size_px": 32, "pixel_size_A": 0.4, "padding_A": 4.8},
-    "structure_sets": {"au": {"n_structures": 3, "seed": 3,
-                              "particles": {"lattice": "Au_fcc", "radius_A": [4, 5], "min_gap_A": 2},
-                              "substrate": {"thickness_A": [6, 8]}}},
+    "structure_sets": {
+        "au": {
+            "n_structures": 3,
+            "seed": 3,
+            "particles": {"lattice": "Au_fcc", "radius_A": [4, 5], "min_gap_A": 2},
+            "substrate": {"thickness_A": [6, 8]},
+        }
+    },
     "domains": {"df5": {"structure_set": "au", "defocus": {"mean_nm": 5, "sigma_nm": 1}, "dose": {"e_per_A2": 500}}},
     "splits": {"train": 1, "val": 1, "test": 1},
 }
@@ -27,8 +39,15 @@ def _dataset(study, shards: list[list[int]], directory) -> dict:
     spec, paths = study["structure_sets"]["au"], []
     for k, indices in enumerate(shards):
         scenes = structures.build_structure_set(spec, optics.cell_A(study["image"]), indices)
-        shard = simulate.simulate_shard(scenes, indices, study["simulation"], study["microscope"], study["image"],
-                                        config.set_labels(study, "au"), seed=spec["seed"])
+        shard = simulate.simulate_shard(
+            scenes,
+            indices,
+            study["simulation"],
+            study["microscope"],
+            study["image"],
+            config.set_labels(study, "au"),
+            seed=spec["seed"],
+        )
         paths.append(directory / f"shard{k}.h5")
         shard.save(paths[-1], {"structure_set": "au"})
     out = directory / "df5.h5"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from emsim import data
-from emsim.evaluate import evaluate_models, read_evaluation, write_evaluation
-from emsim.metrics import METRICS, segmentation_metrics
-from emsim.models import UNet, load_model, save_model
+from emsim.learning.evaluate import evaluate_models, read_evaluation, write_evaluation
+from emsim.learning.metrics import METRICS, segmentation_metrics
+from emsim.learning.models import UNet, load_model, save_model
 
 
 def disc_images(rng: np.random.Generator, n: int, size: int, contrast: float, dose: float):
@@ -29,19 +29,27 @@ def make_domain(path, domain: str, seed: int, size: int = 64, contrast: float = 
     rng = np.random.default_rng(seed)
     images, labels = disc_images(rng, n, size, contrast, dose=40.0)
     third = n // 3
-    splits = {"train": np.arange(third), "val": np.arange(third, 2 * third),
-              "test": np.arange(2 * third, n)[::-1]}
-    data.write_dataset(path, images, labels, {"seed": np.full(n, seed)}, splits,
-                       {"domain": domain, "config": {"contrast": contrast}})
+    splits = {"train": np.arange(third), "val": np.arange(third, 2 * third), "test": np.arange(2 * third, n)[::-1]}
+    data.write_dataset(
+        path, images, labels, {"seed": np.full(n, seed)}, splits, {"domain": domain, "config": {"contrast": contrast}}
+    )
     return str(path)
 
 
 def make_model(path, seed: int, stage: str = "transfer") -> str:
     model = UNet(width=0.125, generator=torch.Generator().manual_seed(seed))
     history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "lr": 1e-3, "time_s": 0.1}]
-    meta = {"stage": stage, "history": history, "best_epoch": 1, "best_val_loss": 0.69,
-            "train_time_s": 0.1, "trainable_params": 100, "total_params": 200,
-            "config": {"width": 0.125}, "seeds": {"init": seed}}
+    meta = {
+        "stage": stage,
+        "history": history,
+        "best_epoch": 1,
+        "best_val_loss": 0.69,
+        "train_time_s": 0.1,
+        "trainable_params": 100,
+        "total_params": 200,
+        "config": {"width": 0.125},
+        "seeds": {"init": seed},
+    }
     save_model(path, model, meta=meta)
     return str(path)
 
@@ -49,14 +57,19 @@ def make_model(path, seed: int, stage: str = "transfer") -> str:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    datasets = {name: make_domain(root / f"{name}.h5", name, seed, contrast=c)
-                for name, seed, c in [("a", 1, 0.5), ("b", 2, 0.3), ("c", 3, 0.1)]}
+    datasets = {
+        name: make_domain(root / f"{name}.h5", name, seed, contrast=c)
+        for name, seed, c in [("a", 1, 0.5), ("b", 2, 0.3), ("c", 3, 0.1)]
+    }
     models = [
-        {"path": make_model(root / "pre.pt", 0, "pretrain"),
-         "tags": {"stage": "pretrain", "source": "a", "target": "a", "pretrained": None}},
-        {"path": make_model(root / "tr.pt", 1),
-         "tags": {"stage": "transfer", "source": "a", "target": "b",
-                  "pretrained": str(root / "pre.pt")}},
+        {
+            "path": make_model(root / "pre.pt", 0, "pretrain"),
+            "tags": {"stage": "pretrain", "source": "a", "target": "a", "pretrained": None},
+        },
+        {
+            "path": make_model(root / "tr.pt", 1),
+            "tags": {"stage": "transfer", "source": "a", "target": "b", "pretrained": str(root / "pre.pt")},
+        },
     ]
     return datasets, models
 
@@ -92,7 +105,8 @@ def test_each_val_split_read_once(study, monkeypatch):
     val_calls = [c for c in calls if c[1] == "val"]
     assert sorted(val_calls) == sorted((p, "val") for p in datasets.values())
     assert sorted(c for c in calls if c[1] != "val") == sorted(
-        (datasets[t], s) for t in ("a", "b") for s in ("train", "test"))
+        (datasets[t], s) for t in ("a", "b") for s in ("train", "test")
+    )
 
 
 def test_odd_image_size_is_padded(tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from emsim.cli import main
 from emsim.export import export_onnx, onnx_session
-from emsim.models import UNet, save_model
+from emsim.learning.models import UNet, save_model
 from emsim.predict import load_ensemble
 
 
@@ -41,8 +41,7 @@ def test_onnx_matches_pytorch_with_dynamic_size(models, tmp_path, pattern):
         assert got.shape == (shape[0], 2, *shape[2:])
         np.testing.assert_allclose(got, expected, atol=1e-5)
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["emsim_meta"])
-    assert [m["file"] for m in meta] == [str(p) for p in paths] and len(paths) == (
-        1 if pattern == "m0.pt" else 2)
+    assert [m["file"] for m in meta] == [str(p) for p in paths] and len(paths) == (1 if pattern == "m0.pt" else 2)
 
 
 def test_export_errors_name_the_file(models, tmp_path):

@@ -7,27 +7,38 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-
-from emsim import findings as fd
-from emsim.report import model_table
 from test_report import record
 
+from emsim.report import model_table
+from emsim.study import findings as fd
+
 DOMAINS = ["df-5", "df0", "df5"]
-FACTS = pd.DataFrame({"defocus_nm": [-5.0, 0.0, 5.0], "dose_e_per_A2": 400.0,
-                      "lattice": "CdSe_wurtzite"}, index=DOMAINS)
+FACTS = pd.DataFrame(
+    {"defocus_nm": [-5.0, 0.0, 5.0], "dose_e_per_A2": 400.0, "lattice": "CdSe_wurtzite"}, index=DOMAINS
+)
 
 
 def transfer(target="df5", loss=0.1, source="df-5", **tags) -> dict:
-    row = {"stage": "transfer", "source": source, "target": target, "freeze": "none", "size": 64,
-           "lr_pretrain": 1e-3, "lr_transfer": 1e-4, "target_val_ce": loss}
+    row = {
+        "stage": "transfer",
+        "source": source,
+        "target": target,
+        "freeze": "none",
+        "size": 64,
+        "lr_pretrain": 1e-3,
+        "lr_transfer": 1e-4,
+        "target_val_ce": loss,
+    }
     return row | tags
 
 
 def test_by_size_medians_iqr_and_verdict():
     rows = [transfer(size=64, loss=v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
     rows += [transfer(size=512, loss=v) for v in (0.1, 0.15, 0.2)]
-    rows += [{**transfer(size=512, loss=9.0), "stage": "pretrain"},   # not a transfer model
-             transfer(target="df0", size=512, loss=9.0)]               # excluded target
+    rows += [
+        {**transfer(size=512, loss=9.0), "stage": "pretrain"},  # not a transfer model
+        transfer(target="df0", size=512, loss=9.0),
+    ]  # excluded target
     stats = fd.by_size(pd.DataFrame(rows), exclude=["df0"])
     assert stats["n"].tolist() == [5, 3]
     assert stats["median"].tolist() == pytest.approx([0.3, 0.15])
@@ -37,19 +48,23 @@ def test_by_size_medians_iqr_and_verdict():
 
 
 def test_by_freeze_verdict():
-    table = pd.DataFrame([transfer(freeze="none", loss=0.10), transfer(freeze="decoder", loss=0.11),
-                          transfer(freeze="encoder", loss=0.13)])
+    table = pd.DataFrame(
+        [
+            transfer(freeze="none", loss=0.10),
+            transfer(freeze="decoder", loss=0.11),
+            transfer(freeze="encoder", loss=0.13),
+        ]
+    )
     stats = fd.by_freeze(table)
     assert stats.loc["encoder", "median"] == pytest.approx(0.13)
     assert fd.judge_freeze(stats)[1] == "agree"
-    table.loc[1, "target_val_ce"] = 0.2                               # decoder worse than encoder
+    table.loc[1, "target_val_ce"] = 0.2  # decoder worse than encoder
     assert fd.judge_freeze(fd.by_freeze(table))[1] == "disagree"
 
 
 def test_by_lr_pair_verdict():
     losses = {(1e-3, 1e-4): 0.10, (1e-3, 1e-5): 0.12, (1e-4, 1e-4): 0.11, (1e-4, 1e-5): 0.15}
-    table = pd.DataFrame([transfer(lr_pretrain=a, lr_transfer=b, loss=v)
-                          for (a, b), v in losses.items()])
+    table = pd.DataFrame([transfer(lr_pretrain=a, lr_transfer=b, loss=v) for (a, b), v in losses.items()])
     stats = fd.by_lr_pair(table)
     assert stats.loc[(1e-4, 1e-5), "median"] == pytest.approx(0.15)
     text, verdict = fd.judge_lr(stats)
@@ -59,39 +74,51 @@ def test_by_lr_pair_verdict():
 
 
 def test_by_domain_and_in_focus_verdict():
-    table = pd.DataFrame([transfer(**{"val_ce__df-5": a, "val_ce__df0": b, "val_ce__df5": c})
-                          for a, b, c in ((0.1, 0.5, 0.2), (0.3, 0.7, 0.2), (0.2, 0.6, 0.2))])
+    table = pd.DataFrame(
+        [
+            transfer(**{"val_ce__df-5": a, "val_ce__df0": b, "val_ce__df5": c})
+            for a, b, c in ((0.1, 0.5, 0.2), (0.3, 0.7, 0.2), (0.2, 0.6, 0.2))
+        ]
+    )
     medians = fd.by_domain(table)
     assert medians.to_dict() == pytest.approx({"df-5": 0.2, "df0": 0.6, "df5": 0.2})
     assert fd.judge_domain(medians, "df0")[1] == "agree"
     assert fd.judge_domain(medians, "df5")[1] == "disagree"
     close = medians.copy()
-    close["df5"] = 0.5                                                  # hardest, but not by far
+    close["df5"] = 0.5  # hardest, but not by far
     assert fd.judge_domain(close, "df0")[1] == "disagree"
 
 
 def test_spread_before_after_per_pair():
     def row(target, before, after):
-        return transfer(target=target, **{f"before_val_ce__{d}": v for d, v in zip(DOMAINS, before)},
-                        **{f"val_ce__{d}": v for d, v in zip(DOMAINS, after)})
-    table = pd.DataFrame([row("df5", (0.1, 9.0, 0.3), (0.2, 9.0, 0.2)),
-                          row("df0", (0.1, 9.0, 0.5), (0.1, 9.0, 0.4))])
+        return transfer(
+            target=target,
+            **{f"before_val_ce__{d}": v for d, v in zip(DOMAINS, before)},
+            **{f"val_ce__{d}": v for d, v in zip(DOMAINS, after)},
+        )
+
+    table = pd.DataFrame([row("df5", (0.1, 9.0, 0.3), (0.2, 9.0, 0.2)), row("df0", (0.1, 9.0, 0.5), (0.1, 9.0, 0.4))])
     spreads = fd.spread(table, exclude=["df0"])
     # before: medians over the source's models 0.1 and 0.4 -> std 0.15; after df5: 0; after df0: 0.15
     assert spreads.loc[("df-5", "df5")].tolist() == pytest.approx([0.15, 0.0])
     assert spreads.loc[("df-5", "df0")].tolist() == pytest.approx([0.15, 0.15])
     text, verdict = fd.judge_spread(spreads)
     assert verdict == "agree" and "50%" in text
-    assert fd.judge_spread(spreads.rename(columns={"before": "after", "after": "before"}))[1] \
-        == "disagree"
+    assert fd.judge_spread(spreads.rename(columns={"before": "after", "after": "before"}))[1] == "disagree"
 
 
 def test_dose_and_lattice_by_target():
-    facts = pd.DataFrame({"defocus_nm": -10.0, "dose_e_per_A2": [30.0, 300.0, 300.0],
-                          "lattice": ["C_diamond", "CdSe_wurtzite", "Cu_fcc"]},
-                         index=["a", "b", "c"])
-    table = pd.DataFrame([transfer(target="a", loss=0.5), transfer(target="b", loss=0.1),
-                          transfer(target="c", loss=0.3)])
+    facts = pd.DataFrame(
+        {
+            "defocus_nm": -10.0,
+            "dose_e_per_A2": [30.0, 300.0, 300.0],
+            "lattice": ["C_diamond", "CdSe_wurtzite", "Cu_fcc"],
+        },
+        index=["a", "b", "c"],
+    )
+    table = pd.DataFrame(
+        [transfer(target="a", loss=0.5), transfer(target="b", loss=0.1), transfer(target="c", loss=0.3)]
+    )
     doses = fd.by_target_fact(table, facts, "dose_e_per_A2")
     assert doses.to_dict() == pytest.approx({30.0: 0.5, 300.0: 0.2})
     assert fd.judge_dose(doses)[1] == "agree"
@@ -102,28 +129,47 @@ def test_dose_and_lattice_by_target():
 
 
 def test_findings_apply_by_series_and_exclude_in_focus():
-    rows = [transfer(target=t, size=s, loss=v + (1.0 if t == "df0" else 0.0),
-                     **{f"val_ce__{d}": (0.9 if d == "df0" else 0.2) for d in DOMAINS})
-            for t in ("df5", "df0") for s, v in ((64, 0.3), (128, 0.2))]
+    rows = [
+        transfer(
+            target=t,
+            size=s,
+            loss=v + (1.0 if t == "df0" else 0.0),
+            **{f"val_ce__{d}": (0.9 if d == "df0" else 0.2) for d in DOMAINS},
+        )
+        for t in ("df5", "df0")
+        for s, v in ((64, 0.3), (128, 0.2))
+    ]
     results = fd.findings(pd.DataFrame(rows), FACTS)
-    assert [r["finding"] for r in results] == ["F1", "F4"]        # one freeze, one LR pair
-    assert "64: 0.3 " in results[0]["statistic"]                  # df0 targets left out
+    assert [r["finding"] for r in results] == ["F1", "F4"]  # one freeze, one LR pair
+    assert "64: 0.3 " in results[0]["statistic"]  # df0 targets left out
     assert results[1]["verdict"] == "agree"
-    assert fd.findings(pd.DataFrame(rows), FACTS.drop(index="df0").assign(defocus_nm=1.0)) \
-        [-1]["finding"] == "F1"                                   # no varied defocus: no F4
+    assert (
+        fd.findings(pd.DataFrame(rows), FACTS.drop(index="df0").assign(defocus_nm=1.0))[-1]["finding"] == "F1"
+    )  # no varied defocus: no F4
     with pytest.raises(ValueError, match="target_val_study_loss"):
         fd.findings(pd.DataFrame(rows), FACTS, metric="study_loss")
 
 
 def test_findings_on_emsim_model_table():
     """The statistics read the columns model_table writes (before and after transfer)."""
-    pre = record("pre.pt", {"stage": "pretrain", "source": "df-5", "target": "df-5"},
-                 {"df-5": 0.1, "df0": 0.8, "df5": 0.5})
+    pre = record(
+        "pre.pt", {"stage": "pretrain", "source": "df-5", "target": "df-5"}, {"df-5": 0.1, "df0": 0.8, "df5": 0.5}
+    )
     records = [pre] + [
-        record(f"t{i}.pt", {"stage": "transfer", "source": "df-5", "target": "df5",
-                            "freeze": "none", "size": size, "pretrained": "pre.pt"},
-               {"df-5": 0.2, "df0": 0.9, "df5": loss})
-        for i, (size, loss) in enumerate(((2, 0.3), (4, 0.25)))]
+        record(
+            f"t{i}.pt",
+            {
+                "stage": "transfer",
+                "source": "df-5",
+                "target": "df5",
+                "freeze": "none",
+                "size": size,
+                "pretrained": "pre.pt",
+            },
+            {"df-5": 0.2, "df0": 0.9, "df5": loss},
+        )
+        for i, (size, loss) in enumerate(((2, 0.3), (4, 0.25)))
+    ]
     table = model_table(records, {"df-5": -5, "df0": 0, "df5": 5})
     names = {r["finding"]: r for r in fd.findings(table, FACTS)}
     assert set(names) == {"F1", "F4", "F5"}
@@ -151,23 +197,46 @@ def test_pickle_tables_are_unpickled_restricted(tmp_path):
 
 def study_files(folder):
     """Miniature copies of the study's three tables, in their own formats."""
-    defocus = pd.DataFrame({
-        "pretrain_lr": [1e-3, 1e-4], "transfer_lr": [1e-4, 1e-5], "pretrain_defocus": [-50, 0],
-        "transfer_defocus": [0, -50], "N_tl_training_points": [64, 128],
-        "freeze_option": ["none", "encoder"], "best_target_pretrain_performance": [0.3, 0.2],
-        "best_target_transfer_performance": [0.2, 0.1],
-        "best_pretrain_val_-50": [0.1, 0.2], "best_pretrain_val_0": [0.3, 0.4],
-        "best_transfer_performance_-50": [0.15, 0.1], "best_transfer_performance_0": [0.2, 0.3]})
+    defocus = pd.DataFrame(
+        {
+            "pretrain_lr": [1e-3, 1e-4],
+            "transfer_lr": [1e-4, 1e-5],
+            "pretrain_defocus": [-50, 0],
+            "transfer_defocus": [0, -50],
+            "N_tl_training_points": [64, 128],
+            "freeze_option": ["none", "encoder"],
+            "best_target_pretrain_performance": [0.3, 0.2],
+            "best_target_transfer_performance": [0.2, 0.1],
+            "best_pretrain_val_-50": [0.1, 0.2],
+            "best_pretrain_val_0": [0.3, 0.4],
+            "best_transfer_performance_-50": [0.15, 0.1],
+            "best_transfer_performance_0": [0.2, 0.3],
+        }
+    )
     history = {"train": [1.0, 0.9], "validation_30": [0.8, 0.9], "validation_600": [0.5, 0.4]}
-    dose = pd.DataFrame({"freezing_mode": ["decoder"], "pretrain_dose": [30], "transfer_dose": [600],
-                         "pretrain_lr": [1e-4], "transfer_lr": [1e-5],
-                         "pretrain_history": [history], "transfer_history": [history]})
-    structure = pd.DataFrame({
-        "freezing_mode": ["none"], "pretrain_structure": ["dc_C_small"],
-        "transfer_structure": ["w_CdSe_large"],
-        **{f"best_{stage}_performance_validation_{s}": [v + (0.1 if stage == "pretrain" else 0)]
-           for stage in ("pretrain", "transfer")
-           for s, v in (("dc_C_small", 0.5), ("w_CdSe_large", 0.4))}})
+    dose = pd.DataFrame(
+        {
+            "freezing_mode": ["decoder"],
+            "pretrain_dose": [30],
+            "transfer_dose": [600],
+            "pretrain_lr": [1e-4],
+            "transfer_lr": [1e-5],
+            "pretrain_history": [history],
+            "transfer_history": [history],
+        }
+    )
+    structure = pd.DataFrame(
+        {
+            "freezing_mode": ["none"],
+            "pretrain_structure": ["dc_C_small"],
+            "transfer_structure": ["w_CdSe_large"],
+            **{
+                f"best_{stage}_performance_validation_{s}": [v + (0.1 if stage == "pretrain" else 0)]
+                for stage in ("pretrain", "transfer")
+                for s, v in (("dc_C_small", 0.5), ("w_CdSe_large", 0.4))
+            },
+        }
+    )
     for (name, _), table in zip(fd.STUDY_FILES.values(), (defocus, dose, structure)):
         table.to_pickle(folder / name)
 
@@ -178,7 +247,7 @@ def test_load_study_maps_columns(tmp_path):
     defocus, facts = tables["defocus"]
     assert defocus[["source", "target"]].values.tolist() == [["df-5", "df0"], ["df0", "df-5"]]
     assert facts.loc["df-5", "defocus_nm"] == -5.0
-    assert defocus["before_val_study_loss__df0"].tolist() == [0.3, 0.4]   # already offset
+    assert defocus["before_val_study_loss__df0"].tolist() == [0.3, 0.4]  # already offset
     dose, facts = tables["dose"]
     row = dose.iloc[0]
     # pretrain best epoch (own domain dose30): 0; transfer best epoch (dose600): 1
@@ -201,8 +270,12 @@ def test_command_line(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("| experiment | finding |")
     report = tmp_path / "report"
     (report / "defocus").mkdir(parents=True)
-    pd.DataFrame([transfer(target="df10", source="df-10", size=s, loss=v, **{"val_ce__df10": v})
-                  for s, v in ((2, 0.5), (4, 0.4))]).to_parquet(report / "defocus/models.parquet")
+    pd.DataFrame(
+        [
+            transfer(target="df10", source="df-10", size=s, loss=v, **{"val_ce__df10": v})
+            for s, v in ((2, 0.5), (4, 0.4))
+        ]
+    ).to_parquet(report / "defocus/models.parquet")
     assert fd.main([str(report), "--configfile", "config/test.yaml"]) == 0
     out = capsys.readouterr().out
     assert "| defocus | F1 |" in out and "2: 0.5 (IQR 0), 4: 0.4 (IQR 0) | disagree |" in out

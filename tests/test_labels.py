@@ -3,12 +3,11 @@
 import ase
 import numpy as np
 import pytest
-import scipy.fft as sfft
 from ase.build import bulk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from emsim import labels, optics, simulate
+from emsim.simulation import labels, simulate
 
 CELL_A = 40.0
 SIM = {"sampling_A": 0.1, "slice_thickness_A": 2.0, "frozen_phonons": 1, "phonon_sigma_A": 0.1, "device": "cpu"}

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from emsim.metrics import (METRICS, STUDY_LOSS_OFFSET, MetricAccumulator, confusion, metrics_from_counts,
-                           segmentation_metrics)
+from emsim.learning.metrics import (
+    METRICS,
+    STUDY_LOSS_OFFSET,
+    MetricAccumulator,
+    confusion,
+    metrics_from_counts,
+    segmentation_metrics,
+)
 
 
 def logits_for(pred: np.ndarray, margin: float = 2.0) -> torch.Tensor:
@@ -59,12 +65,8 @@ def test_nonempty_prediction_empty_target():
 
 def test_small_known_case():
     # target 4 particle pixels; prediction hits 3, adds 2 false positives, misses 1
-    target = np.array([[[1, 1, 0, 0],
-                        [1, 1, 0, 0],
-                        [0, 0, 0, 0]]])
-    pred = np.array([[[1, 1, 1, 0],
-                      [1, 0, 0, 1],
-                      [0, 0, 0, 0]]])
+    target = np.array([[[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]])
+    pred = np.array([[[1, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]]])
     tp, fp, fn, tn = 3, 2, 1, 6
     assert confusion(torch.as_tensor(pred), torch.as_tensor(target)).tolist() == [tp, fp, fn, tn]
     m = segmentation_metrics(logits_for(pred, margin=1.0), torch.as_tensor(target))
@@ -84,7 +86,8 @@ def test_cross_entropy_matches_torch_and_probabilities_agree():
     from_logits = segmentation_metrics(logits, target)
     from_probs = segmentation_metrics(logits.softmax(1), target, probabilities=True)
     assert from_logits["cross_entropy"] == pytest.approx(
-        torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+        torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6
+    )
     for name in METRICS:
         assert from_probs[name] == pytest.approx(from_logits[name], rel=1e-5)
 
@@ -93,12 +96,10 @@ def test_study_loss_is_cross_entropy_of_probabilities_minus_its_minimum():
     assert STUDY_LOSS_OFFSET == pytest.approx(0.3133, abs=1e-4)
     target = torch.tensor([[[1, 0]]])
     # perfect, fully confident prediction: 0 after the offset (its floor)
-    perfect = segmentation_metrics(torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])[None], target,
-                                   probabilities=True)
+    perfect = segmentation_metrics(torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])[None], target, probabilities=True)
     assert perfect["study_loss"] == pytest.approx(0.0, abs=1e-7)
     # fully confident and wrong: -log(1 / (1 + e)) - ln(1 + 1/e) = 1 per pixel
-    wrong = segmentation_metrics(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])[None], target,
-                                 probabilities=True)
+    wrong = segmentation_metrics(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])[None], target, probabilities=True)
     assert wrong["study_loss"] == pytest.approx(1.0, rel=1e-6)
     # from logits (0, ln 3) -> p1 = 3/4 on pixel 1 (target 1) and pixel 2 (target 0):
     # pixel 1: log(1 + e^(1/4 - 3/4)), pixel 2: log(1 + e^(3/4 - 1/4))
@@ -118,7 +119,7 @@ def test_accumulation_is_dataset_level_not_mean_of_images():
     pred[1, 0, 0] = 1
     acc = MetricAccumulator()
     for i in range(2):
-        acc.update(logits_for(pred[i:i + 1]), torch.as_tensor(target[i:i + 1]))
+        acc.update(logits_for(pred[i : i + 1]), torch.as_tensor(target[i : i + 1]))
     pooled = acc.result()
     assert pooled["iou"] == pytest.approx(2 / 4)  # mean of per-image IoU would be (1 + 1/3) / 2
     assert pooled == pytest.approx(segmentation_metrics(logits_for(pred), torch.as_tensor(target)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from emsim.models import UNet, count_parameters, freeze, load_model, save_model
+from emsim.learning.models import UNet, count_parameters, freeze, load_model, save_model
 
 # segmentation-models-pytorch Unet("resnet18", in_channels=1, classes=2): ResNet18 without fc
 # (11,689,512 - 513,000) with a 1-channel stem (-6,272) = 11,170,240; decoder blocks 3,151,552;
@@ -55,8 +55,7 @@ def test_freeze_stops_gradients_and_keeps_batchnorm_in_eval(part, other):
     assert not any(p.requires_grad for p in getattr(model, part).parameters())
     assert all(p.requires_grad for p in getattr(model, other).parameters())
     assert count_parameters(model, trainable_only=True) == count_parameters(getattr(model, other))
-    bns = {name: [m for m in getattr(model, name).modules() if isinstance(m, nn.BatchNorm2d)]
-           for name in (part, other)}
+    bns = {name: [m for m in getattr(model, name).modules() if isinstance(m, nn.BatchNorm2d)] for name in (part, other)}
     assert bns[part] and not any(m.training for m in bns[part])
     assert all(m.training for m in bns[other])
     stats = [m.running_mean.clone() for m in bns[part]]

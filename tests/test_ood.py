@@ -3,17 +3,24 @@
 import numpy as np
 import pytest
 import torch
-
-from emsim import data, evaluate, ood, train
-from emsim.models import UNet, save_model
 from test_evaluate import disc_images
+
+from emsim import data
+from emsim.learning import evaluate, ood, train
+from emsim.learning.models import UNet, save_model
 
 
 def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> str:
     images, labels = disc_images(np.random.default_rng(len(domain)), n, 64, contrast, dose)
     splits = {"train": np.arange(2), "val": np.arange(2, 4), "test": np.arange(4, 6)}
-    data.write_dataset(path, images, labels, {"structure_index": np.arange(n)}, splits,
-                       {"domain": domain, "config": {"image": {"pixel_size_A": 0.4}}})
+    data.write_dataset(
+        path,
+        images,
+        labels,
+        {"structure_index": np.arange(n)},
+        splits,
+        {"domain": domain, "config": {"image": {"pixel_size_A": 0.4}}},
+    )
     return str(path)
 
 
@@ -22,8 +29,10 @@ def test_score_grows_with_the_shift():
     train_images, _ = disc_images(rng, 16, 64, contrast=0.5, dose=40.0)
     ref = ood.reference(train_images, 0.4)
     assert ref["pixel_size_A"] == 0.4 and ref["size_px"] == 64
-    scores = [np.mean([ood.score(image, ref) for image in disc_images(rng, 4, 64, 0.5, dose)[0]])
-              for dose in (40.0, 10.0, 2.0)]
+    scores = [
+        np.mean([ood.score(image, ref) for image in disc_images(rng, 4, 64, 0.5, dose)[0]])
+        for dose in (40.0, 10.0, 2.0)
+    ]
     assert scores[0] < ood.DEFAULT_THRESHOLD and scores[0] < scores[1] < scores[2]
     big = np.tile(disc_images(rng, 1, 64, 0.5, 40.0)[0][0], (3, 4))  # tiled at training size
     assert ood.score(big, ref) < ood.DEFAULT_THRESHOLD
@@ -35,16 +44,23 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     make_domain(results / "datasets" / "mid.h5", "mid", 0.5, 8.0)
     make_domain(results / "datasets" / "far.h5", "far", 0.5, 1.0)
     path = results / "models" / "pretrain" / "near.pt"
-    meta = train.pretrain(near, path, {"width": 0.125, "epochs": 1, "batch_size": 2, "lr": 1e-3,
-                                       "device": "cpu"}, seed=0)
-    assert meta["input_reference"]["pixel_size_A"] == 0.4 and len(meta["input_reference"]["spectrum_mean"]) == \
-        ood.SPECTRUM_BINS
+    meta = train.pretrain(
+        near, path, {"width": 0.125, "epochs": 1, "batch_size": 2, "lr": 1e-3, "device": "cpu"}, seed=0
+    )
+    assert (
+        meta["input_reference"]["pixel_size_A"] == 0.4
+        and len(meta["input_reference"]["spectrum_mean"]) == ood.SPECTRUM_BINS
+    )
     old = results / "models" / "old.pt"  # trained before the description existed
-    save_model(old, UNet(width=0.125, generator=torch.Generator().manual_seed(1)),
-               meta={"stage": "pretrain", "dataset": near, "size": None})
+    save_model(
+        old,
+        UNet(width=0.125, generator=torch.Generator().manual_seed(1)),
+        meta={"stage": "pretrain", "dataset": near, "size": None},
+    )
     datasets = {d: str(results / "datasets" / f"{d}.h5") for d in ("near", "mid", "far")}
     records = evaluate.evaluate_models(
-        [{"path": str(p), "tags": {"target": "near"}} for p in (path, old)], datasets, "cpu")
+        [{"path": str(p), "tags": {"target": "near"}} for p in (path, old)], datasets, "cpu"
+    )
     evaluate.write_evaluation(records, results / "evaluation" / "x" / "pretrain.json")
     found = ood.study_scores(results)
     assert len(found["pairs"]) == 6
@@ -58,7 +74,9 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
 
 
 def test_calibrated_threshold_separates_degraded_pairs():
-    pairs = [{"score": s, "loss": l, "in_domain_loss": 0.1}
-             for s, l in [(1.0, 0.1), (2.0, 0.12), (3.0, 0.5), (4.0, 0.4), (1.5, 0.3)]]
+    pairs = [
+        {"score": s, "loss": loss, "in_domain_loss": 0.1}
+        for s, loss in [(1.0, 0.1), (2.0, 0.12), (3.0, 0.5), (4.0, 0.4), (1.5, 0.3)]
+    ]
     assert ood._calibrate(pairs, 1.5) == pytest.approx(2.5)
     assert ood._calibrate(pairs[:2], 1.5) is None

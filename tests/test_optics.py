@@ -6,7 +6,7 @@ import pytest
 import scipy.fft as sfft
 from ase.cluster import FaceCenteredCubic
 
-from emsim import optics
+from emsim.simulation import optics
 
 ENERGY_EV = 300e3
 SAMPLING_A = 0.1
@@ -51,11 +51,16 @@ def test_image_matches_abtem_ctf(exit_wave, params):
         .array
     )
     aberrations = optics.Aberrations(
-        C10_A=-params["defocus"], C12_A=params.get("C12", 0.0), phi12_rad=params.get("phi12", 0.0),
+        C10_A=-params["defocus"],
+        C12_A=params.get("C12", 0.0),
+        phi12_rad=params.get("phi12", 0.0),
         C30_A=params.get("Cs", 0.0),
     )
-    microscope = {"energy_eV": ENERGY_EV, "focal_spread_A": params.get("focal_spread", 0.0),
-                  "angular_spread_mrad": params.get("angular_spread", 0.0)}
+    microscope = {
+        "energy_eV": ENERGY_EV,
+        "focal_spread_A": params.get("focal_spread", 0.0),
+        "angular_spread_mrad": params.get("angular_spread", 0.0),
+    }
     image = optics.image_from_waves(sfft.fft2(exit_wave), SAMPLING_A, aberrations, microscope, 0.2, 128)
     assert image.dtype == np.float32 and image.shape == (128, 128)
     assert reference.std() > 0.01
@@ -81,11 +86,13 @@ def test_scherzer_defocus_and_dark_atoms():
     x = (np.arange(128) - 64) * 0.2
     bump = 0.1 * np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 0.6**2))
     waves = sfft.fft2(np.exp(1j * bump).astype(np.complex64))
-    microscope = {"energy_eV": ENERGY_EV, "Cs_A": 1.2e7}
-    under = optics.image_from_waves(waves, 0.2, optics.Aberrations.from_microscope(microscope, defocus),
-                                    microscope, 0.4, 64)
-    over = optics.image_from_waves(waves, 0.2, optics.Aberrations.from_microscope(microscope, -defocus),
-                                   microscope, 0.4, 64)
+    microscope = {"energy_eV": ENERGY_EV, "Cs_A": 1.2e7, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
+    under = optics.image_from_waves(
+        waves, 0.2, optics.Aberrations.from_microscope(microscope, defocus), microscope, 0.4, 64
+    )
+    over = optics.image_from_waves(
+        waves, 0.2, optics.Aberrations.from_microscope(microscope, -defocus), microscope, 0.4, 64
+    )
     assert under[32, 32] < 0.95 and over[32, 32] > 1.0
 
 
@@ -112,7 +119,14 @@ def test_astigmatism_elongates_thon_rings_along_phi12():
     waves = sfft.fft2(np.exp(1j * phase).astype(np.complex64))
     phi12 = np.deg2rad(30.0)
     aberrations = optics.Aberrations(C10_A=-500.0, C12_A=100.0, phi12_rad=phi12)
-    image = optics.image_from_waves(waves, sampling, aberrations, {"energy_eV": ENERGY_EV}, 0.4, 256)
+    image = optics.image_from_waves(
+        waves,
+        sampling,
+        aberrations,
+        {"energy_eV": ENERGY_EV, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0},
+        0.4,
+        256,
+    )
     power = np.fft.fftshift(np.abs(sfft.fft2(image - image.mean())) ** 2)
     angles = np.deg2rad(np.arange(0, 180, 5))
     radii = np.array([_first_zero_radius(power, a, 1 / (n * sampling)) for a in angles])

@@ -12,14 +12,14 @@ import tifffile
 import torch
 from PIL import Image
 from scipy import ndimage
+from test_evaluate import disc_images
 
-from emsim.data import standardize
-from emsim.models import UNet, save_model
-from emsim import ood
 from emsim.cli import main
+from emsim.data import standardize
+from emsim.learning import ood
+from emsim.learning.models import UNet, save_model
 from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images
-from test_evaluate import disc_images
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,9 +77,8 @@ def test_odd_size_and_tiling(model_path, tmp_path):
     [small] = predict_files(model_path, [tmp_path / "odd.npy"], tmp_path / "out", device="cpu")
     assert np.load(small["mask_npy"]).shape == (70, 90)
     assert iou(np.load(small["mask_npy"]), labels[0, :70, :90]) > 0.7
-    whole, = predict_files(model_path, [tmp_path / "big.npy"], tmp_path / "whole", device="cpu")
-    tiled, = predict_files(model_path, [tmp_path / "big.npy"], tmp_path / "tiled", device="cpu",
-                           tile_px=64)
+    (whole,) = predict_files(model_path, [tmp_path / "big.npy"], tmp_path / "whole", device="cpu")
+    (tiled,) = predict_files(model_path, [tmp_path / "big.npy"], tmp_path / "tiled", device="cpu", tile_px=64)
     whole, tiled = np.load(whole["mask_npy"]), np.load(tiled["mask_npy"])
     assert whole.shape == tiled.shape == (200, 200)
     assert iou(tiled, labels[0]) > 0.7 and (whole == tiled).mean() > 0.98
@@ -92,10 +91,8 @@ def test_stacks(model_path, tmp_path):
     tifffile.imwrite(tmp_path / "pages.tiff", images, photometric="minisblack")
     rgb = np.repeat(images[0, :, :, None], 3, axis=-1).astype(np.uint16)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    pages = predict_files(model_path, [tmp_path / "pages.tiff", tmp_path / "rgb.tif"],
-                          tmp_path / "tiff", device="cpu")
-    assert [(s["index"], s["status"]) for s in pages] == [(0, "ok"), (1, "ok"), (2, "ok"),
-                                                          (None, "ok")]
+    pages = predict_files(model_path, [tmp_path / "pages.tiff", tmp_path / "rgb.tif"], tmp_path / "tiff", device="cpu")
+    assert [(s["index"], s["status"]) for s in pages] == [(0, "ok"), (1, "ok"), (2, "ok"), (None, "ok")]
     for entry, label in zip(pages, [*labels, labels[0]]):
         assert iou(np.load(entry["mask_npy"]), label) > 0.7
     with h5py.File(tmp_path / "stack.h5", "w") as f:
@@ -110,7 +107,12 @@ def test_stacks(model_path, tmp_path):
     inputs = [tmp_path / n for n in ("stack.h5", "single.hdf5", "ambiguous.h5")]
     summary = predict_files(model_path, inputs, tmp_path / "out", device="cpu")
     assert [(s["index"], s["status"]) for s in summary] == [
-        (0, "ok"), (1, "ok"), (2, "ok"), (None, "ok"), (None, "error")]
+        (0, "ok"),
+        (1, "ok"),
+        (2, "ok"),
+        (None, "ok"),
+        (None, "error"),
+    ]
     assert summary[2]["mask_npy"].endswith("stack_002_mask.npy")
     for entry, label in zip(summary[:3], labels):
         assert iou(np.load(entry["mask_npy"]), label) > 0.7
@@ -130,13 +132,20 @@ def test_bad_inputs_are_reported_and_others_processed(model_path, tmp_path):
     (tmp_path / "sub").mkdir()
     np.save(tmp_path / "grey_rgb.npy", grey)
     np.save(tmp_path / "sub" / "grey_rgb.npy", grey)
-    names = ["corrupt.tif", "photo.jpg", "grey_rgb.png", "colour.png", "complex.npy", "nan.npy",
-             "missing.npy", "grey_rgb.npy", "sub/grey_rgb.npy"]
-    summary = predict_files(model_path, [tmp_path / n for n in names], tmp_path / "out",
-                            device="cpu")
+    names = [
+        "corrupt.tif",
+        "photo.jpg",
+        "grey_rgb.png",
+        "colour.png",
+        "complex.npy",
+        "nan.npy",
+        "missing.npy",
+        "grey_rgb.npy",
+        "sub/grey_rgb.npy",
+    ]
+    summary = predict_files(model_path, [tmp_path / n for n in names], tmp_path / "out", device="cpu")
     status = {s["input"].removeprefix(str(tmp_path) + "/"): s for s in summary}
-    for name in ("corrupt.tif", "photo.jpg", "colour.png", "complex.npy", "nan.npy",
-                 "missing.npy"):
+    for name in ("corrupt.tif", "photo.jpg", "colour.png", "complex.npy", "nan.npy", "missing.npy"):
         assert status[name]["status"] == "error" and name in status[name]["message"], name
     assert "unsupported file type '.jpg'" in status["photo.jpg"]["message"]
     assert "differing channels" in status["colour.png"]["message"]
@@ -162,10 +171,16 @@ def second_model(tmp_path_factory):
 def test_ensemble_mean_uncertainty_and_summary(model_path, second_model, tmp_path):
     images, labels = disc_images(np.random.default_rng(5), 2, 96, contrast=0.5, dose=40.0)
     np.save(tmp_path / "x.npy", images)
-    alone = [predict_files(m, [tmp_path / "x.npy"], tmp_path / m.stem, device="cpu")
-             for m in (model_path, second_model)]
-    both = predict_files([model_path.parent / "*.pt", second_model], [tmp_path / "x.npy"],
-                         tmp_path / "ensemble", device="cpu", batch_tiles=1)
+    alone = [
+        predict_files(m, [tmp_path / "x.npy"], tmp_path / m.stem, device="cpu") for m in (model_path, second_model)
+    ]
+    both = predict_files(
+        [model_path.parent / "*.pt", second_model],
+        [tmp_path / "x.npy"],
+        tmp_path / "ensemble",
+        device="cpu",
+        batch_tiles=1,
+    )
     for i, entry in enumerate(both):
         members = [np.load(a[i]["probability_npy"]) for a in alone]
         probability = np.load(entry["probability_npy"])
@@ -198,31 +213,32 @@ def test_ensemble_members_must_match(model_path, tmp_path):
 def calibrated_model(tmp_path_factory):
     """A model whose meta records its training pixel size (0.4 Å) and input description."""
     images, _ = disc_images(np.random.default_rng(0), 32, 64, contrast=0.5, dose=40.0)
-    return train_discs(tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0,
-                       meta={"input_reference": ood.reference(images, 0.4)})
+    return train_discs(
+        tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0, meta={"input_reference": ood.reference(images, 0.4)}
+    )
 
 
 def test_pixel_size_resampling_and_ood_flag(calibrated_model, tmp_path):
     images, labels = disc_images(np.random.default_rng(6), 1, 64, contrast=0.5, dose=40.0)
     fine = np.kron(images[0], np.ones((2, 2), np.float32))  # the same scene at 0.2 Å/px
     np.save(tmp_path / "fine.npy", fine)
-    [missing] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "a",
-                              device="cpu")
+    [missing] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "a", device="cpu")
     assert missing["status"] == "error" and "fine.npy" in missing["message"]
     assert "--pixel-size" in missing["message"]
-    [entry] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "b",
-                            device="cpu", pixel_size_A=0.2)
+    [entry] = predict_files(calibrated_model, [tmp_path / "fine.npy"], tmp_path / "b", device="cpu", pixel_size_A=0.2)
     assert entry["resampled"] and np.load(entry["mask_npy"]).shape == (128, 128)
     assert iou(np.load(entry["mask_npy"]), np.kron(labels[0], np.ones((2, 2)))) > 0.7
     assert entry["ood_score"] < entry["ood_threshold"] == ood.DEFAULT_THRESHOLD
     assert entry["ood_flag"] is False
     blurred = ndimage.gaussian_filter(images[0], 3)
     np.save(tmp_path / "blurred.npy", blurred)
-    [shifted] = predict_files(calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "c",
-                              device="cpu", pixel_size_A=0.4)
+    [shifted] = predict_files(
+        calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "c", device="cpu", pixel_size_A=0.4
+    )
     assert not shifted["resampled"] and shifted["ood_flag"] is True
-    [forced] = predict_files(calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "d",
-                             device="cpu", pixel_size_A=0.4, ood_threshold=1e6)
+    [forced] = predict_files(
+        calibrated_model, [tmp_path / "blurred.npy"], tmp_path / "d", device="cpu", pixel_size_A=0.4, ood_threshold=1e6
+    )
     assert forced["ood_flag"] is False
 
 
@@ -231,18 +247,20 @@ def test_emd_pixel_size_from_file(calibrated_model, tmp_path):
 
     images, labels = disc_images(np.random.default_rng(7), 1, 64, contrast=0.5, dose=40.0)
     fine = np.kron(images[0], np.ones((2, 2), np.float32))
-    axes = [{"name": n, "size": 128, "navigate": False, "scale": 0.02, "offset": 0.0,
-             "units": "nm"} for n in "yx"]
-    file_writer(str(tmp_path / "scan.emd"), {
-        "data": fine, "axes": axes, "metadata": {"General": {"title": "scan"}, "Signal": {}},
-        "original_metadata": {}})
+    axes = [{"name": n, "size": 128, "navigate": False, "scale": 0.02, "offset": 0.0, "units": "nm"} for n in "yx"]
+    file_writer(
+        str(tmp_path / "scan.emd"),
+        {"data": fine, "axes": axes, "metadata": {"General": {"title": "scan"}, "Signal": {}}, "original_metadata": {}},
+    )
     assert read_images(tmp_path / "scan.emd")[1] == pytest.approx(0.2)
-    [entry] = predict_files(calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out",
-                            device="cpu", pixel_size_A=5.0)  # the file's own size wins
+    [entry] = predict_files(
+        calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out", device="cpu", pixel_size_A=5.0
+    )  # the file's own size wins
     assert entry["status"] == "ok" and entry["resampled"]
     assert entry["pixel_size_A"] == pytest.approx(0.2)
     assert entry["mean_particle_area_nm2"] == pytest.approx(
-        np.load(entry["mask_npy"]).sum() / entry["particle_count"] * 0.02 ** 2)
+        np.load(entry["mask_npy"]).sum() / entry["particle_count"] * 0.02**2
+    )
     (tmp_path / "broken.emd").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     with pytest.raises(ValueError, match="broken.emd"):
         read_images(tmp_path / "broken.emd")
@@ -267,13 +285,29 @@ def test_bad_images_fail_alone_and_cli_status(model_path, tmp_path, capsys):
     nan[3, 3] = np.nan
     np.save(tmp_path / "nan.npy", nan)
     names = ["stack.npy", "small.npy", "nan.npy", "missing.tif"]
-    status = main(["predict", str(model_path), *[str(tmp_path / n) for n in names],
-                   "-o", str(tmp_path / "out"), "--device", "cpu", "--tile", "64"])
+    status = main(
+        [
+            "predict",
+            str(model_path),
+            *[str(tmp_path / n) for n in names],
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--tile",
+            "64",
+        ]
+    )
     assert status == 1
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert [(Path(r["input"]).name, r["index"], r["status"]) for r in rows] == [
-        ("stack.npy", "0", "ok"), ("stack.npy", "1", "error"), ("stack.npy", "2", "ok"),
-        ("small.npy", "", "error"), ("nan.npy", "", "error"), ("missing.tif", "", "error")]
+        ("stack.npy", "0", "ok"),
+        ("stack.npy", "1", "error"),
+        ("stack.npy", "2", "ok"),
+        ("small.npy", "", "error"),
+        ("nan.npy", "", "error"),
+        ("missing.tif", "", "error"),
+    ]
     assert "stack.npy [image 1]: image is constant" in rows[1]["message"]
     assert "smaller than the model's minimum 32 px" in rows[3]["message"]
     assert "nan.npy: image contains NaN" in rows[4]["message"]

@@ -7,10 +7,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from emsim import cli, data, io, structures
-from emsim.simulate import ShardWaves
 from test_evaluate import make_domain, make_model
+
+from emsim import cli, data, io
+from emsim.simulation import structures
+from emsim.simulation.simulate import ShardWaves
 
 
 def flip_byte(path, dataset: str) -> None:
@@ -63,7 +64,9 @@ def test_damaged_exit_wave_shard_names_the_file(tmp_path, damage):
 def test_flipped_byte_in_a_scenes_file_names_the_file(tmp_path):
     scenes = structures.build_structure_set(
         {"particles": {"lattice": "Au_fcc", "radius_A": [4, 5], "min_gap_A": 2}, "substrate": {"thickness_A": [5, 6]}},
-        25.6, range(1))
+        25.6,
+        range(1),
+    )
     path = tmp_path / "scenes.h5"
     structures.save_scenes(path, scenes, {})
     flip_byte(path, "positions_A")

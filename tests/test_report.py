@@ -6,46 +6,94 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from emsim.evaluate import read_evaluation, write_evaluation
-from emsim.report import (_groups, domain_order, model_table, plot_examples, plot_ood_profile,
-                          plot_target_loss, plot_training_curves, plot_transfer_heatmap,
-                          write_table)
 from test_evaluate import make_domain, make_model
+
+from emsim.learning.evaluate import read_evaluation, write_evaluation
+from emsim.report import (
+    _groups,
+    domain_order,
+    model_table,
+    plot_examples,
+    plot_ood_profile,
+    plot_target_loss,
+    plot_training_curves,
+    plot_transfer_heatmap,
+    write_table,
+)
 
 METRIC_NAMES = ("cross_entropy", "study_loss", "iou", "dice", "precision", "recall", "accuracy")
 
 
 def record(path, tags, val_ce: dict, own: dict | None = None, epochs: int = 2) -> dict:
     """An evaluation record whose CE values are given; other metrics derive from them."""
+
     def split(ce):
-        return {m: (ce if m == "cross_entropy" else ce / 2 if m == "study_loss" else 1 - ce)
-                for m in METRIC_NAMES}
+        return {m: (ce if m == "cross_entropy" else ce / 2 if m == "study_loss" else 1 - ce) for m in METRIC_NAMES}
+
     metrics = {d: {"val": split(ce)} for d, ce in val_ce.items()}
     for name, ce in (own or {}).items():
         metrics[tags["target"]][name] = split(ce)
-    history = [{"epoch": e + 1, "train_loss": 0.6 / (e + 1), "val_loss": 0.65 / (e + 1) ** 0.8,
-                "lr": 1e-3, "time_s": 1.0} for e in range(epochs)]
-    return {"path": path, "tags": tags, "stage": tags["stage"], "best_epoch": epochs,
-            "best_val_loss": val_ce[tags["target"]], "train_time_s": 12.5,
-            "trainable_params": 1000, "total_params": 4000, "seeds": {"init": 7, "data": 8},
-            "history": history, "metrics": metrics}
+    history = [
+        {"epoch": e + 1, "train_loss": 0.6 / (e + 1), "val_loss": 0.65 / (e + 1) ** 0.8, "lr": 1e-3, "time_s": 1.0}
+        for e in range(epochs)
+    ]
+    return {
+        "path": path,
+        "tags": tags,
+        "stage": tags["stage"],
+        "best_epoch": epochs,
+        "best_val_loss": val_ce[tags["target"]],
+        "train_time_s": 12.5,
+        "trainable_params": 1000,
+        "total_params": 4000,
+        "seeds": {"init": 7, "data": 8},
+        "history": history,
+        "metrics": metrics,
+    }
 
 
 @pytest.fixture()
 def hand_study():
-    pre = record("runs/pre.pt", {"experiment": "df", "stage": "pretrain", "source": "A",
-                                 "target": "A", "pretrained": None, "seed": 0},
-                 {"A": 0.2, "B": 0.5}, {"train": 0.1, "test": 0.25})
-    tr = record("runs/tr.pt", {"experiment": "df", "stage": "transfer", "source": "A",
-                               "target": "B", "freeze": "none", "size": 64, "lr_pretrain": 1e-3,
-                               "lr_transfer": 1e-4, "pretrained": "./runs/pre.pt", "seed": 0},
-                {"A": 0.3, "B": 0.25}, {"train": 0.15, "test": 0.27})
-    baselines = [record(f"runs/bl{i}.pt", {"experiment": "df", "stage": "baseline",
-                                           "source": "A", "target": "B", "mix": [128, 384],
-                                           "pretrained": None, "seed": i},
-                        {"A": 0.2, "B": ce}, {"train": 0.1, "test": ce})
-                 for i, ce in enumerate((0.4, 0.3))]
+    pre = record(
+        "runs/pre.pt",
+        {"experiment": "df", "stage": "pretrain", "source": "A", "target": "A", "pretrained": None, "seed": 0},
+        {"A": 0.2, "B": 0.5},
+        {"train": 0.1, "test": 0.25},
+    )
+    tr = record(
+        "runs/tr.pt",
+        {
+            "experiment": "df",
+            "stage": "transfer",
+            "source": "A",
+            "target": "B",
+            "freeze": "none",
+            "size": 64,
+            "lr_pretrain": 1e-3,
+            "lr_transfer": 1e-4,
+            "pretrained": "./runs/pre.pt",
+            "seed": 0,
+        },
+        {"A": 0.3, "B": 0.25},
+        {"train": 0.15, "test": 0.27},
+    )
+    baselines = [
+        record(
+            f"runs/bl{i}.pt",
+            {
+                "experiment": "df",
+                "stage": "baseline",
+                "source": "A",
+                "target": "B",
+                "mix": [128, 384],
+                "pretrained": None,
+                "seed": i,
+            },
+            {"A": 0.2, "B": ce},
+            {"train": 0.1, "test": ce},
+        )
+        for i, ce in enumerate((0.4, 0.3))
+    ]
     return [pre, tr, *baselines]
 
 
@@ -53,12 +101,37 @@ def test_table_columns_and_derived_values(hand_study):
     table = model_table(hand_study, {"B": 5.0, "A": -5.0})
     assert len(table) == 4
     pre, tr, bl = (table.iloc[i] for i in (0, 1, 2))
-    for column in ("model", "experiment", "stage", "source", "target", "freeze", "size",
-                   "lr_pretrain", "lr_transfer", "seed", "mix", "pretrained", "seeds__init",
-                   "seeds__data", "best_epoch", "train_time_s", "trainable_params", "epochs",
-                   "source_value", "target_value", "target_train_ce", "target_test_iou",
-                   "val_dice__A", "before_val_ce__B", "before_target_val_ce", "ood_gap__A",
-                   "target_val_study_loss", "val_study_loss__A", "before_target_val_study_loss"):
+    for column in (
+        "model",
+        "experiment",
+        "stage",
+        "source",
+        "target",
+        "freeze",
+        "size",
+        "lr_pretrain",
+        "lr_transfer",
+        "seed",
+        "mix",
+        "pretrained",
+        "seeds__init",
+        "seeds__data",
+        "best_epoch",
+        "train_time_s",
+        "trainable_params",
+        "epochs",
+        "source_value",
+        "target_value",
+        "target_train_ce",
+        "target_test_iou",
+        "val_dice__A",
+        "before_val_ce__B",
+        "before_target_val_ce",
+        "ood_gap__A",
+        "target_val_study_loss",
+        "val_study_loss__A",
+        "before_target_val_study_loss",
+    ):
         assert column in table, column
     # domains ordered by their value: A (-5) before B (5)
     assert [c for c in table if c.startswith("val_ce__")] == ["val_ce__A", "val_ce__B"]
@@ -74,8 +147,13 @@ def test_table_columns_and_derived_values(hand_study):
     assert tr["gain_vs_baseline"] == pytest.approx(0.35 - 0.25)
     assert pre["id_gap"] == pytest.approx(0.1)
     for row in (pre, bl):
-        for column in ("before_target_val_ce", "before_val_ce__A", "forgetting",
-                       "gain_vs_pretrain", "gain_vs_baseline"):
+        for column in (
+            "before_target_val_ce",
+            "before_val_ce__A",
+            "forgetting",
+            "gain_vs_pretrain",
+            "gain_vs_baseline",
+        ):
             assert math.isnan(row[column]), column
     assert math.isnan(pre["target_train_ce"]) is False and math.isnan(tr["val_ce__A"]) is False
 
@@ -100,7 +178,10 @@ def test_domain_order_categorical_and_unvalued():
     records = [{"metrics": {"x": {}, "Au small": {}, "Cu large": {}}}]
     assert domain_order(records) == ["x", "Au small", "Cu large"]
     assert domain_order(records, {"Cu large": "Cu, 2.5-3.5 nm", "Au small": "Au, 1-2 nm"}) == [
-        "Cu large", "Au small", "x"]
+        "Cu large",
+        "Au small",
+        "x",
+    ]
 
 
 def test_write_table_and_json_round_trip(hand_study, tmp_path):
@@ -123,36 +204,71 @@ def synthetic_study(seed: int = 0, replicates: int = 3, baselines: bool = True) 
     """Defocus-like study: 5 domains, 2 sources, all transfers, freeze x size x lr grid."""
     rng = np.random.default_rng(seed)
     values = {f"df{v:+d}": float(v) for v in (-10, -5, 0, 5, 10)}
+
     def ce(trained_on, d):
         return 0.1 + 0.02 * abs(values[trained_on] - values[d]) + rng.uniform(0, 0.03)
+
     records = []
     for source in ("df-5", "df+5"):
         for s in range(replicates):
             pre_path = f"pre_{source}_{s}.pt"
-            records.append(record(pre_path, {"experiment": "defocus", "stage": "pretrain",
-                                             "source": source, "target": source,
-                                             "pretrained": None, "seed": s},
-                                  {d: ce(source, d) for d in values},
-                                  {"train": 0.08, "test": 0.12}, epochs=4))
+            records.append(
+                record(
+                    pre_path,
+                    {
+                        "experiment": "defocus",
+                        "stage": "pretrain",
+                        "source": source,
+                        "target": source,
+                        "pretrained": None,
+                        "seed": s,
+                    },
+                    {d: ce(source, d) for d in values},
+                    {"train": 0.08, "test": 0.12},
+                    epochs=4,
+                )
+            )
             for target in values:
                 if target == source:
                     continue
                 for freeze in ("encoder", "decoder", "none"):
                     for size in (64, 128):
                         for lrs in ((1e-3, 1e-4), (1e-4, 1e-5)):
-                            tags = {"experiment": "defocus", "stage": "transfer", "source": source,
-                                    "target": target, "freeze": freeze, "size": size,
-                                    "lr_pretrain": lrs[0], "lr_transfer": lrs[1], "seed": s,
-                                    "pretrained": pre_path}
-                            records.append(record(f"tr_{len(records)}.pt", tags,
-                                                  {d: ce(target, d) * 1.1 for d in values},
-                                                  {"train": 0.09, "test": 0.13}, epochs=4))
+                            tags = {
+                                "experiment": "defocus",
+                                "stage": "transfer",
+                                "source": source,
+                                "target": target,
+                                "freeze": freeze,
+                                "size": size,
+                                "lr_pretrain": lrs[0],
+                                "lr_transfer": lrs[1],
+                                "seed": s,
+                                "pretrained": pre_path,
+                            }
+                            records.append(
+                                record(
+                                    f"tr_{len(records)}.pt",
+                                    tags,
+                                    {d: ce(target, d) * 1.1 for d in values},
+                                    {"train": 0.09, "test": 0.13},
+                                    epochs=4,
+                                )
+                            )
     if baselines:
         for s in range(replicates):
-            tags = {"experiment": "defocus", "stage": "baseline", "source": "df-5",
-                    "target": "df+10", "mix": [128, 128], "seed": s, "pretrained": None}
-            records.append(record(f"bl_{s}.pt", tags, {d: ce("df+10", d) for d in values},
-                                  {"train": 0.1, "test": 0.1}, epochs=6))
+            tags = {
+                "experiment": "defocus",
+                "stage": "baseline",
+                "source": "df-5",
+                "target": "df+10",
+                "mix": [128, 128],
+                "seed": s,
+                "pretrained": None,
+            }
+            records.append(
+                record(f"bl_{s}.pt", tags, {d: ce("df+10", d) for d in values}, {"train": 0.1, "test": 0.1}, epochs=6)
+            )
     return records, values
 
 
@@ -206,8 +322,7 @@ def test_svg_is_reproducible(tmp_path):
 
 
 def test_examples_figure(tmp_path):
-    datasets = {name: make_domain(tmp_path / f"{name}.h5", name, seed)
-                for name, seed in (("a", 1), ("b", 2))}
+    datasets = {name: make_domain(tmp_path / f"{name}.h5", name, seed) for name, seed in (("a", 1), ("b", 2))}
     model = make_model(tmp_path / "m.pt", 0)
     assert_written(plot_examples(model, datasets, tmp_path / "examples", device="cpu"))
     with pytest.raises(ValueError, match="no index 9"):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from emsim import domains, optics, shifts
-from emsim.simulate import ShardWaves
+from emsim.simulation import domains, optics, shifts
+from emsim.simulation.simulate import ShardWaves
 
 MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
 SAMPLING_A = 0.2
@@ -81,7 +81,9 @@ def test_detector_blur_lowers_high_frequency_power_as_its_mtf():
 
 def test_dose_gives_poisson_counts_with_the_dose_per_pixel():
     image = np.ones((64, 64), np.float32)
-    counts, meta = shifts.SHIFTS["dose"].apply(image, {"e_per_A2": 100.0}, np.random.default_rng(0), {"pixel_size_A": 0.5})
+    counts, meta = shifts.SHIFTS["dose"].apply(
+        image, {"e_per_A2": 100.0}, np.random.default_rng(0), {"pixel_size_A": 0.5}
+    )
     assert meta == {"dose_e_per_A2": 100.0}
     assert counts.mean() == pytest.approx(25.0, rel=0.02) and counts.var() == pytest.approx(25.0, rel=0.1)
 
@@ -95,7 +97,12 @@ def test_defocus_is_drawn_per_image_and_recorded():
 
 
 def test_detector_shifts_run_in_order_around_the_dose():
-    domain = {"structure_set": "x", "detector_blur": {"sigma_px": 1}, "dose": {"e_per_A2": 10}, "defocus": {"mean_nm": 0}}
+    domain = {
+        "structure_set": "x",
+        "detector_blur": {"sigma_px": 1},
+        "dose": {"e_per_A2": 10},
+        "defocus": {"mean_nm": 0},
+    }
     assert [k.name for k, _ in shifts.ordered(domain, "detector")] == ["dose", "detector_blur"]
     assert [k.name for k, _ in shifts.ordered(domain, "optics")] == ["defocus"]
 

@@ -6,11 +6,18 @@ import pytest
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
-from emsim import optics, simulate, structures
+from emsim.simulation import optics, simulate, structures
 
 CELL_A = 25.6
-SIM = {"sampling_A": 0.2, "slice_thickness_A": 2.0, "frozen_phonons": 2, "phonon_sigma_A": 0.1, "device": "cpu",
-       "calibrate_zero_defocus": False, "zero_defocus_search_A": [-200.0, 200.0]}
+SIM = {
+    "sampling_A": 0.2,
+    "slice_thickness_A": 2.0,
+    "frozen_phonons": 2,
+    "phonon_sigma_A": 0.1,
+    "device": "cpu",
+    "calibrate_zero_defocus": False,
+    "zero_defocus_search_A": [-200.0, 200.0],
+}
 MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
 IMAGE = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0}
 LABELS = {"threshold_rad": np.pi / 16, "lowpass_sigma_A": 0.5, "closing_A": 1.5, "blur_A": 1.0}
@@ -68,8 +75,14 @@ def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
     assert shard.labels.shape == (2, 64, 64) and shard.labels.dtype == np.uint8
     assert 0 < shard.labels.mean() < 0.5
     assert shard.zero_defocus_A.dtype == np.float32 and np.all(np.isfinite(shard.zero_defocus_A))
-    image = optics.image_from_waves(shard.waves[0], shard.sampling_A, optics.Aberrations.from_microscope(
-        MICROSCOPE, 100.0), MICROSCOPE, IMAGE["pixel_size_A"], IMAGE["size_px"])
+    image = optics.image_from_waves(
+        shard.waves[0],
+        shard.sampling_A,
+        optics.Aberrations.from_microscope(MICROSCOPE, 100.0),
+        MICROSCOPE,
+        IMAGE["pixel_size_A"],
+        IMAGE["size_px"],
+    )
     assert image.mean() == pytest.approx(1.0, abs=0.05)
 
     path = tmp_path / "shard.h5"
@@ -107,7 +120,7 @@ def test_vacuum_wave_is_the_static_particles(scenes):
 def test_padding_keeps_the_window_free_of_wrapped_detail():
     """The same particle, imaged at 20 nm defocus in cells padded by 2 A and 10 A around a 19.2 A
     window, against a 20 A padding: with the padding covering the lens's reach (about 10 A here,
-    ``emsim.optics.delocalisation_A``) the window no longer changes."""
+    ``emsim.simulation.optics.delocalisation_A``) the window no longer changes."""
     particle = structures.nanoparticle(structures.LATTICES["Au_fcc"], 6.0, 0, np.random.default_rng(0))
     microscope = MICROSCOPE | {"Cs_A": 0.0}
 
@@ -118,8 +131,9 @@ def test_padding_keeps_the_window_free_of_wrapped_detail():
         atoms.set_cell([cell_A, cell_A, 20.0])
         atoms.center()
         waves = sfft.fft2(simulate.exit_waves(atoms, SIM | {"frozen_phonons": 1, "phonon_sigma_A": 0.0}, microscope, 0))
-        intensity = optics.image_from_waves(waves, 0.2, optics.Aberrations(C10_A=-200.0), microscope, 0.4,
-                                            optics.cell_px(image))
+        intensity = optics.image_from_waves(
+            waves, 0.2, optics.Aberrations(C10_A=-200.0), microscope, 0.4, optics.cell_px(image)
+        )
         return optics.crop_window(intensity, 48)
 
     reference = window(20.0)
@@ -151,7 +165,9 @@ def test_bad_configuration_is_named(scenes):
     with pytest.raises(ValueError, match="simulation.phonon_sigma_A"):
         simulate.exit_waves(atoms, SIM | {"phonon_sigma_A": {"C": 0.1}}, MICROSCOPE, seed=0)
     with pytest.raises(ValueError, match="image.size_px"):
-        simulate.simulate_shard(scenes, [0, 1], SIM, MICROSCOPE, {"size_px": 32, "pixel_size_A": 0.4, "padding_A": 0.0}, LABELS, seed=0)
+        simulate.simulate_shard(
+            scenes, [0, 1], SIM, MICROSCOPE, {"size_px": 32, "pixel_size_A": 0.4, "padding_A": 0.0}, LABELS, seed=0
+        )
 
 
 def test_fftw_wisdom_round_trip(tmp_path):

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yte
-
 from slurm_cluster import SlurmUnavailable, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +56,26 @@ class Snakemake:
 
     def __init__(self, workdir: Path, *args: str):
         src = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-        command = ["timeout", "-s", "INT", str(TIMEOUT_S), sys.executable, "-m", "snakemake",
-                   "-d", str(workdir), *args, "--configfile", str(STUDY)]
+        command = [
+            "timeout",
+            "-s",
+            "INT",
+            str(TIMEOUT_S),
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-d",
+            str(workdir),
+            *args,
+            "--configfile",
+            str(STUDY),
+        ]
         self.log = workdir.with_suffix(".log")  # a file, not a pipe: nobody reads while it runs
         self.started = time.perf_counter()
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": src},
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env={**os.environ, "PYTHONPATH": src}, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def wait(self) -> tuple[str, float]:
         """(output, wall seconds) once it finished successfully."""
@@ -104,8 +116,9 @@ def gpus_requested(job: dict[str, str]) -> bool:
     return "gpu" in tres
 
 
-def assert_routed(jobs: list[dict[str, str]], gpu_rules: set[str],
-                  groups: dict[str, str]) -> dict[str, list[str | None]]:
+def assert_routed(
+    jobs: list[dict[str, str]], gpu_rules: set[str], groups: dict[str, str]
+) -> dict[str, list[str | None]]:
     """Every job COMPLETED; GPU rules on `gpu` with a GPU, all other rules on `cpu` without one.
 
     Returns rule -> groups its Slurm jobs belonged to (None for an ungrouped job).
@@ -147,9 +160,14 @@ def test_tiny_study_on_slurm_routes_jobs_and_matches_local_run(slurm_cluster, tm
     shutil.copy2(local_dir / WISDOM, slurm_dir / WISDOM)
     local = Snakemake(local_dir, TABLE, "--cores", node_cpus)  # alongside: the Slurm run mostly waits
     output, slurm_s = Snakemake(
-        slurm_dir, TABLE, "--profile", "slurm",
-        "--cores", node_cpus,  # CPUs of the test node (the profile's cores: 16 would not fit)
-        "--slurm-init-seconds-before-status-checks", "2",  # the tiny jobs end in seconds
+        slurm_dir,
+        TABLE,
+        "--profile",
+        "slurm",
+        "--cores",
+        node_cpus,  # CPUs of the test node (the profile's cores: 16 would not fit)
+        "--slurm-init-seconds-before-status-checks",
+        "2",  # the tiny jobs end in seconds
     ).wait()
     local.wait()
     assert "Using profile slurm" in output

@@ -1,4 +1,4 @@
-"""Tests of emsim.structures: lattices, particles, carbon, scenes, files, validation."""
+"""Tests of emsim.simulation.structures: lattices, particles, carbon, scenes, files, validation."""
 
 import json
 
@@ -9,13 +9,21 @@ from ase.data import atomic_numbers
 from ase.units import _Nav
 from scipy.spatial import cKDTree
 
-from emsim import structures as S
+from emsim.simulation import structures as S
 
 # Published lattice constants (A): a, c, and the wurtzite/spinel internal parameter (spinel u in origin choice 1).
 EXPECTED = {
-    "CdSe_wurtzite": (4.2985, 7.0152), "ZnS_wurtzite": (3.8227, 6.2607), "Cu_fcc": (3.6157, None),
-    "Ag_fcc": (4.0782, None), "Au_fcc": (4.078, None), "Pt_fcc": (3.924, None), "C_diamond": (3.5673, None),
-    "Si_diamond": (5.430, None), "Fe3O4_spinel": (8.394, None), "Co3O4_spinel": (8.065, None), "Fe_bcc": (2.866, None),
+    "CdSe_wurtzite": (4.2985, 7.0152),
+    "ZnS_wurtzite": (3.8227, 6.2607),
+    "Cu_fcc": (3.6157, None),
+    "Ag_fcc": (4.0782, None),
+    "Au_fcc": (4.078, None),
+    "Pt_fcc": (3.924, None),
+    "C_diamond": (3.5673, None),
+    "Si_diamond": (5.430, None),
+    "Fe3O4_spinel": (8.394, None),
+    "Co3O4_spinel": (8.065, None),
+    "Fe_bcc": (2.866, None),
 }
 
 
@@ -48,8 +56,15 @@ def column_fraction(positions, cell_xy_A=None, tol_A=0.02) -> float:
     return float(np.mean(distance[:, 1] < tol_A))
 
 
-PARTICLES = {"lattice": "CdSe_wurtzite", "radius_A": [6.0, 9.0], "count": [2, 3], "min_gap_A": 5.0,
-             "stacking_faults": [0, 1], "orientation": "zone_axis", "mistilt_deg": 2.0}
+PARTICLES = {
+    "lattice": "CdSe_wurtzite",
+    "radius_A": [6.0, 9.0],
+    "count": [2, 3],
+    "min_gap_A": 5.0,
+    "stacking_faults": [0, 1],
+    "orientation": "zone_axis",
+    "mistilt_deg": 2.0,
+}
 SUBSTRATE = {"thickness_A": [6.0, 10.0], "density_g_cm3": 2.0}
 SPEC = {"n_structures": 4, "seed": 7, "particles": PARTICLES, "substrate": SUBSTRATE}
 
@@ -157,7 +172,9 @@ def test_carbon_hard_core_periodic_and_dense():
     rho = len(carbon) / (cell_xy_A**2 * thickness_A)
 
     def g(r0, r1):
-        count = tree.query_ball_point(centre, r1, return_length=True) - tree.query_ball_point(centre, r0, return_length=True)
+        count = tree.query_ball_point(centre, r1, return_length=True) - tree.query_ball_point(
+            centre, r0, return_length=True
+        )
         return count.sum() / (len(centre) * rho * 4 / 3 * np.pi * (r1**3 - r0**3))
 
     assert 1.0 < g(1.4, 1.6) < 1.6 and g(3.0, 5.0) == pytest.approx(1.0, abs=0.05)
@@ -170,8 +187,9 @@ def test_scene_particles_gap_count_radius_and_layout(scenes):
         assert 2 <= info["n_particles"] <= 3 and len(info["radii_A"]) == info["n_particles"]
         assert all(6.0 <= r <= 9.0 for r in info["radii_A"])
         assert 6.0 <= info["substrate_thickness_A"] <= 10.0
-        assert all(n in (0, 1) for n in info["n_faults"]) and all(z in {"[2-1-10]", "[01-10]", "[0001]"}
-                                                                  for z in info["zone_axes"])
+        assert all(n in (0, 1) for n in info["n_faults"]) and all(
+            z in {"[2-1-10]", "[01-10]", "[0001]"} for z in info["zone_axes"]
+        )
         particle = scene.positions_A[scene.is_particle].astype(float)
         carbon = scene.positions_A[~scene.is_particle].astype(float)
         assert (scene.positions_A[:, :2] >= 0).all() and (scene.positions_A[:, :2] < cell_xy_A).all()
@@ -263,23 +281,26 @@ def test_load_rejects_other_files(tmp_path):
         S.load_scenes(path)
 
 
-@pytest.mark.parametrize(("particles", "substrate", "key"), [
-    ({"lattice": "Gold"}, {}, "particles.lattice: 'Gold'.*CdSe_wurtzite"),
-    ({"radius_A": [20, 10]}, {}, "particles.radius_A"),
-    ({"radius_A": [0, 10]}, {}, "particles.radius_A"),
-    ({"count": [3, 1]}, {}, "particles.count"),
-    ({"count": [1.5, 2]}, {}, "particles.count"),
-    ({"stacking_faults": [-1, 1]}, {}, "particles.stacking_faults"),
-    ({"orientation": "sideways"}, {}, "particles.orientation.*zone_axis"),
-    ({"mistilt_deg": -1}, {}, "particles.mistilt_deg"),
-    ({"min_gap_A": -1}, {}, "particles.min_gap_A"),
-    ({"radiusA": [1, 2]}, {}, "particles.radiusA: unknown key"),
-    ({}, {"thickness_A": [30, 20]}, "substrate.thickness_A"),
-    ({}, {"thickness_A": [-5, 20]}, "substrate.thickness_A"),
-    ({}, {"density_g_cm3": 0}, "substrate.density_g_cm3"),
-    ({"radius_A": [30, 30]}, {}, "particles.radius_A"),
-    ({"count": [12, 12]}, {}, "particles.count"),
-])
+@pytest.mark.parametrize(
+    ("particles", "substrate", "key"),
+    [
+        ({"lattice": "Gold"}, {}, "particles.lattice: 'Gold'.*CdSe_wurtzite"),
+        ({"radius_A": [20, 10]}, {}, "particles.radius_A"),
+        ({"radius_A": [0, 10]}, {}, "particles.radius_A"),
+        ({"count": [3, 1]}, {}, "particles.count"),
+        ({"count": [1.5, 2]}, {}, "particles.count"),
+        ({"stacking_faults": [-1, 1]}, {}, "particles.stacking_faults"),
+        ({"orientation": "sideways"}, {}, "particles.orientation.*zone_axis"),
+        ({"mistilt_deg": -1}, {}, "particles.mistilt_deg"),
+        ({"min_gap_A": -1}, {}, "particles.min_gap_A"),
+        ({"radiusA": [1, 2]}, {}, "particles.radiusA: unknown key"),
+        ({}, {"thickness_A": [30, 20]}, "substrate.thickness_A"),
+        ({}, {"thickness_A": [-5, 20]}, "substrate.thickness_A"),
+        ({}, {"density_g_cm3": 0}, "substrate.density_g_cm3"),
+        ({"radius_A": [30, 30]}, {}, "particles.radius_A"),
+        ({"count": [12, 12]}, {}, "particles.count"),
+    ],
+)
 def test_validation_errors_name_the_key(particles, substrate, key):
     with pytest.raises(ValueError, match=key):
         S.build_scene(PARTICLES | particles, SUBSTRATE | substrate, 50.0, np.random.default_rng(0))

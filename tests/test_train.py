@@ -8,16 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from emsim import data, evaluate, experiments, train
-from emsim.metrics import STUDY_LOSS_OFFSET
-from emsim.models import load_model, save_model
+from emsim import data
+from emsim.learning import evaluate, train
+from emsim.learning.metrics import STUDY_LOSS_OFFSET
+from emsim.learning.models import load_model, save_model
+from emsim.study import experiments
 
 SIZE_PX = 64
-# threads 1: OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
+# one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
 # augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
-CFG = {"width": 0.125, "epochs": 3, "batch_size": 4, "lr": 3e-3, "lr_decay": 0.9,
-       "amp": False, "channels_last": False, "compile": False, "threads": 1, "device": "cpu",
-       "augmentation": "random"}
+CFG = {
+    "width": 0.125,
+    "epochs": 3,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "lr_decay": 0.9,
+    "amp": False,
+    "channels_last": False,
+    "compile": False,
+    "device": "cpu",
+    "augmentation": "random",
+}
 
 
 def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
@@ -31,8 +42,11 @@ def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
             cy, cx = rng.uniform(10, SIZE_PX - 10, 2)
             labels[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 10) ** 2
     images = (100 + contrast * labels + rng.normal(0, 10, labels.shape)).astype(np.float32)
-    splits = {"train": np.arange(n_train), "val": np.arange(n_train, n_train + n_val),
-              "test": np.arange(n_train + n_val, n)}
+    splits = {
+        "train": np.arange(n_train),
+        "val": np.arange(n_train, n_train + n_val),
+        "test": np.arange(n_train + n_val, n),
+    }
     data.write_dataset(path, images, labels, {"index": np.arange(n)}, splits, {"domain": domain})
     return path
 
@@ -40,8 +54,10 @@ def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory):
     root = tmp_path_factory.mktemp("domains")
-    return {"a": make_domain(root / "a.h5", "a", n_train=16, seed=1),
-            "b": make_domain(root / "b.h5", "b", n_train=6, n_val=3, seed=2, contrast=-40.0)}
+    return {
+        "a": make_domain(root / "a.h5", "a", n_train=16, seed=1),
+        "b": make_domain(root / "b.h5", "b", n_train=6, n_val=3, seed=2, contrast=-40.0),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +94,9 @@ def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tm
     again = train._epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
     other_epoch = train._epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
     assert torch.equal(order, again[0]) and not torch.equal(order, other_epoch[0])
-    meta = train.pretrain(domains["a"], tmp_path / "m.pt",
-                          {**CFG, "epochs": 2, "augmentation": "dihedral8"}, seed=0, size=3)
+    meta = train.pretrain(
+        domains["a"], tmp_path / "m.pt", {**CFG, "epochs": 2, "augmentation": "dihedral8"}, seed=0, size=3
+    )
     assert [r["images_seen"] for r in meta["history"]] == [24, 48]
     meta = train.pretrain(domains["a"], tmp_path / "r.pt", {**CFG, "epochs": 2}, seed=0, size=3)
     assert [r["images_seen"] for r in meta["history"]] == [3, 6]
@@ -111,12 +128,12 @@ def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augment
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.pretrain(domains["a"], resumed, cfg, seed=5, size=size,
-                       on_epoch_end=kill_after_first_epoch)
+        train.pretrain(domains["a"], resumed, cfg, seed=5, size=size, on_epoch_end=kill_after_first_epoch)
     assert not resumed.exists() and (tmp_path / "resumed.pt.ckpt").exists()
     epochs_run = []
-    meta_resumed = train.pretrain(domains["a"], resumed, cfg, seed=5, size=size,
-                                  on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    meta_resumed = train.pretrain(
+        domains["a"], resumed, cfg, seed=5, size=size, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+    )
     assert epochs_run == [2, 3]
     assert not (tmp_path / "resumed.pt.ckpt").exists()
     a, b = load_model(full)[0].state_dict(), load_model(resumed)[0].state_dict()
@@ -135,9 +152,10 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=1, on_epoch_end=stop)
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
-        train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2,
-                       on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+        train.pretrain(
+            domains["a"], out, {**CFG, "epochs": 1}, seed=2, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        )
     assert epochs_run == [1] and "ignoring checkpoint" in caplog.text
     Path(f"{out}.ckpt").write_bytes(b"truncated")
     train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2)
@@ -156,20 +174,17 @@ def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
     assert Path(f"{out}.ckpt").exists()
     make_domain(dataset, "d", n_train=6, seed=2)  # rebuilt: same path, sizes and domain
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
-        meta = train.pretrain(dataset, out, CFG, seed=1,
-                              on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+        meta = train.pretrain(dataset, out, CFG, seed=1, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [1, 2, 3]
-    assert f"discarded checkpoint {out}.ckpt: the content of input(s) {dataset} changed" \
-        in caplog.text
+    assert f"discarded checkpoint {out}.ckpt: the content of input(s) {dataset} changed" in caplog.text
     fresh = tmp_path / "fresh.pt"
     assert train.pretrain(dataset, fresh, CFG, seed=1)["inputs"] == meta["inputs"]
     a, b = load_model(out)[0].state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrained, tmp_path,
-                                                               caplog):
+def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrained, tmp_path, caplog):
     source = tmp_path / "source.pt"
     model, meta = load_model(pretrained[0])
     save_model(source, model, meta=meta)
@@ -184,7 +199,7 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
-    with caplog.at_level(logging.WARNING, logger="emsim.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
         train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0)
     assert f"the content of input(s) {source} changed" in caplog.text
 
@@ -249,13 +264,11 @@ def test_transfer_rejects_bad_size_freeze_and_width(domains, pretrained, tmp_pat
     with pytest.raises(ValueError, match="freeze part 'head'"):
         train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, "head", 4, seed=0)
     with pytest.raises(ValueError, match="width"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", {**CFG, "width": 0.25},
-                       "none", 4, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", {**CFG, "width": 0.25}, "none", 4, seed=0)
 
 
 def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
-    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt",
-                          {**CFG, "epochs": 1}, seed=0)
+    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt", {**CFG, "epochs": 1}, seed=0)
     assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
     assert meta["domains"] == ["a", "b"]
     assert (meta["target_domain"], meta["source_domain"]) == ("a", "b")
@@ -284,16 +297,30 @@ def test_dihedral_gives_the_8_symmetries_and_matches_labels():
 
 
 def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
-    study = {"domains": {"a": {}, "b": {}}, "experiments": {"x": {
-        "domains": ["a", "b"], "sources": ["b"], "freeze": ["none"], "transfer_sizes": [4],
-        "lr_pairs": [[1e-3, 1e-4]], "replicates": 1,
-        "baseline": {"mixtures": [[5, 2]], "lrs": [2e-3]}}}}
+    study = {
+        "domains": {"a": {}, "b": {}},
+        "experiments": {
+            "x": {
+                "domains": ["a", "b"],
+                "sources": ["b"],
+                "freeze": ["none"],
+                "transfer_sizes": [4],
+                "lr_pairs": [[1e-3, 1e-4]],
+                "replicates": 1,
+                "baseline": {"mixtures": [[5, 2]], "lrs": [2e-3]},
+            }
+        },
+    }
     [spec] = [m for m in experiments.expand(study)["x"].models if m.stage == "baseline"]
     paths = {experiments.dataset_path(name): domains[name] for name in ("a", "b")}
-    meta = train.baseline([paths[p] for p in spec.datasets], spec.mix, tmp_path / "b.pt",
-                          {**CFG, "epochs": 1, "lr": spec.lr}, seed=spec.seed)
-    assert (meta["target_domain"], meta["source_domain"]) == (spec.tags["target"],
-                                                             spec.tags["source"])
+    meta = train.baseline(
+        [paths[p] for p in spec.datasets],
+        spec.mix,
+        tmp_path / "b.pt",
+        {**CFG, "epochs": 1, "lr": spec.lr},
+        seed=spec.seed,
+    )
+    assert (meta["target_domain"], meta["source_domain"]) == (spec.tags["target"], spec.tags["source"])
     assert spec.tags["size"] == spec.mix[0] == 5
     assert spec.tags["lr_baseline"] == meta["config"]["lr"] == 2e-3
     assert spec.tags["lr_pretrain"] is None and spec.tags["lr_transfer"] is None
@@ -307,8 +334,7 @@ def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp
     assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
     model = load_model(tmp_path / "m.pt")[0]
     val = evaluate.load_split(domains["a"], "val", torch.device("cpu"))
-    assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"],
-                                                                       rel=1e-4)
+    assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="'loss' must be one of"):
         train.resolve_cfg({"lr": 1e-3, "loss": "dice"})
     with pytest.raises(ValueError, match="'augmentation' must be one of"):

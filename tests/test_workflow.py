@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from emsim import data, train
-from emsim.models import load_model
+from emsim import data
+from emsim.learning import train
+from emsim.learning.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -27,8 +28,18 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: in
     """Run snakemake on the repository's Snakefile in ``workdir``; return its output."""
     if config is not None:
         (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "study.yaml"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "study.yaml"),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -112,10 +123,13 @@ def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, t
     assert jobs["structures"] == 2 and jobs["exit_waves"] == 2 and jobs["domain_dataset"] == 2
 
 
-@pytest.mark.parametrize("edit", [
-    lambda study: study["structure_sets"]["au"].update(labels={"blur_A": 1.6}),
-    lambda study: study["simulation"].update(zero_defocus_search_A=[-150, 150]),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda study: study["structure_sets"]["au"].update(labels={"blur_A": 1.6}),
+        lambda study: study["simulation"].update(zero_defocus_search_A=[-150, 150]),
+    ],
+)
 def test_changing_labels_or_calibration_reruns_exit_waves_not_scenes(rerun_dir, tiny_study, edit):
     changed = copy.deepcopy(tiny_study)
     edit(changed)
@@ -173,8 +187,20 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     config = copy.deepcopy(tiny_study)
     config["training"]["epochs"] = 8
     (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(rerun_dir),
-               "--configfile", str(rerun_dir / "study.yaml"), "--cores", "1", target]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(rerun_dir),
+        "--configfile",
+        str(rerun_dir / "study.yaml"),
+        "--cores",
+        "1",
+        target,
+    ]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -29,12 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--split", default="train", choices=["train", "val", "test"])
 
     predict = commands.add_parser(
-        "predict", help="segment micrographs (TIFF, PNG, NumPy, HDF5, DM3/DM4, EMD) with a model "
-        "or an ensemble (mean probabilities, uncertainty, OOD score, summary.csv)")
+        "predict",
+        help="segment micrographs (TIFF, PNG, NumPy, HDF5, DM3/DM4, EMD) with a model "
+        "or an ensemble (mean probabilities, uncertainty, OOD score, summary.csv)",
+    )
     predict.add_argument("model", help="model file, or a quoted glob (all of its matches form an ensemble)")
     predict.add_argument("inputs", nargs="+")
-    predict.add_argument("-m", "--model", dest="more_models", action="append", default=[],
-                         help="a further ensemble member (file or quoted glob); repeatable")
+    predict.add_argument(
+        "-m",
+        "--model",
+        dest="more_models",
+        action="append",
+        default=[],
+        help="a further ensemble member (file or quoted glob); repeatable",
+    )
     predict.add_argument("-o", "--output", required=True, help="folder for masks, maps and summary.csv")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--pixel-size", type=float, help="pixel size in Å of inputs whose file records none")
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args) -> int:
-    from emsim import config, experiments
+    from emsim.study import config, experiments
 
     study = config.load(args.config)
     print(f"{args.config}: valid")
@@ -86,8 +94,10 @@ def _info(args) -> int:
         values = np.asarray(values, float)
         print(f"  {key}: min {values.min():.4g}, mean {values.mean():.4g}, max {values.max():.4g}")
     print(f"  config: {json.dumps(attrs['config']['domain'], sort_keys=True)}")
-    print(f"  provenance: emsim {attrs['provenance']['emsim']}, " + ", ".join(
-        f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v))
+    print(
+        f"  provenance: emsim {attrs['provenance']['emsim']}, "
+        + ", ".join(f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v)
+    )
     return 0
 
 
@@ -106,10 +116,17 @@ def _predict(args) -> int:
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"-o {args.output}: exists and is not a folder; give a folder for masks and overlays")
     _check_device(args.device)
-    results = predict.predict_files([args.model, *args.more_models], args.inputs, args.output,
-                                    device=args.device, tile_px=args.tile, batch_tiles=args.batch,
-                                    pixel_size_A=args.pixel_size, ood_threshold=args.ood_threshold,
-                                    progress=sys.stderr.isatty())
+    results = predict.predict_files(
+        [args.model, *args.more_models],
+        args.inputs,
+        args.output,
+        device=args.device,
+        tile_px=args.tile,
+        batch_tiles=args.batch,
+        pixel_size_A=args.pixel_size,
+        ood_threshold=args.ood_threshold,
+        progress=sys.stderr.isatty(),
+    )
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:
         where = r["input"] + ("" if r.get("index") is None else f" [{r['index']}]")

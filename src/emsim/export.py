@@ -34,13 +34,19 @@ def export_onnx(models: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     axes = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and legacy-exporter notices
-        torch.onnx.export(ensemble, (example,), str(tmp), input_names=["image"],
-                          output_names=["probability"], opset_version=OPSET,
-                          dynamic_axes={"image": axes, "probability": axes}, dynamo=False)
+        torch.onnx.export(
+            ensemble,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["probability"],
+            opset_version=OPSET,
+            dynamic_axes={"image": axes, "probability": axes},
+            dynamo=False,
+        )
         graph = onnx.load(str(tmp))
         entry = graph.metadata_props.add()
-        entry.key, entry.value = "emsim_meta", json.dumps(
-            [{"file": str(p), **m} for p, m in zip(paths, metas)])
+        entry.key, entry.value = "emsim_meta", json.dumps([{"file": str(p), **m} for p, m in zip(paths, metas)])
         onnx.save(graph, str(tmp))
         check(ensemble, tmp)
     return paths

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import importlib.metadata
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ def atomic_path(path: str | Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
-            if stale.name[len(path.name) + 5:].isdigit():
+            if stale.name[len(path.name) + 5 :].isdigit():
                 stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.touch()

@@ -34,10 +34,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from emsim import data, ood
-from emsim.evaluate import pad_to_multiple
+from emsim import data
 from emsim.io import atomic_path, provenance
-from emsim.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning import ood
+from emsim.learning.models import DOWNSAMPLING, load_model, pad_to_multiple, resolve_device
 from emsim.readers import read_images
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,25 @@ UNCERTAIN_BITS = 0.5  # entropy above which a pixel counts as uncertain (p in ab
 OVERLAY_TINT = np.array([255, 140, 0], np.float32)  # orange tint inside particles
 OUTLINE = np.array([0, 230, 255], np.uint8)  # cyan outline
 TINT_ALPHA = 0.3
-CSV_FIELDS = ("input", "index", "status", "message", "height_px", "width_px", "pixel_size_A",
-              "resampled", "particle_fraction", "uncertain_fraction", "particle_count",
-              "particle_areas_px", "mean_particle_area_nm2", "ood_score", "ood_threshold",
-              "ood_flag", "mask_png")
+CSV_FIELDS = (
+    "input",
+    "index",
+    "status",
+    "message",
+    "height_px",
+    "width_px",
+    "pixel_size_A",
+    "resampled",
+    "particle_fraction",
+    "uncertain_fraction",
+    "particle_count",
+    "particle_areas_px",
+    "mean_particle_area_nm2",
+    "ood_score",
+    "ood_threshold",
+    "ood_flag",
+    "mask_png",
+)
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -84,22 +99,25 @@ def expand_models(patterns: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def load_ensemble(patterns: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
-                  ) -> tuple[Ensemble, list[dict], list[Path]]:
+def load_ensemble(
+    patterns: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+) -> tuple[Ensemble, list[dict], list[Path]]:
     """Load every model of ``patterns`` as one :class:`Ensemble` (eval mode) with their metas;
     ValueError naming the files if architectures or training pixel sizes differ."""
     paths = expand_models(patterns)
     loaded = [load_model(path, map_location=device) for path in paths]
     configs = {json.dumps(m.config, sort_keys=True) for m, _ in loaded}
     if len(configs) > 1:
-        raise ValueError("models of different architectures in one ensemble: " + "; ".join(
-            f"{p}: {m.config}" for p, (m, _) in zip(paths, loaded)))
+        raise ValueError(
+            "models of different architectures in one ensemble: "
+            + "; ".join(f"{p}: {m.config}" for p, (m, _) in zip(paths, loaded))
+        )
     sizes = [model_pixel_size(meta) for _, meta in loaded]
     known = [s for s in sizes if s is not None]
-    if (known and len(known) < len(sizes)) or (known and not np.allclose(known, known[0],
-                                                                         rtol=1e-6)):
-        raise ValueError("models of different pixel sizes in one ensemble: " + "; ".join(
-            f"{p}: {s} Å" for p, s in zip(paths, sizes)))
+    if (known and len(known) < len(sizes)) or (known and not np.allclose(known, known[0], rtol=1e-6)):
+        raise ValueError(
+            "models of different pixel sizes in one ensemble: " + "; ".join(f"{p}: {s} Å" for p, s in zip(paths, sizes))
+        )
     return Ensemble([m for m, _ in loaded]).eval(), [meta for _, meta in loaded], paths
 
 
@@ -122,11 +140,17 @@ def torch_forward(model: torch.nn.Module) -> Forward:
     return forward
 
 
-def predict_files(models: str | os.PathLike | Sequence[str | os.PathLike],
-                  inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                  device: str = "auto", tile_px: int = 512, batch_tiles: int = 8,
-                  pixel_size_A: float | None = None, ood_threshold: float | None = None,
-                  progress: bool = False) -> list[dict]:
+def predict_files(
+    models: str | os.PathLike | Sequence[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    device: str = "auto",
+    tile_px: int = 512,
+    batch_tiles: int = 8,
+    pixel_size_A: float | None = None,
+    ood_threshold: float | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Segment every image of ``inputs`` with the ensemble of ``models`` (paths or globs).
 
     Returns one summary dict per image or failed input (keys ``CSV_FIELDS`` plus the output
@@ -160,29 +184,44 @@ def predict_files(models: str | os.PathLike | Sequence[str | os.PathLike],
             where = str(source) if len(images) == 1 else f"{source} [image {index}]"
             name = stem if len(images) == 1 else f"{stem}_{index:03d}"
             try:
-                row = segment(forward, image, file_px or pixel_size_A, model_px, references,
-                              tile_px, batch_tiles, where)
+                row = segment(
+                    forward, image, file_px or pixel_size_A, model_px, references, tile_px, batch_tiles, where
+                )
             except ValueError as error:
                 logger.error("%s", error)
-                summary.append(_failure(source, None if len(images) == 1 else index,
-                                        str(error)))
+                summary.append(_failure(source, None if len(images) == 1 else index, str(error)))
                 continue
             maps = row.pop("maps")
-            row.update(input=str(source), index=None if len(images) == 1 else index,
-                       status="ok", message=None, ood_threshold=ood_threshold,
-                       ood_flag=None if row["ood_score"] is None or ood_threshold is None
-                       else row["ood_score"] > ood_threshold)
+            row.update(
+                input=str(source),
+                index=None if len(images) == 1 else index,
+                status="ok",
+                message=None,
+                ood_threshold=ood_threshold,
+                ood_flag=None
+                if row["ood_score"] is None or ood_threshold is None
+                else row["ood_score"] > ood_threshold,
+            )
             if row["ood_flag"]:
-                logger.warning("%s: out of distribution (score %.2f > threshold %.2f)", where,
-                               row["ood_score"], ood_threshold)
+                logger.warning(
+                    "%s: out of distribution (score %.2f > threshold %.2f)", where, row["ood_score"], ood_threshold
+                )
             row.update(write_outputs(out_dir / name, image, **maps))
             summary.append(row)
         logger.info("segmented %s (%d image(s))", source, len(images))
     write_summary(out_dir / "summary.csv", summary)
-    _write_json(out_dir / "provenance.json", {
-        "models": [str(p) for p in paths], "model_pixel_size_A": model_px,
-        "tile_px": tile_px, "pixel_size_A": pixel_size_A, "ood_threshold": ood_threshold,
-        "provenance": provenance(), "model_provenance": [m.get("provenance") for m in metas]})
+    _write_json(
+        out_dir / "provenance.json",
+        {
+            "models": [str(p) for p in paths],
+            "model_pixel_size_A": model_px,
+            "tile_px": tile_px,
+            "pixel_size_A": pixel_size_A,
+            "ood_threshold": ood_threshold,
+            "provenance": provenance(),
+            "model_provenance": [m.get("provenance") for m in metas],
+        },
+    )
     return summary
 
 
@@ -200,9 +239,16 @@ def _unique_stem(stem: str, used: set[str]) -> str:
     return candidate
 
 
-def segment(forward: Forward, image: np.ndarray, pixel_size_A: float | None,
-            model_pixel_size_A: float | None, references: list[dict], tile_px: int,
-            batch_tiles: int, where: str) -> dict:
+def segment(
+    forward: Forward,
+    image: np.ndarray,
+    pixel_size_A: float | None,
+    model_pixel_size_A: float | None,
+    references: list[dict],
+    tile_px: int,
+    batch_tiles: int,
+    where: str,
+) -> dict:
     """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
     ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size."""
     if not np.isfinite(image).all():
@@ -210,18 +256,21 @@ def segment(forward: Forward, image: np.ndarray, pixel_size_A: float | None,
     if image.min() == image.max():
         raise ValueError(f"{where}: image is constant (nothing to segment)")
     if model_pixel_size_A is not None and pixel_size_A is None:
-        raise ValueError(f"{where}: the file records no pixel size and none was given "
-                         f"(--pixel-size); the model was trained at {model_pixel_size_A:g} Å/px")
+        raise ValueError(
+            f"{where}: the file records no pixel size and none was given "
+            f"(--pixel-size); the model was trained at {model_pixel_size_A:g} Å/px"
+        )
     h, w = image.shape
     scaled, resampled = image, False
-    if model_pixel_size_A is not None \
-            and abs(pixel_size_A / model_pixel_size_A - 1) > PIXEL_TOLERANCE:
+    if model_pixel_size_A is not None and abs(pixel_size_A / model_pixel_size_A - 1) > PIXEL_TOLERANCE:
         factor = pixel_size_A / model_pixel_size_A
         scaled, resampled = resample(image, (round(h * factor), round(w * factor))), True
     if min(scaled.shape) < MIN_SIZE_PX:
-        raise ValueError(f"{where}: image of {scaled.shape[0]}x{scaled.shape[1]} px (at the "
-                         f"model's pixel size) is smaller than the model's minimum "
-                         f"{MIN_SIZE_PX} px")
+        raise ValueError(
+            f"{where}: image of {scaled.shape[0]}x{scaled.shape[1]} px (at the "
+            f"model's pixel size) is smaller than the model's minimum "
+            f"{MIN_SIZE_PX} px"
+        )
     probability = tiled_probability(forward, scaled, tile_px, batch_tiles)
     if resampled:
         probability = np.clip(resample(probability, (h, w)), 0, 1)
@@ -230,14 +279,21 @@ def segment(forward: Forward, image: np.ndarray, pixel_size_A: float | None,
     components, count = ndimage.label(mask)
     areas = np.bincount(components.ravel())[1:]
     scores = [ood.score(scaled, ref) for ref in references]
-    return {"height_px": h, "width_px": w, "pixel_size_A": pixel_size_A, "resampled": resampled,
-            "particle_fraction": float(mask.mean()),
-            "uncertain_fraction": float((uncertainty > UNCERTAIN_BITS).mean()),
-            "particle_count": int(count), "particle_areas_px": ";".join(map(str, areas)),
-            "mean_particle_area_nm2": None if pixel_size_A is None or not count
-            else float(areas.mean() * (pixel_size_A / 10) ** 2),
-            "ood_score": float(np.mean(scores)) if scores else None,
-            "maps": {"mask": mask, "probability": probability, "uncertainty": uncertainty}}
+    return {
+        "height_px": h,
+        "width_px": w,
+        "pixel_size_A": pixel_size_A,
+        "resampled": resampled,
+        "particle_fraction": float(mask.mean()),
+        "uncertain_fraction": float((uncertainty > UNCERTAIN_BITS).mean()),
+        "particle_count": int(count),
+        "particle_areas_px": ";".join(map(str, areas)),
+        "mean_particle_area_nm2": None
+        if pixel_size_A is None or not count
+        else float(areas.mean() * (pixel_size_A / 10) ** 2),
+        "ood_score": float(np.mean(scores)) if scores else None,
+        "maps": {"mask": mask, "probability": probability, "uncertainty": uncertainty},
+    }
 
 
 def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512) -> np.ndarray:
@@ -249,8 +305,7 @@ def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512)
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resampling (antialiased when shrinking) of a 2D float image to ``shape``."""
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    return F.interpolate(x, size=shape, mode="bilinear", antialias=True,
-                         align_corners=False)[0, 0].numpy()
+    return F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
 
 
 def entropy_bits(probability: np.ndarray) -> np.ndarray:
@@ -259,8 +314,7 @@ def entropy_bits(probability: np.ndarray) -> np.ndarray:
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
-def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512,
-                      batch_tiles: int = 8) -> np.ndarray:
+def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512, batch_tiles: int = 8) -> np.ndarray:
     """Particle probability (float32, shape of ``image``) of one raw greyscale image, from
     overlapping tiles sent through ``forward`` in batches of ``batch_tiles``."""
     h, w = image.shape
@@ -272,11 +326,11 @@ def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512,
     probability = np.zeros((ph, pw), np.float32)
     total = np.zeros((ph, pw), np.float32)
     for start in range(0, len(corners), batch_tiles):
-        chunk = corners[start:start + batch_tiles]
-        batch = np.stack([x[top:top + th, left:left + tw] for top, left in chunk])[:, None]
+        chunk = corners[start : start + batch_tiles]
+        batch = np.stack([x[top : top + th, left : left + tw] for top, left in chunk])[:, None]
         for (top, left), p in zip(chunk, forward(np.ascontiguousarray(batch))):
-            probability[top:top + th, left:left + tw] += weight * p
-            total[top:top + th, left:left + tw] += weight
+            probability[top : top + th, left : left + tw] += weight * p
+            total[top : top + th, left : left + tw] += weight
     return (probability / total)[:h, :w]
 
 
@@ -295,12 +349,14 @@ def _taper(n: int) -> np.ndarray:
     return np.clip(ramp / (n / 4), 0.05, 1.0).astype(np.float32)
 
 
-def write_outputs(stem: Path, image: np.ndarray, mask: np.ndarray, probability: np.ndarray,
-                  uncertainty: np.ndarray) -> dict[str, str]:
+def write_outputs(
+    stem: Path, image: np.ndarray, mask: np.ndarray, probability: np.ndarray, uncertainty: np.ndarray
+) -> dict[str, str]:
     """Write the per-image files (module docstring); returns their paths."""
-    paths = {name: f"{stem}_{name.replace('_', '.')}" for name in (
-        "mask_png", "mask_npy", "probability_npy", "uncertainty_npy", "uncertainty_png",
-        "overlay_png")}
+    paths = {
+        name: f"{stem}_{name.replace('_', '.')}"
+        for name in ("mask_png", "mask_npy", "probability_npy", "uncertainty_npy", "uncertainty_png", "overlay_png")
+    }
     _write_png(paths["mask_png"], mask * np.uint8(255))
     _write_npy(paths["mask_npy"], mask)
     _write_npy(paths["probability_npy"], probability.astype(np.float32))
@@ -352,5 +408,4 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _erode(mask: np.ndarray) -> np.ndarray:
     """Binary erosion with a 3x3 cross; pixels outside the image count as particle."""
     padded = np.pad(mask, 1, mode="edge")
-    return (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1]
-            & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]

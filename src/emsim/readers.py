@@ -20,8 +20,7 @@ import tifffile
 from PIL import Image
 
 SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".h5", ".hdf5", ".dm3", ".dm4", ".emd")
-UNITS_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "pm": 0.01, "nm": 10.0, "µm": 1e4, "um": 1e4,
-           "μm": 1e4}
+UNITS_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "pm": 0.01, "nm": 10.0, "µm": 1e4, "um": 1e4, "μm": 1e4}
 
 
 def read_images(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None]:
@@ -75,11 +74,14 @@ def _read_hdf5(path: Path) -> np.ndarray:
         if "images" in f:
             return f["images"][()]
         found = []
-        f.visititems(lambda name, item: found.append(name)
-                     if isinstance(item, h5py.Dataset) and item.ndim in (2, 3) else None)
+        f.visititems(
+            lambda name, item: found.append(name) if isinstance(item, h5py.Dataset) and item.ndim in (2, 3) else None
+        )
         if len(found) != 1:
-            raise ValueError(f"no 'images' dataset and {len(found)} 2D/3D datasets "
-                             f"({', '.join(found) or 'none'}); name the image dataset 'images'")
+            raise ValueError(
+                f"no 'images' dataset and {len(found)} 2D/3D datasets "
+                f"({', '.join(found) or 'none'}); name the image dataset 'images'"
+            )
         return f[found[0]][()]
 
 
@@ -122,6 +124,7 @@ def _as_images(array: np.ndarray) -> list[np.ndarray]:
 def _colour_to_grey(array: np.ndarray) -> np.ndarray:
     channels = array[..., :3] if array.shape[-1] in (3, 4) else array[..., :1]  # drop alpha
     if not (channels == channels[..., :1]).all():
-        raise ValueError(f"colour image with {array.shape[-1]} differing channels; "
-                         "convert it to greyscale (one channel) first")
+        raise ValueError(
+            f"colour image with {array.shape[-1]} differing channels; convert it to greyscale (one channel) first"
+        )
     return channels[..., 0]

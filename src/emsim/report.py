@@ -2,7 +2,7 @@
 
 Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
 (``ce`` = cross-entropy in nats/pixel, ``study_loss`` = the seed study's reported loss, see
-:mod:`emsim.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
+:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
 domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
@@ -39,31 +39,43 @@ from statistics import median
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
 from emsim.io import atomic_path
-from emsim.models import load_model, resolve_device
+from emsim.learning import metrics
+from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 
 logger = logging.getLogger(__name__)
 
-SHORT = {"cross_entropy": "ce", "study_loss": "study_loss", "iou": "iou", "dice": "dice",
-         "precision": "precision", "recall": "recall", "accuracy": "accuracy"}
-TRAINING_FIELDS = ("best_epoch", "best_val_loss", "train_time_s", "trainable_params",
-                   "total_params")
+SHORT = {
+    "cross_entropy": "ce",
+    "study_loss": "study_loss",
+    "iou": "iou",
+    "dice": "dice",
+    "precision": "precision",
+    "recall": "recall",
+    "accuracy": "accuracy",
+}
+TRAINING_FIELDS = ("best_epoch", "best_val_loss", "train_time_s", "trainable_params", "total_params")
 PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 CE_LABEL = "cross-entropy (nats/pixel)"
-FIGURE_METRICS = {"ce": CE_LABEL,
-                  "study_loss": "study loss (CE of softmax outputs - 0.3133)"}
+FIGURE_METRICS = {"ce": CE_LABEL, "study_loss": "study loss (CE of softmax outputs - 0.3133)"}
 FREEZE_ORDER = ("none", "encoder", "decoder")
-FAMILY_COLOURS = {"pretrain only": "tab:grey", "transfer, nothing frozen": "tab:blue",
-                  "transfer, encoder frozen": "tab:orange", "transfer, decoder frozen": "tab:green",
-                  "single-stage baseline": "tab:purple"}
+FAMILY_COLOURS = {
+    "pretrain only": "tab:grey",
+    "transfer, nothing frozen": "tab:blue",
+    "transfer, encoder frozen": "tab:orange",
+    "transfer, decoder frozen": "tab:green",
+    "single-stage baseline": "tab:purple",
+}
 
 
 # ---------------------------------------------------------------- table
+
 
 def domain_order(records: list[dict], domain_values: dict | None = None) -> list[str]:
     """Domains of the records: by swept value (numeric, else given order), then the rest."""
@@ -98,12 +110,21 @@ def _metric(record: dict | None, domain: str, split: str, metric: str) -> float:
     return _num(record["metrics"].get(domain, {}).get(split, {}).get(metric))
 
 
-def _metric_columns(record: dict | None, target: str, domains: list[str], prefix: str,
-                    target_splits: tuple[str, ...]) -> dict[str, float]:
-    columns = {f"{prefix}target_{split}_{short}": _metric(record, target, split, metric)
-               for split in target_splits for metric, short in SHORT.items()}
-    columns.update({f"{prefix}val_{short}__{d}": _metric(record, d, "val", metric)
-                    for d in domains for metric, short in SHORT.items()})
+def _metric_columns(
+    record: dict | None, target: str, domains: list[str], prefix: str, target_splits: tuple[str, ...]
+) -> dict[str, float]:
+    columns = {
+        f"{prefix}target_{split}_{short}": _metric(record, target, split, metric)
+        for split in target_splits
+        for metric, short in SHORT.items()
+    }
+    columns.update(
+        {
+            f"{prefix}val_{short}__{d}": _metric(record, d, "val", metric)
+            for d in domains
+            for metric, short in SHORT.items()
+        }
+    )
     return columns
 
 
@@ -124,8 +145,7 @@ def _identity(record: dict, domain_values: dict | None) -> dict:
     return row
 
 
-def model_table(records: list[dict], domain_values: dict[str, float | str] | None = None
-                ) -> pd.DataFrame:
+def model_table(records: list[dict], domain_values: dict[str, float | str] | None = None) -> pd.DataFrame:
     """One row per model: hyperparameters, training facts, metrics after and before transfer,
     and derived gaps and gains (column naming in the module docstring)."""
     domains = domain_order(records, domain_values)
@@ -139,8 +159,9 @@ def model_table(records: list[dict], domain_values: dict[str, float | str] | Non
         if tags.get("pretrained") and row["stage"] == TRANSFER:
             before = by_path.get(os.path.abspath(tags["pretrained"]))
             if before is None:
-                logger.warning("%s: pretrained model %s is not among the evaluated records",
-                               record["path"], tags["pretrained"])
+                logger.warning(
+                    "%s: pretrained model %s is not among the evaluated records", record["path"], tags["pretrained"]
+                )
         row.update(_metric_columns(before, tags["target"], domains, "before_", ("val",)))
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -149,18 +170,21 @@ def model_table(records: list[dict], domain_values: dict[str, float | str] | Non
 
 def _add_derived(table: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
     val_ce = [f"val_ce__{d}" for d in domains]
-    derived = {"id_gap": table["target_val_ce"] - table["target_train_ce"],
-               "ood_spread": table[val_ce].std(axis=1, ddof=0)}
+    derived = {
+        "id_gap": table["target_val_ce"] - table["target_train_ce"],
+        "ood_spread": table[val_ce].std(axis=1, ddof=0),
+    }
     transfer = table["stage"] == TRANSFER
     derived["forgetting"] = [
         row[f"val_ce__{row['source']}"] - row[f"before_val_ce__{row['source']}"]
-        if is_transfer and f"val_ce__{row.get('source')}" in table else math.nan
-        for is_transfer, (_, row) in zip(transfer, table.iterrows())]
+        if is_transfer and f"val_ce__{row.get('source')}" in table
+        else math.nan
+        for is_transfer, (_, row) in zip(transfer, table.iterrows())
+    ]
     derived["gain_vs_pretrain"] = table["before_target_val_ce"] - table["target_val_ce"]
     derived["gain_vs_baseline"] = _gain_vs_baseline(table)
     gaps = {f"ood_gap__{d}": table[f"val_ce__{d}"] - table["target_val_ce"] for d in domains}
-    return pd.concat([table, pd.DataFrame(derived, index=table.index),
-                      pd.DataFrame(gaps, index=table.index)], axis=1)
+    return pd.concat([table, pd.DataFrame(derived, index=table.index), pd.DataFrame(gaps, index=table.index)], axis=1)
 
 
 def _gain_vs_baseline(table: pd.DataFrame) -> list[float]:
@@ -175,16 +199,14 @@ def _gain_vs_baseline(table: pd.DataFrame) -> list[float]:
         matching = baselines.get((exp, frozenset((row.get("source"), row.get("target")))), [])
         column = f"val_ce__{row['target']}"
         losses = [b[column] for b in matching if column in b and not pd.isna(b[column])]
-        gains.append(median(losses) - row["target_val_ce"]
-                     if row["stage"] == TRANSFER and losses else math.nan)
+        gains.append(median(losses) - row["target_val_ce"] if row["stage"] == TRANSFER and losses else math.nan)
     return gains
 
 
-def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike,
-                csv_path: str | os.PathLike) -> None:
+def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike, csv_path: str | os.PathLike) -> None:
     """Write the table as Parquet and CSV, atomically; object columns of mixed types become text."""
     table = table.copy()
-    for column in table.columns[table.dtypes == object]:
+    for column in table.columns[table.dtypes == object]:  # noqa: E721 (a pandas dtype mask)
         kinds = {type(v) for v in table[column] if v is not None and not pd.isna(v)}
         if len(kinds) > 1:
             table[column] = [None if v is None or pd.isna(v) else str(v) for v in table[column]]
@@ -195,6 +217,7 @@ def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike,
 
 
 # ---------------------------------------------------------------- figures
+
 
 def save_figure(figure: Figure, stem: str | os.PathLike) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.svg`` atomically (byte-reproducible SVG)."""
@@ -233,12 +256,26 @@ def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colours: list[str]) -> 
     """Box plot (median, quartiles) with every value as a jittered point on top."""
     rng = np.random.default_rng(0)
     positions = np.arange(len(groups))
-    ax.boxplot([values for _, values in groups], positions=positions, widths=0.55,
-               showfliers=False, medianprops={"color": "black", "linewidth": 2}, zorder=4)
+    ax.boxplot(
+        [values for _, values in groups],
+        positions=positions,
+        widths=0.55,
+        showfliers=False,
+        medianprops={"color": "black", "linewidth": 2},
+        zorder=4,
+    )
     for x, (_, values), colour in zip(positions, groups, colours):
         jitter = rng.uniform(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
-        ax.scatter(x + jitter, values, s=12, alpha=0.8 if len(values) < 50 else 0.4,
-                   color=colour, zorder=2, rasterized=len(values) > 500, linewidths=0)
+        ax.scatter(
+            x + jitter,
+            values,
+            s=12,
+            alpha=0.8 if len(values) < 50 else 0.4,
+            color=colour,
+            zorder=2,
+            rasterized=len(values) > 500,
+            linewidths=0,
+        )
     ax.set_xticks(positions, [label for label, _ in groups])
 
 
@@ -248,20 +285,21 @@ def _metric_label(metric: str) -> str:
     return FIGURE_METRICS[metric]
 
 
-def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce"
-                     ) -> list[Path]:
+def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce") -> list[Path]:
     """Target val. loss after transfer, by transfer size, by freezing and by learning-rate pair
     (box + points); single-stage baselines join the size panel, the median pretrain-only loss
     on the same targets is a dashed line."""
     label = _metric_label(metric)
     transfer = _rows(table, TRANSFER)
     baselines = _rows(table, BASELINE)[f"target_val_{metric}"].dropna().to_numpy()
-    panels = [("size", "transfer set size (images)"), ("freeze", "frozen part"),
-              ("lr_pair", "learning rate: pretrain → transfer")]
+    panels = [
+        ("size", "transfer set size (images)"),
+        ("freeze", "frozen part"),
+        ("lr_pair", "learning rate: pretrain → transfer"),
+    ]
     figure = Figure(figsize=(13, 4.2), layout="constrained")
     axes = figure.subplots(1, 3, sharey=True)
-    before = (transfer[f"before_target_val_{metric}"].dropna() if len(transfer)
-              else pd.Series([]))
+    before = transfer[f"before_target_val_{metric}"].dropna() if len(transfer) else pd.Series([])
     for ax, (key, xlabel) in zip(axes, panels):
         ax.set_xlabel(xlabel)
         groups = _groups(transfer, key, metric)
@@ -272,16 +310,23 @@ def plot_target_loss(table: pd.DataFrame, stem: str | os.PathLike, metric: str =
         if groups:
             _strip_box(ax, groups, colours)
         else:
-            _note(ax, f"no transfer models with a '{key}' tag" if key != "lr_pair"
-                  else "no transfer models with learning-rate tags")
+            _note(
+                ax,
+                f"no transfer models with a '{key}' tag"
+                if key != "lr_pair"
+                else "no transfer models with learning-rate tags",
+            )
         if len(before):
             pretrain_line = ax.axhline(before.median(), color="tab:grey", linestyle="--")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(f"target val. {label}")
     if len(before):
-        figure.legend(handles=[pretrain_line], loc="outside lower center", fontsize=9,
-                      labels=[f"median loss of the pretrained models on the same targets "
-                              f"(pretrain only): {before.median():.3g}"])
+        figure.legend(
+            handles=[pretrain_line],
+            loc="outside lower center",
+            fontsize=9,
+            labels=[f"median loss of the pretrained models on the same targets (pretrain only): {before.median():.3g}"],
+        )
     figure.suptitle(f"Loss on the target domain after transfer ({len(transfer)} models)")
     return save_figure(figure, stem)
 
@@ -331,19 +376,19 @@ def _groups(transfer: pd.DataFrame, key: str, metric: str) -> list[tuple[str, np
 
 
 def _domains_of(table: pd.DataFrame, prefix: str = "val_ce__") -> list[str]:
-    return [c[len(prefix):] for c in table.columns if c.startswith(prefix)]
+    return [c[len(prefix) :] for c in table.columns if c.startswith(prefix)]
 
 
-def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce"
-                          ) -> list[Path]:
+def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce") -> list[Path]:
     """Source x target matrix of the median target val. loss, before and after transfer."""
     label = _metric_label(metric)
     transfer = _rows(table, TRANSFER)
     domains = _domains_of(table)
     sources = [d for d in domains if d in set(transfer.get("source", []))]
     targets = [d for d in domains if d in set(transfer.get("target", []))]
-    figure = Figure(figsize=(4 + 0.45 * 2 * max(len(targets), 3),
-                             2.5 + 0.4 * max(len(sources), 3)), layout="constrained")
+    figure = Figure(
+        figsize=(4 + 0.45 * 2 * max(len(targets), 3), 2.5 + 0.4 * max(len(sources), 3)), layout="constrained"
+    )
     axes = figure.subplots(1, 2, sharey=True)
     if not sources or not targets:
         for ax in axes:
@@ -352,15 +397,16 @@ def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike, metric: 
         figure.suptitle("Median target loss by source and target domain")
         return save_figure(figure, stem)
     matrices = {}
-    for column, name in ((f"before_target_val_{metric}", "before transfer (pretrain only)"),
-                         (f"target_val_{metric}", "after transfer")):
+    for column, name in (
+        (f"before_target_val_{metric}", "before transfer (pretrain only)"),
+        (f"target_val_{metric}", "after transfer"),
+    ):
         medians = transfer.groupby(["source", "target"])[column].median()
         matrices[name] = np.array([[medians.get((s, t), np.nan) for t in targets] for s in sources])
     finite = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
     vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
     for ax, (name, matrix) in zip(axes, matrices.items()):
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=vmin, vmax=vmax,
-                          aspect="auto")
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_facecolor("0.85")
         ax.set_title(name)
         ax.set_xticks(range(len(targets)), targets, rotation=90 if len(targets) > 4 else 0)
@@ -377,22 +423,25 @@ def plot_transfer_heatmap(table: pd.DataFrame, stem: str | os.PathLike, metric: 
 def _annotate(ax, matrix: np.ndarray, middle: float) -> None:
     for (i, j), value in np.ndenumerate(matrix):
         if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < middle else "black")
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < middle else "black"
+            )
 
 
-def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
-                     domain_values: dict[str, float | str] | None = None,
-                     parameter_label: str | dict[str, str] = "domain", metric: str = "ce"
-                     ) -> list[Path]:
+def plot_ood_profile(
+    table: pd.DataFrame,
+    stem: str | os.PathLike,
+    domain_values: dict[str, float | str] | None = None,
+    parameter_label: str | dict[str, str] = "domain",
+    metric: str = "ce",
+) -> list[Path]:
     """Median val. loss on every domain vs the swept domain parameter, per model family
     (pretrain only, transfer by frozen part, baseline); band = interquartile range.
     One panel per experiment; ``parameter_label`` (per experiment if a dict) names the x axis
     with its unit, e.g. ``"defocus (nm)"``; non-numeric domain values are plotted as categories."""
     metric_label = _metric_label(metric)
     domain_values = domain_values or {}
-    experiments = (list(dict.fromkeys(table["experiment"].dropna()))
-                   if "experiment" in table else []) or [None]
+    experiments = (list(dict.fromkeys(table["experiment"].dropna())) if "experiment" in table else []) or [None]
     figure = Figure(figsize=(6.5 * len(experiments), 4.5), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(experiments), squeeze=False)[0])
     families = table.apply(_family, axis=1) if len(table) else pd.Series([], dtype=str)
@@ -407,20 +456,16 @@ def plot_ood_profile(table: pd.DataFrame, stem: str | os.PathLike,
         x = np.array(values, float) if numeric else np.arange(len(domains))
         order = np.argsort(x, kind="stable")
         present = list(dict.fromkeys(families[rows.index]))
-        for family in ([f for f in FAMILY_COLOURS if f in present]
-                       + [f for f in present if f not in FAMILY_COLOURS]):
-            losses = rows.loc[families[rows.index] == family,
-                              [f"val_{metric}__{d}" for d in domains]]
+        for family in [f for f in FAMILY_COLOURS if f in present] + [f for f in present if f not in FAMILY_COLOURS]:
+            losses = rows.loc[families[rows.index] == family, [f"val_{metric}__{d}" for d in domains]]
             q25, q50, q75 = (losses.quantile(q).to_numpy()[order] for q in (0.25, 0.5, 0.75))
             colour = FAMILY_COLOURS.get(family, "black")
-            ax.plot(x[order], q50, marker="o", color=colour,
-                    label=f"{family} (n={len(losses)})")
+            ax.plot(x[order], q50, marker="o", color=colour, label=f"{family} (n={len(losses)})")
             if len(losses) > 1:
                 ax.fill_between(x[order], q25, q75, color=colour, alpha=0.1, linewidth=0)
         if not numeric:
             ax.set_xticks(x, [str(v) for v in values], rotation=90 if len(values) > 6 else 0)
-        label = (parameter_label.get(experiment, "domain") if isinstance(parameter_label, dict)
-                 else parameter_label)
+        label = parameter_label.get(experiment, "domain") if isinstance(parameter_label, dict) else parameter_label
         ax.set_xlabel(label)
         ax.set_ylabel(f"median val. {metric_label}")
         ax.set_title(f"experiment {experiment}" if experiment is not None else "all models")
@@ -436,19 +481,16 @@ def plot_training_curves(records: list[dict], stem: str | os.PathLike) -> list[P
     figure = Figure(figsize=(5 * len(stages), 4), layout="constrained")
     axes = figure.subplots(1, len(stages), squeeze=False)[0]
     for ax, stage in zip(axes, stages):
-        histories = [r.get("history") or [] for r in records
-                     if r["tags"].get("stage", r.get("stage")) == stage]
+        histories = [r.get("history") or [] for r in records if r["tags"].get("stage", r.get("stage")) == stage]
         curves = pd.DataFrame([{**h, "model": i} for i, hist in enumerate(histories) for h in hist])
         if curves.empty:
             _note(ax, "no training history")
         else:
             positive = True
-            for column, colour, name in (("train_loss", "tab:blue", "train"),
-                                         ("val_loss", "tab:orange", "val.")):
+            for column, colour, name in (("train_loss", "tab:blue", "train"), ("val_loss", "tab:orange", "val.")):
                 by_epoch = curves.groupby("epoch")[column]
                 q25, q50, q75 = (by_epoch.quantile(q) for q in (0.25, 0.5, 0.75))
-                ax.plot(q50.index, q50, marker="o", markersize=3, color=colour,
-                        label=f"{name} (median)")
+                ax.plot(q50.index, q50, marker="o", markersize=3, color=colour, label=f"{name} (median)")
                 ax.fill_between(q50.index, q25, q75, color=colour, alpha=0.2, linewidth=0)
                 positive &= bool((curves[column].dropna() > 0).all())
             if positive:
@@ -466,8 +508,13 @@ def plot_training_curves(records: list[dict], stem: str | os.PathLike) -> list[P
     return save_figure(figure, stem)
 
 
-def plot_examples(model_path: str | os.PathLike, datasets: dict[str, str],
-                  stem: str | os.PathLike, index: int = 0, device: str = "auto") -> list[Path]:
+def plot_examples(
+    model_path: str | os.PathLike,
+    datasets: dict[str, str],
+    stem: str | os.PathLike,
+    index: int = 0,
+    device: str = "auto",
+) -> list[Path]:
     """Image, true label and prediction of one model for val image ``index`` of each domain."""
     model, _ = load_model(model_path, map_location=resolve_device(device))
     figure = Figure(figsize=(7.5, 2.5 * len(datasets) + 0.6), layout="constrained")
@@ -478,14 +525,22 @@ def plot_examples(model_path: str | os.PathLike, datasets: dict[str, str],
             raise ValueError(f"{path}: val split has {len(images)} images, no index {index}")
         image, label = images[index], labels[index]
         prediction = segment_image(model, image)
-        inter, union = (label & prediction).sum(), (label | prediction).sum()
-        iou = inter / union if union else 1.0
+        counts = metrics.confusion(torch.from_numpy(prediction), torch.from_numpy(label))
+        iou = metrics.metrics_from_counts(*(int(c) for c in counts), 0.0, 0.0)["iou"]
         low, high = np.percentile(image, [1, 99])
         row[0].imshow(image, cmap="gray", vmin=low, vmax=high)
         row[1].imshow(label, cmap="gray", vmin=0, vmax=1)
         row[2].imshow(prediction, cmap="gray", vmin=0, vmax=1)
-        row[2].text(0.03, 0.97, f"IoU {iou:.2f}", transform=row[2].transAxes, va="top",
-                    color="black", backgroundcolor="white", fontsize=9)
+        row[2].text(
+            0.03,
+            0.97,
+            f"IoU {iou:.2f}",
+            transform=row[2].transAxes,
+            va="top",
+            color="black",
+            backgroundcolor="white",
+            fontsize=9,
+        )
         row[0].set_ylabel(f"{domain}\n({image.shape[0]} x {image.shape[1]} px)")
         titles = ("image", "true label", "prediction") if i == 0 else ("", "", "")
         for ax, title in zip(row, titles):

@@ -1,10 +1,11 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
 from pathlib import Path
 
-from emsim import config as emsim_config
-from emsim import experiments as emsim_experiments
-from emsim import optics as emsim_optics
-from emsim.experiments import dataset_path
+from emsim.study import config as emsim_config
+from emsim.study import experiments as emsim_experiments
+from emsim.simulation import optics as emsim_optics
+from emsim.study import paths
+from emsim.study.paths import dataset_path
 
 # extensions: paths relative to the study file (the last --configfile, else the default study)
 STUDY = emsim_config.load(config, base_dir=Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1]).parent)
@@ -12,9 +13,22 @@ EXPERIMENTS = emsim_experiments.expand(STUDY)
 MODELS = {m.path: m for e in EXPERIMENTS.values() for m in e.models}
 
 
-def resources_of(kind):
-    """Threads, memory, runtime and GPUs of one kind of rule (config block `resources`)."""
-    return STUDY["resources"][kind]
+CONDA_ENV = "../../envs/emsim.yaml"
+
+
+def threads_of(kind):
+    """Threads of one kind of rule (config block `resources`)."""
+    return STUDY["resources"][kind]["threads"]
+
+
+def resources_of(kind, **override):
+    """Memory, runtime and GPUs of one kind of rule (config block `resources`), with overrides."""
+    return {k: v for k, v in STUDY["resources"][kind].items() if k != "threads"} | override
+
+
+def simulation_gpu():
+    """GPUs of a simulation job: one when the study simulates on the GPU."""
+    return 1 if STUDY["simulation"]["device"] == "gpu" else 0
 
 
 def n_shards(set_name):
@@ -22,8 +36,8 @@ def n_shards(set_name):
     return -(-spec["n_structures"] // STUDY["simulation"]["shard_size"])
 
 
-def shard_paths(kind, set_name):
-    return [f"results/{kind}/{set_name}/shard{i}.h5" for i in range(n_shards(set_name))]
+def shard_paths(template, set_name):
+    return [template.format(set=set_name, shard=i) for i in range(n_shards(set_name))]
 
 
 def grid(pattern, attribute):
@@ -42,7 +56,7 @@ def evaluation_group(wc):
 
 def evaluation_paths(wc):
     """Every evaluation file of an experiment."""
-    return [emsim_experiments.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups]
+    return [paths.evaluation_path(wc.experiment, g) for g in EXPERIMENTS[wc.experiment].groups]
 
 
 def series_values(wc):

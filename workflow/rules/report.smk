@@ -5,49 +5,49 @@ rule report_table:
     input:
         evaluation_paths,
     output:
-        parquet="results/report/{experiment}/models.parquet",
+        parquet=paths.REPORT_PARQUET,
         csv=report(
-            "results/report/{experiment}/models.csv",
+            paths.REPORT_CSV,
             caption="../report/table.rst",
             category="{experiment}",
             labels={"table": "per-model table"},
         ),
+    log:
+        paths.log(paths.REPORT_TABLE),
+    benchmark:
+        paths.benchmark(paths.REPORT_TABLE)
+    conda:
+        CONDA_ENV
     params:
         domain_values=series_values,
-    log:
-        "results/logs/report/{experiment}/table.log",
-    benchmark:
-        "results/benchmarks/report/{experiment}/table.tsv"
-    conda:
-        "../../envs/emsim.yaml"
     script:
         "../scripts/report_table.py"
 
 
 rule report_figures:
     input:
-        table="results/report/{experiment}/models.parquet",
+        table=paths.REPORT_PARQUET,
         evaluations=evaluation_paths,
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
         report(
-            directory("results/report/{experiment}/figures"),
+            directory(paths.REPORT_FIGURES),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="{experiment}",
         ),
+    log:
+        paths.log(paths.REPORT_FIGURES),
+    benchmark:
+        paths.benchmark(paths.REPORT_FIGURES)
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=resources_of("evaluation")["mem_mb"],
     params:
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
         domain_values=series_values,
         parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
         device=STUDY["training"]["device"],
-    log:
-        "results/logs/report/{experiment}/figures.log",
-    benchmark:
-        "results/benchmarks/report/{experiment}/figures.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    resources:
-        mem_mb=resources_of("evaluation")["mem_mb"],
     script:
         "../scripts/report_figures.py"

@@ -11,86 +11,83 @@ EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
 
 rule structures:
     output:
-        "results/structures/{set}/shard{shard}.h5",
+        paths.STRUCTURES,
+    log:
+        paths.log(paths.STRUCTURES),
+    benchmark:
+        paths.benchmark(paths.STRUCTURES)
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
         cell_A=emsim_optics.cell_A(STUDY["image"]),
         shard_size=STUDY["simulation"]["shard_size"],
-    log:
-        "results/logs/structures/{set}/shard{shard}.log",
-    benchmark:
-        "results/benchmarks/structures/{set}/shard{shard}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=30,
     script:
         "../scripts/structures.py"
 
 
 rule fftw_wisdom:
     output:
-        "results/exit_waves/fftw_wisdom.npz",
+        paths.FFTW_WISDOM,
+    log:
+        paths.log(paths.FFTW_WISDOM),
+    benchmark:
+        paths.benchmark(paths.FFTW_WISDOM)
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=simulation_gpu(),
     params:
         simulation=emsim_config.normalized(STUDY["simulation"]),
         microscope=EXIT_WAVE_MICROSCOPE,
         image=emsim_config.normalized(STUDY["image"]),
-    log:
-        "results/logs/exit_waves/fftw_wisdom.log",
-    benchmark:
-        "results/benchmarks/exit_waves/fftw_wisdom.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    resources:
-        gpu=1 if STUDY["simulation"]["device"] == "gpu" else 0,
     script:
         "../scripts/fftw_wisdom.py"
 
 
 rule exit_waves:
     input:
-        scenes="results/structures/{set}/shard{shard}.h5",
-        wisdom="results/exit_waves/fftw_wisdom.npz",
+        scenes=paths.STRUCTURES,
+        wisdom=paths.FFTW_WISDOM,
     output:
-        "results/exit_waves/{set}/shard{shard}.h5",
+        paths.EXIT_WAVES,
+    log:
+        paths.log(paths.EXIT_WAVES),
+    benchmark:
+        paths.benchmark(paths.EXIT_WAVES)
+    conda:
+        CONDA_ENV
+    threads: threads_of("simulation")
+    resources:
+        **resources_of("simulation", gpu=simulation_gpu()),
     params:
         simulation=emsim_config.normalized(STUDY["simulation"]),
         microscope=EXIT_WAVE_MICROSCOPE,
         image=emsim_config.normalized(STUDY["image"]),
         labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
         seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"],
-    log:
-        "results/logs/exit_waves/{set}/shard{shard}.log",
-    benchmark:
-        "results/benchmarks/exit_waves/{set}/shard{shard}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("simulation")["threads"]
-    resources:
-        mem_mb=resources_of("simulation")["mem_mb"],
-        runtime=resources_of("simulation")["runtime"],
-        gpu=1 if STUDY["simulation"]["device"] == "gpu" else 0,
     script:
         "../scripts/exit_waves.py"
 
 
 rule domain_dataset:
     input:
-        lambda wc: shard_paths("exit_waves", STUDY["domains"][wc.domain]["structure_set"]),
+        lambda wc: shard_paths(paths.EXIT_WAVES, STUDY["domains"][wc.domain]["structure_set"]),
     output:
-        "results/datasets/{domain}.h5",
+        paths.DATASET,
+    log:
+        paths.log(paths.DATASET),
+    benchmark:
+        paths.benchmark(paths.DATASET)
+    conda:
+        CONDA_ENV
+    threads: threads_of("dataset")
+    resources:
+        **resources_of("dataset"),
     params:
         domain=lambda wc: emsim_config.domain_slice(STUDY, wc.domain),
-    log:
-        "results/logs/datasets/{domain}.log",
-    benchmark:
-        "results/benchmarks/datasets/{domain}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("dataset")["threads"]
-    resources:
-        mem_mb=resources_of("dataset")["mem_mb"],
-        runtime=resources_of("dataset")["runtime"],
     script:
         "../scripts/domain_dataset.py"

@@ -1,83 +1,74 @@
 # Pretraining (shared by every transfer run that starts from it), transfer, single-stage baselines.
-# Model files are named by their grid point; params come from the grid entry (emsim.experiments).
+# Model files are named by their grid point; params come from the grid entry (emsim.study.experiments).
 
 TRAINING = emsim_config.normalized(STUDY.get("training", {}))
-PRETRAIN = "results/models/pretrain/{source}/lr{lr}_seed{seed}.pt"
-TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.pt"
-BASELINE = "results/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.pt"
 
 
 rule pretrain:
     input:
-        grid(PRETRAIN, "datasets"),
+        grid(paths.PRETRAIN, "datasets"),
     output:
-        PRETRAIN,
+        paths.PRETRAIN,
+    log:
+        paths.log(paths.PRETRAIN),
+    benchmark:
+        paths.benchmark(paths.PRETRAIN)
+    conda:
+        CONDA_ENV
+    threads: threads_of("training")
+    resources:
+        **resources_of("training"),
     params:
         training=TRAINING,
-        lr=grid(PRETRAIN, "lr"),
-        seed=grid(PRETRAIN, "seed"),
-    log:
-        "results/logs/models/pretrain/{source}/lr{lr}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/models/pretrain/{source}/lr{lr}_seed{seed}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
-    resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        lr=grid(paths.PRETRAIN, "lr"),
+        seed=grid(paths.PRETRAIN, "seed"),
     script:
         "../scripts/train.py"
 
 
 rule transfer:
     input:
-        pretrained=grid(TRANSFER, "pretrained"),
-        datasets=grid(TRANSFER, "datasets"),
+        pretrained=grid(paths.TRANSFER, "pretrained"),
+        datasets=grid(paths.TRANSFER, "datasets"),
     output:
-        TRANSFER,
+        paths.TRANSFER,
+    log:
+        paths.log(paths.TRANSFER),
+    benchmark:
+        paths.benchmark(paths.TRANSFER)
+    conda:
+        CONDA_ENV
+    threads: threads_of("training")
+    resources:
+        **resources_of("training"),
     params:
         training=TRAINING,
-        lr=grid(TRANSFER, "lr"),
-        seed=grid(TRANSFER, "seed"),
-        freeze=grid(TRANSFER, "freeze"),
-        size=grid(TRANSFER, "size"),
-    log:
-        "results/logs/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
-    resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        lr=grid(paths.TRANSFER, "lr"),
+        seed=grid(paths.TRANSFER, "seed"),
+        freeze=grid(paths.TRANSFER, "freeze"),
+        size=grid(paths.TRANSFER, "size"),
     script:
         "../scripts/train.py"
 
 
 rule baseline:
     input:
-        grid(BASELINE, "datasets"),
+        grid(paths.BASELINE, "datasets"),
     output:
-        BASELINE,
+        paths.BASELINE,
+    log:
+        paths.log(paths.BASELINE),
+    benchmark:
+        paths.benchmark(paths.BASELINE)
+    conda:
+        CONDA_ENV
+    threads: threads_of("training")
+    resources:
+        **resources_of("training"),
     params:
         training=TRAINING,
-        lr=grid(BASELINE, "lr"),
-        seed=grid(BASELINE, "seed"),
-        mix=grid(BASELINE, "mix"),
-    log:
-        "results/logs/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.tsv"
-    conda:
-        "../../envs/emsim.yaml"
-    threads: resources_of("training")["threads"]
-    resources:
-        mem_mb=resources_of("training")["mem_mb"],
-        runtime=resources_of("training")["runtime"],
-        gpu=resources_of("training")["gpu"],
+        lr=grid(paths.BASELINE, "lr"),
+        seed=grid(paths.BASELINE, "seed"),
+        mix=grid(paths.BASELINE, "mix"),
     script:
         "../scripts/train.py"

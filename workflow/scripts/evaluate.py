@@ -1,6 +1,7 @@
 """Snakemake adapter: score one group of models on every domain of its series."""
 
-from emsim import evaluate, io
+from emsim import io
+from emsim.learning import evaluate
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params

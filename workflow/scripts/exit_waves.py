@@ -1,6 +1,7 @@
 """Snakemake adapter: multislice exit waves (full scene and particles in vacuum) and labels of one shard."""
 
-from emsim import io, simulate, structures
+from emsim import io
+from emsim.simulation import simulate, structures
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from emsim import evaluate, io, report
+from emsim import io, report
+from emsim.learning import evaluate
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params

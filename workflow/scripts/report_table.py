@@ -1,6 +1,7 @@
 """Snakemake adapter: the per-model table of one experiment (Parquet and CSV)."""
 
-from emsim import evaluate, io, report
+from emsim import io, report
+from emsim.learning import evaluate
 
 io.log_to_file(snakemake.log[0])
 records = [r for path in snakemake.input for r in evaluate.read_evaluation(path)]

@@ -1,6 +1,7 @@
 """Snakemake adapter: build one shard of a structure set's scenes."""
 
-from emsim import io, structures
+from emsim import io
+from emsim.simulation import structures
 
 io.log_to_file(snakemake.log[0])
 shard, size = int(snakemake.wildcards.shard), snakemake.params.shard_size

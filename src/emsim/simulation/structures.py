@@ -74,15 +74,24 @@ def _cubic(kind: str) -> Callable[[Lattice], ase.Atoms]:
 
 
 def _wurtzite(lat: Lattice) -> ase.Atoms:
-    return crystal(list(lat.symbols), basis=[(1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, lat.u)], spacegroup=186,
-                   cellpar=[lat.a_A, lat.a_A, lat.c_A, 90, 90, 120])
+    return crystal(
+        list(lat.symbols),
+        basis=[(1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, lat.u)],
+        spacegroup=186,
+        cellpar=[lat.a_A, lat.a_A, lat.c_A, 90, 90, 120],
+    )
 
 
 def _spinel(lat: Lattice) -> ase.Atoms:
     """AB2O4, Fd-3m origin choice 2: A on 8a, B on 16d, O on 32e (u, u, u)."""
     a_site, b_site, oxygen = lat.symbols
-    return crystal([a_site, b_site, oxygen], basis=[(1 / 8,) * 3, (1 / 2,) * 3, (lat.u,) * 3], spacegroup=227,
-                   setting=2, cellpar=[lat.a_A] * 3 + [90] * 3)
+    return crystal(
+        [a_site, b_site, oxygen],
+        basis=[(1 / 8,) * 3, (1 / 2,) * 3, (lat.u,) * 3],
+        spacegroup=227,
+        setting=2,
+        cellpar=[lat.a_A] * 3 + [90] * 3,
+    )
 
 
 LATTICES: dict[str, Lattice] = {
@@ -126,22 +135,32 @@ class Scene:
 
     def atoms(self) -> ase.Atoms:
         """Full scene, pbc (True, True, False)."""
-        return ase.Atoms(numbers=self.numbers, positions=self.positions_A.astype(np.float64), cell=self.cell_A,
-                         pbc=(True, True, False))
+        return ase.Atoms(
+            numbers=self.numbers,
+            positions=self.positions_A.astype(np.float64),
+            cell=self.cell_A,
+            pbc=(True, True, False),
+        )
 
     def particle_atoms(self) -> ase.Atoms:
         """Particles only, same x/y cell and z origin, cell cut ``VACUUM_MARGIN_A`` below the lowest particle atom."""
         positions = self.positions_A[self.is_particle].astype(np.float64)
         bottom_A = positions[:, 2].max() if len(positions) else 0.0
         cell = (self.cell_A[0], self.cell_A[1], float(bottom_A) + VACUUM_MARGIN_A)
-        return ase.Atoms(numbers=self.numbers[self.is_particle], positions=positions, cell=cell,
-                         pbc=(True, True, False))
+        return ase.Atoms(
+            numbers=self.numbers[self.is_particle], positions=positions, cell=cell, pbc=(True, True, False)
+        )
 
 
 # ---------------------------------------------------------------- validation
 
-_PARTICLE_DEFAULTS = {"count": [1, 1], "min_gap_A": 10.0, "stacking_faults": [0, 0], "orientation": "zone_axis",
-                      "mistilt_deg": 2.0}
+_PARTICLE_DEFAULTS = {
+    "count": [1, 1],
+    "min_gap_A": 10.0,
+    "stacking_faults": [0, 0],
+    "orientation": "zone_axis",
+    "mistilt_deg": 2.0,
+}
 _SUBSTRATE_DEFAULTS = {"thickness_A": [20.0, 60.0], "density_g_cm3": 2.0}
 
 
@@ -221,8 +240,10 @@ def _wurtzite_sphere(lat: Lattice, radius_A: float, n_faults: int, rng: np.rando
     z_layer = layers * half_c
     candidates = np.flatnonzero((np.abs(z_layer - centre[2]) <= radius_A / 2) & (np.arange(len(layers)) >= 2))
     if n_faults > len(candidates):
-        raise ValueError(f"particles.stacking_faults: {n_faults} faults do not fit in a {radius_A:.1f} A particle "
-                         f"(at most {len(candidates)}); lower particles.stacking_faults or raise particles.radius_A")
+        raise ValueError(
+            f"particles.stacking_faults: {n_faults} faults do not fit in a {radius_A:.1f} A particle "
+            f"(at most {len(candidates)}); lower particles.stacking_faults or raise particles.radius_A"
+        )
     faults = set(rng.choice(candidates, size=n_faults, replace=False).tolist())
     sites = [1, 2]
     for k in range(2, len(layers)):
@@ -296,19 +317,29 @@ def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.
     if mode == "random":
         q = rng.normal(size=4)
         w, x, y, z = q / np.linalg.norm(q)
-        matrix = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                           [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                           [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        matrix = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
         return matrix, {"zone_axis": None, "inplane_deg": None, "mistilt_deg": None, "tilt_azimuth_deg": None}
     axes = ZONE_AXES[lattice.kind]
     label, uvw = axes[rng.integers(len(axes))]
     inplane_deg, tilt_deg, azimuth_deg = rng.uniform(0, 360), rng.uniform(0, mistilt_deg), rng.uniform(0, 360)
     azimuth = np.deg2rad(azimuth_deg)
-    matrix = (_rotation(np.array([np.cos(azimuth), np.sin(azimuth), 0.0]), np.deg2rad(tilt_deg))
-              @ _rotation(np.array([0.0, 0.0, 1.0]), np.deg2rad(inplane_deg))
-              @ _align_to_z(zone_axis_direction(lattice, uvw)))
-    return matrix, {"zone_axis": label, "inplane_deg": float(inplane_deg), "mistilt_deg": float(tilt_deg),
-                    "tilt_azimuth_deg": float(azimuth_deg)}
+    matrix = (
+        _rotation(np.array([np.cos(azimuth), np.sin(azimuth), 0.0]), np.deg2rad(tilt_deg))
+        @ _rotation(np.array([0.0, 0.0, 1.0]), np.deg2rad(inplane_deg))
+        @ _align_to_z(zone_axis_direction(lattice, uvw))
+    )
+    return matrix, {
+        "zone_axis": label,
+        "inplane_deg": float(inplane_deg),
+        "mistilt_deg": float(tilt_deg),
+        "tilt_azimuth_deg": float(azimuth_deg),
+    }
 
 
 def check_placement(particles: dict, cell_xy_A: float, trials: int = 3) -> None:
@@ -342,10 +373,12 @@ def _place_discs(radii_A: np.ndarray, cell_xy_A: float, min_gap_A: float, rng: n
             centres = np.vstack([centres, candidates[np.argmax(ok)]])
         else:
             return centres
-    raise ValueError(f"particles.count / particles.radius_A: cannot place {len(radii_A)} particles of radii "
-                     f"{np.round(radii_A, 1).tolist()} A with particles.min_gap_A={min_gap_A} in a {cell_xy_A} A cell "
-                     f"after {PLACEMENT_RESTARTS * PLACEMENT_TRIES} tries per particle; lower particles.count or "
-                     f"radius_A, or enlarge the cell")
+    raise ValueError(
+        f"particles.count / particles.radius_A: cannot place {len(radii_A)} particles of radii "
+        f"{np.round(radii_A, 1).tolist()} A with particles.min_gap_A={min_gap_A} in a {cell_xy_A} A cell "
+        f"after {PLACEMENT_RESTARTS * PLACEMENT_TRIES} tries per particle; lower particles.count or "
+        f"radius_A, or enlarge the cell"
+    )
 
 
 # ---------------------------------------------------------------- carbon
@@ -366,8 +399,13 @@ def _first_greedy(pairs: np.ndarray, n: int) -> np.ndarray:
         state[accept] = 1
 
 
-def amorphous_carbon(cell_xy_A: float, thickness_A: float, density_g_cm3: float, rng: np.random.Generator,
-                     min_distance_A: float = CARBON_MIN_DISTANCE_A) -> np.ndarray:
+def amorphous_carbon(
+    cell_xy_A: float,
+    thickness_A: float,
+    density_g_cm3: float,
+    rng: np.random.Generator,
+    min_distance_A: float = CARBON_MIN_DISTANCE_A,
+) -> np.ndarray:
     """Hard-core random carbon positions (N, 3) in [0, L)^2 x [0, thickness), periodic in x/y.
 
     N = round(density x volume / carbon mass). Random sequential addition, vectorised: uniform
@@ -400,8 +438,10 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
     p, s = check_particles(particles), check_substrate(substrate)
     lattice = LATTICES[p["lattice"]]
     if 2 * p["radius_A"][1] + p["min_gap_A"] > cell_xy_A:
-        raise ValueError(f"particles.radius_A: a {p['radius_A'][1]} A particle plus particles.min_gap_A="
-                         f"{p['min_gap_A']} does not fit its own periodic image in a {cell_xy_A} A cell")
+        raise ValueError(
+            f"particles.radius_A: a {p['radius_A'][1]} A particle plus particles.min_gap_A="
+            f"{p['min_gap_A']} does not fit its own periodic image in a {cell_xy_A} A cell"
+        )
     n_particles = int(rng.integers(p["count"][0], p["count"][1] + 1))
     radii_A = rng.uniform(*p["radius_A"], size=n_particles)
     centres_xy = _place_discs(radii_A, cell_xy_A, p["min_gap_A"], rng)
@@ -425,18 +465,32 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
     positions[:, :2] %= np.float32(cell_xy_A)
     positions[:, :2][positions[:, :2] >= cell_xy_A] = 0.0  # float32 rounding of values just below L
     numbers = np.concatenate(body_numbers + [np.full(len(carbon), 6)]).astype(np.uint8)
-    per_particle = {key: [r[key] for r in records] for key in
-                    ("zone_axis", "inplane_deg", "mistilt_deg", "tilt_azimuth_deg", "rotation", "n_faults")}
+    per_particle = {
+        key: [r[key] for r in records]
+        for key in ("zone_axis", "inplane_deg", "mistilt_deg", "tilt_azimuth_deg", "rotation", "n_faults")
+    }
     info = {
-        "lattice": lattice.name, "orientation": p["orientation"], "n_particles": n_particles,
-        "radii_A": radii_A.tolist(), "centres_A": centres_A, "zone_axes": per_particle.pop("zone_axis"),
-        "rotations": per_particle.pop("rotation"), **per_particle,
-        "substrate_thickness_A": thickness_A, "substrate_top_A": carbon_top_A,
-        "density_g_cm3": float(s["density_g_cm3"]), "n_carbon": len(carbon),
+        "lattice": lattice.name,
+        "orientation": p["orientation"],
+        "n_particles": n_particles,
+        "radii_A": radii_A.tolist(),
+        "centres_A": centres_A,
+        "zone_axes": per_particle.pop("zone_axis"),
+        "rotations": per_particle.pop("rotation"),
+        **per_particle,
+        "substrate_thickness_A": thickness_A,
+        "substrate_top_A": carbon_top_A,
+        "density_g_cm3": float(s["density_g_cm3"]),
+        "n_carbon": len(carbon),
     }
     n_particle_atoms = len(numbers) - len(carbon)
-    return Scene(numbers=numbers, positions_A=positions, is_particle=np.arange(len(numbers)) < n_particle_atoms,
-                 cell_A=(float(cell_xy_A), float(cell_xy_A), carbon_top_A + thickness_A + VACUUM_MARGIN_A), info=info)
+    return Scene(
+        numbers=numbers,
+        positions_A=positions,
+        is_particle=np.arange(len(numbers)) < n_particle_atoms,
+        cell_A=(float(cell_xy_A), float(cell_xy_A), carbon_top_A + thickness_A + VACUUM_MARGIN_A),
+        info=info,
+    )
 
 
 def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Scene]:
@@ -488,11 +542,20 @@ def load_scenes(path) -> list[Scene]:
     """Scenes written by :func:`save_scenes`; ValueError naming the file if it is not one or is damaged."""
     with reading(path, "scenes file"), h5py.File(path, "r") as f:
         if f.attrs.get("format") != FILE_FORMAT:
-            raise ValueError(f"{os.fspath(path)}: not an emsim scenes file (format {f.attrs.get('format')!r}, "
-                             f"expected {FILE_FORMAT!r})")
+            raise ValueError(
+                f"{os.fspath(path)}: not an emsim scenes file (format {f.attrs.get('format')!r}, "
+                f"expected {FILE_FORMAT!r})"
+            )
         offsets = f["offsets"][:]
         numbers, positions, is_particle = f["numbers"][:], f["positions_A"][:], f["is_particle"][:]
         cells, infos = f["cells_A"][:], f["info"].asstr()[:]
-    return [Scene(numbers=numbers[a:b], positions_A=positions[a:b], is_particle=is_particle[a:b],
-                  cell_A=tuple(float(x) for x in cell), info=json.loads(info))
-            for a, b, cell, info in zip(offsets[:-1], offsets[1:], cells, infos)]
+    return [
+        Scene(
+            numbers=numbers[a:b],
+            positions_A=positions[a:b],
+            is_particle=is_particle[a:b],
+            cell_A=tuple(float(x) for x in cell),
+            info=json.loads(info),
+        )
+        for a, b, cell, info in zip(offsets[:-1], offsets[1:], cells, infos)
+    ]

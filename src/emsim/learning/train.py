@@ -12,7 +12,7 @@ steps of ``random``; ``random`` draws one symmetry per image per epoch.
 
 Loss (``loss``): ``cross_entropy`` on logits, or ``softmax_cross_entropy``, the seed study's
 cross-entropy applied to softmax outputs, recorded minus its minimum ln(1 + e^-1) like the study's
-numbers (:data:`emsim.metrics.STUDY_LOSS_OFFSET`).
+numbers (:data:`emsim.learning.metrics.STUDY_LOSS_OFFSET`).
 
 Reproducibility and resume: the model is initialised from ``torch.Generator().manual_seed(seed)``;
 the shuffle order and augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed,
@@ -43,17 +43,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim import data, io, ood
-from emsim.metrics import STUDY_LOSS_OFFSET
-from emsim.models import UNet, count_parameters, freeze as freeze_part, load_model, resolve_device, save_model
+from emsim import data, io
+from emsim.learning import ood
+from emsim.learning.metrics import STUDY_LOSS_OFFSET
+from emsim.learning.models import UNet, count_parameters, load_model, resolve_device, save_model
+from emsim.learning.models import freeze as freeze_part
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "transfer", "baseline")
 CFG_DEFAULTS = {
-    "width": 1.0, "epochs": 10, "batch_size": 16, "lr": None, "lr_decay": 0.99, "amp": True,
-    "channels_last": True, "compile": False, "threads": None, "device": "auto",
-    "augmentation": "dihedral8", "loss": "cross_entropy",
+    "width": 1.0,
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": None,
+    "lr_decay": 0.99,
+    "amp": True,
+    "channels_last": True,
+    "compile": False,
+    "device": "auto",
+    "augmentation": "dihedral8",
+    "loss": "cross_entropy",
 }
 AUGMENTATIONS = ("dihedral8", "random")
 LOSSES = ("cross_entropy", "softmax_cross_entropy")
@@ -80,8 +90,7 @@ def resolve_cfg(cfg: dict) -> dict:
             raise ValueError(f"training key {key!r} must be >= 1, got {cfg[key]!r}")
     for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES)):
         if cfg[key] not in allowed:
-            raise ValueError(f"training key {key!r} must be one of {list(allowed)}, "
-                             f"got {cfg[key]!r}")
+            raise ValueError(f"training key {key!r} must be one of {list(allowed)}, got {cfg[key]!r}")
     return cfg
 
 
@@ -105,15 +114,14 @@ def dihedral(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     Bit 0 flips columns, bit 1 flips rows, bit 2 transposes: the 8 elements of the dihedral
     group D4. Runs on the device of ``x``."""
     shape = (-1,) + (1,) * (x.ndim - 1)
-    for bit, transform in ((1, lambda t: t.flip(-1)), (2, lambda t: t.flip(-2)),
-                           (4, lambda t: t.transpose(-1, -2))):
+    for bit, transform in ((1, lambda t: t.flip(-1)), (2, lambda t: t.flip(-2)), (4, lambda t: t.transpose(-1, -2))):
         x = torch.where((ops & bit).bool().view(shape), transform(x), x)
     return x
 
 
-def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool,
-                    loss_name: str = "cross_entropy"
-                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool, loss_name: str = "cross_entropy"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One optimisation step on a batch -> detached mean loss (no device sync, no offset).
     ``amp`` = bf16 autocast (only meaningful on cuda)."""
     device_type = next(model.parameters()).device.type
@@ -130,13 +138,20 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, am
     return step
 
 
-def train_epoch(step, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
-                ops: torch.Tensor, batch_size: int, channels_last: bool) -> torch.Tensor:
+def train_epoch(
+    step,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    ops: torch.Tensor,
+    batch_size: int,
+    channels_last: bool,
+) -> torch.Tensor:
     """Run ``step`` over batches of device-resident ``images`` (n,1,H,W) / ``labels`` (n,H,W):
     image ``order[i]`` in symmetry ``ops[i]`` is the i-th sample; returns the per-step losses."""
     losses = []
     for start in range(0, len(order), batch_size):
-        index, op = order[start:start + batch_size], ops[start:start + batch_size]
+        index, op = order[start : start + batch_size], ops[start : start + batch_size]
         x = dihedral(images[index], op)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -145,28 +160,41 @@ def train_epoch(step, images: torch.Tensor, labels: torch.Tensor, order: torch.T
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int, amp: bool, channels_last: bool,
-              loss: str = "cross_entropy") -> float:
+def mean_loss(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    amp: bool,
+    channels_last: bool,
+    loss: str = "cross_entropy",
+) -> float:
     """Per-pixel ``loss`` of ``model`` (eval mode, no augmentation) over a dataset, minus
     :func:`loss_offset`."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=images.device)
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
+        x = images[start : start + batch_size]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        total += loss_sum(logits, labels[start:start + batch_size], loss)
+        total += loss_sum(logits, labels[start : start + batch_size], loss)
     model.train(was_training)
     return total.item() / labels.numel() - loss_offset(loss)
 
 
-def pretrain(dataset: str | os.PathLike, out: str | os.PathLike, cfg: dict, seed: int,
-             device: str | torch.device | None = None, *, size: int | None = None,
-             on_epoch_end: EpochCallback | None = None) -> dict:
+def pretrain(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: dict,
+    seed: int,
+    device: str | torch.device | None = None,
+    *,
+    size: int | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict:
     """Train a randomly initialised U-Net on the train split of one domain (its first ``size``
     images if given), selecting on that domain's val split. Returns the model meta."""
     cfg = resolve_cfg(cfg)
@@ -175,16 +203,30 @@ def pretrain(dataset: str | os.PathLike, out: str | os.PathLike, cfg: dict, seed
     domain = data.domain_name(dataset)
     val = data.read_split(dataset, "val")
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
-    run = {"stage": "pretrain", "dataset": str(dataset), "size": size,
-           "source_domain": domain, "target_domain": domain, "seeds": {"init": seed, "data": seed},
-           "inputs": {str(dataset): digest(images, labels, *val)}}
+    run = {
+        "stage": "pretrain",
+        "dataset": str(dataset),
+        "size": size,
+        "source_domain": domain,
+        "target_domain": domain,
+        "seeds": {"init": seed, "data": seed},
+        "inputs": {str(dataset): digest(images, labels, *val)},
+    }
     return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
 
 
-def transfer(pretrained: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
-             cfg: dict, freeze: str, size: int, seed: int,
-             device: str | torch.device | None = None, *,
-             on_epoch_end: EpochCallback | None = None) -> dict:
+def transfer(
+    pretrained: str | os.PathLike,
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: dict,
+    freeze: str,
+    size: int,
+    seed: int,
+    device: str | torch.device | None = None,
+    *,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict:
     """Fine-tune a pretrained model on the first ``size`` images of the target's train split
     (nested sets: the 64-image set is part of the 128-image set; replicates differ only through
     ``seed``: shuffle order and augmentation) with ``freeze`` in {encoder, decoder, none};
@@ -192,35 +234,48 @@ def transfer(pretrained: str | os.PathLike, dataset: str | os.PathLike, out: str
     cfg = resolve_cfg(cfg)
     model, source_meta = load_model(pretrained)
     if model.config["width"] != float(cfg["width"]):
-        raise ValueError(f"training key 'width' = {cfg['width']} differs from the width "
-                         f"{model.config['width']} of the pretrained model {pretrained}")
+        raise ValueError(
+            f"training key 'width' = {cfg['width']} differs from the width "
+            f"{model.config['width']} of the pretrained model {pretrained}"
+        )
     weights_digest = digest(*(t.cpu().numpy() for t in model.state_dict().values()))
     freeze_part(model, freeze)
     images, labels = data.read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     val = data.read_split(dataset, "val")
-    run = {"stage": "transfer", "dataset": str(dataset), "pretrained": str(pretrained),
-           "freeze": freeze, "size": size, "source_domain": source_meta.get("target_domain"),
-           "target_domain": data.domain_name(dataset),
-           "seeds": {"data": seed, **{f"pretrain_{k}": v
-                                      for k, v in (source_meta.get("seeds") or {}).items()}},
-           "pretrained_best_val_loss": source_meta.get("best_val_loss"),
-           "pretrained_config": source_meta.get("config"),
-           "inputs": {str(pretrained): weights_digest,
-                      str(dataset): digest(images, labels, *val)}}
+    run = {
+        "stage": "transfer",
+        "dataset": str(dataset),
+        "pretrained": str(pretrained),
+        "freeze": freeze,
+        "size": size,
+        "source_domain": source_meta.get("target_domain"),
+        "target_domain": data.domain_name(dataset),
+        "seeds": {"data": seed, **{f"pretrain_{k}": v for k, v in (source_meta.get("seeds") or {}).items()}},
+        "pretrained_best_val_loss": source_meta.get("best_val_loss"),
+        "pretrained_config": source_meta.get("config"),
+        "inputs": {str(pretrained): weights_digest, str(dataset): digest(images, labels, *val)},
+    }
     return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
 
 
-def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str | os.PathLike,
-             cfg: dict, seed: int, device: str | torch.device | None = None, *,
-             on_epoch_end: EpochCallback | None = None) -> dict:
+def baseline(
+    datasets: Sequence[str | os.PathLike],
+    mix: Sequence[int],
+    out: str | os.PathLike,
+    cfg: dict,
+    seed: int,
+    device: str | torch.device | None = None,
+    *,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict:
     """Single-stage training from random init on the first ``mix[0]`` train images of
     ``datasets[0]`` plus the first ``mix[1]`` of ``datasets[1]``; validation loss on the union of
     both val splits (all images, each pixel weighted equally). Returns the model meta.
 
     ``datasets[0]`` is the TARGET domain and ``datasets[1]`` the source: ``mix`` = (target
     images, source images), so ``mix[0]`` plays the role of a transfer run's ``size``
-    (the grid's pairs, :mod:`emsim.experiments`, are tagged the same way)."""
+    (the grid's pairs, :mod:`emsim.study.experiments`, are tagged the same way)."""
     cfg = resolve_cfg(cfg)
     if len(datasets) != 2 or len(mix) != 2:
         raise ValueError(f"baseline needs 2 datasets and a 2-element mix, got {datasets}, {mix}")
@@ -233,12 +288,17 @@ def baseline(datasets: Sequence[str | os.PathLike], mix: Sequence[int], out: str
         inputs[str(path)] = digest(*train[-1], *val[-1])
     domains = [data.domain_name(path) for path in datasets]
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
-    run = {"stage": "baseline", "datasets": [str(p) for p in datasets],
-           "mix": [int(n) for n in mix],
-           "domains": domains, "source_domain": domains[1], "target_domain": domains[0],
-           "seeds": {"init": seed, "data": seed}, "inputs": inputs}
-    return _fit(run, model, _concat(train, datasets), _concat(val, datasets), out, cfg, seed,
-                device, on_epoch_end)
+    run = {
+        "stage": "baseline",
+        "datasets": [str(p) for p in datasets],
+        "mix": [int(n) for n in mix],
+        "domains": domains,
+        "source_domain": domains[1],
+        "target_domain": domains[0],
+        "seeds": {"init": seed, "data": seed},
+        "inputs": inputs,
+    }
+    return _fit(run, model, _concat(train, datasets), _concat(val, datasets), out, cfg, seed, device, on_epoch_end)
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -251,13 +311,11 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _first(images: np.ndarray, labels: np.ndarray, n: int | None, key: str, path
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _first(images: np.ndarray, labels: np.ndarray, n: int | None, key: str, path) -> tuple[np.ndarray, np.ndarray]:
     if n is None:
         return images, labels
     if not 0 <= n <= len(images):
-        raise ValueError(f"{key} = {n} is outside 0..{len(images)}, the size of the train split "
-                         f"of {path}")
+        raise ValueError(f"{key} = {n} is outside 0..{len(images)}, the size of the train split of {path}")
     return images[:n], labels[:n]
 
 
@@ -268,8 +326,9 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]], paths) -> tuple[np.ndarr
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
 
 
-def _to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, what: str
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    images: np.ndarray, labels: np.ndarray, device: torch.device, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if len(images) == 0:
         raise ValueError(f"the {what} set is empty")
     h, w = images.shape[1:]
@@ -279,8 +338,9 @@ def _to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, wha
     return x, torch.from_numpy(np.ascontiguousarray(labels, np.uint8)).to(device)
 
 
-def _epoch_order(seed: int, stage: str, epoch: int, n: int, augmentation: str,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _epoch_order(
+    seed: int, stage: str, epoch: int, n: int, augmentation: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Image index and symmetry of every sample of an epoch, in training order."""
     rng = np.random.default_rng([seed, STAGES.index(stage), epoch])
     if augmentation == "dihedral8":
@@ -297,81 +357,118 @@ def _check_loss(loss: float, stage: str, epoch: int, where: str) -> None:
         raise TrainingDiverged(f"{stage} diverged at epoch {epoch}, {where}: loss {loss}")
 
 
-def _fit(run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device,
-         on_epoch_end: EpochCallback | None) -> dict:
+def _fit(
+    run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device, on_epoch_end: EpochCallback | None
+) -> dict:
     """Shared training loop with checkpoint/resume; writes the best model to ``out``."""
     stage, out = run["stage"], Path(out)
     device = resolve_device(device if device is not None else cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
     amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
-    run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x),
-           "val_size": len(val_x)}
-
-    model.to(device,
-             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x), "val_size": len(val_x)}
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=device.type == "cuda")
     net = torch.compile(model) if cfg["compile"] else model
     step = make_train_step(net, optimizer, amp, cfg["loss"])
 
-    history, best = [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
     ckpt_path = Path(f"{out}.ckpt")
-    state = _load_checkpoint(ckpt_path, run, device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best = state["history"], state["best"]
-        logger.info("%s: resuming %s after epoch %d", stage, out, len(history))
-
+    history, best = _resume(ckpt_path, run, device, model, optimizer)
     for epoch in range(len(history), cfg["epochs"]):
         start = time.perf_counter()
         lr = cfg["lr"] * cfg["lr_decay"] ** epoch
         for group in optimizer.param_groups:
             group["lr"] = lr
         order, ops = _epoch_order(seed, stage, epoch, len(train_x), cfg["augmentation"], device)
-        losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], channels_last)
-        losses = losses.tolist()  # the epoch's only device sync; names the first bad step
-        for i, loss in enumerate(losses, 1):
-            _check_loss(loss, stage, epoch + 1, f"step {i}")
-        sizes = [min(cfg["batch_size"], len(order) - s)
-                 for s in range(0, len(order), cfg["batch_size"])]
-        train_loss = float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
-        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last,
-                             cfg["loss"])
+        train_loss = _train_loss(step, train_x, train_y, order, ops, cfg, stage, epoch)
+        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last, cfg["loss"])
         _check_loss(val_loss, stage, epoch + 1, "validation")
         if val_loss < best["val_loss"]:
-            best = {"epoch": epoch + 1, "val_loss": val_loss,
-                    "state_dict": copy.deepcopy(model.state_dict())}
+            best = {"epoch": epoch + 1, "val_loss": val_loss, "state_dict": copy.deepcopy(model.state_dict())}
         images_seen = (history[-1]["images_seen"] if history else 0) + len(order)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                  "images_seen": images_seen, "time_s": time.perf_counter() - start}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": lr,
+            "images_seen": images_seen,
+            "time_s": time.perf_counter() - start,
+        }
         history.append(record)
-        logger.info("%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)", stage, epoch + 1,
-                    cfg["epochs"], train_loss, val_loss, lr, record["time_s"])
-        with io.atomic_path(ckpt_path) as tmp:
-            torch.save({"emsim_checkpoint": CHECKPOINT_VERSION, "run": run,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "history": history, "best": best}, tmp)
+        logger.info(
+            "%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)",
+            stage,
+            epoch + 1,
+            cfg["epochs"],
+            train_loss,
+            val_loss,
+            lr,
+            record["time_s"],
+        )
+        _save_checkpoint(ckpt_path, run, model, optimizer, history, best)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
-
-    model.load_state_dict(best["state_dict"])
-    meta = {**run, "history": history, "best_epoch": best["epoch"],
-            "best_val_loss": best["val_loss"],
-            "train_time_s": sum(r["time_s"] for r in history),
-            "trainable_params": count_parameters(model, trainable_only=True),
-            "total_params": count_parameters(model), "device": str(device),
-            "input_reference": ood.describe(run, train[0]),
-            "provenance": io.provenance(cfg)}
-    save_model(out, model, meta=meta)
+    meta = _save_best(out, model, run, history, best, device, train[0])
     ckpt_path.unlink(missing_ok=True)
+    return meta
+
+
+def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple[list, dict]:
+    """History and best epoch so far, from a matching checkpoint (loaded into model and optimizer)."""
+    state = _load_checkpoint(ckpt_path, run, device)
+    if state is None:
+        return [], {"epoch": None, "val_loss": math.inf, "state_dict": None}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    logger.info("%s: resuming %s after epoch %d", run["stage"], ckpt_path, len(state["history"]))
+    return state["history"], state["best"]
+
+
+def _train_loss(step, train_x, train_y, order, ops, cfg: dict, stage: str, epoch: int) -> float:
+    """One epoch of training steps; its mean training loss (offset removed), every step checked."""
+    losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], bool(cfg["channels_last"]))
+    losses = losses.tolist()  # the epoch's only device sync; names the first bad step
+    for i, loss in enumerate(losses, 1):
+        _check_loss(loss, stage, epoch + 1, f"step {i}")
+    sizes = [min(cfg["batch_size"], len(order) - s) for s in range(0, len(order), cfg["batch_size"])]
+    return float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
+
+
+def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: list, best: dict) -> None:
+    with io.atomic_path(path) as tmp:
+        torch.save(
+            {
+                "emsim_checkpoint": CHECKPOINT_VERSION,
+                "run": run,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "best": best,
+            },
+            tmp,
+        )
+
+
+def _save_best(out: Path, model: UNet, run: dict, history: list, best: dict, device, train_images) -> dict:
+    """Write the best epoch's weights with the run's metadata to ``out``; return the metadata."""
+    model.load_state_dict(best["state_dict"])
+    trainable_params = count_parameters(model, trainable_only=True)
+    meta = {
+        **run,
+        "history": history,
+        "best_epoch": best["epoch"],
+        "best_val_loss": best["val_loss"],
+        "train_time_s": sum(r["time_s"] for r in history),
+        "trainable_params": trainable_params,
+        "total_params": count_parameters(model),
+        "device": str(device),
+        "input_reference": ood.describe(run, train_images),
+        "provenance": io.provenance(run["config"]),
+    }
+    save_model(out, model, meta=meta)
     return meta
 
 
@@ -384,19 +481,18 @@ def _load_checkpoint(path: Path, run: dict, device: torch.device) -> dict | None
         logger.warning("ignoring unreadable checkpoint %s (%s)", path, error)
         return None
     if not isinstance(state, dict) or state.get("emsim_checkpoint") != CHECKPOINT_VERSION:
-        logger.warning("ignoring checkpoint %s: not a version %d emsim checkpoint", path,
-                       CHECKPOINT_VERSION)
+        logger.warning("ignoring checkpoint %s: not a version %d emsim checkpoint", path, CHECKPOINT_VERSION)
         return None
     old = state.get("run") or {}
     if old == run:
         return state
     differing = sorted(k for k in set(old) | set(run) if k != "inputs" and old.get(k) != run.get(k))
     if differing:
-        logger.warning("ignoring checkpoint %s: written by a different run (differs in %s)",
-                       path, ", ".join(differing))
+        logger.warning("ignoring checkpoint %s: written by a different run (differs in %s)", path, ", ".join(differing))
     else:
         before = old.get("inputs") or {}
         changed = [name for name, sha in run["inputs"].items() if before.get(name) != sha]
-        logger.warning("discarded checkpoint %s: the content of input(s) %s changed since it "
-                       "was written", path, ", ".join(changed))
+        logger.warning(
+            "discarded checkpoint %s: the content of input(s) %s changed since it was written", path, ", ".join(changed)
+        )
     return None

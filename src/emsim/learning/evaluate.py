@@ -4,7 +4,7 @@ Each model is scored on the ``val`` split of every domain given, and on the ``tr
 ``test`` splits of its own target domain ``tags["target"]``: the transfer target for transfer
 models, the pretraining domain for pretrained models, and the FIRST domain of the mixture for
 single-stage baselines, whose mixture lists its target's images first (the workflow sets these
-tags; see :mod:`emsim.experiments`).
+tags; see :mod:`emsim.study.experiments`).
 
 Evaluation file (JSON, written by :func:`write_evaluation`)::
 
@@ -26,31 +26,30 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emsim import data
 from emsim.io import atomic_path, provenance
-from emsim.metrics import MetricAccumulator
-from emsim.models import DOWNSAMPLING, load_model, resolve_device
+from emsim.learning.metrics import MetricAccumulator
+from emsim.learning.models import load_model, pad_to_multiple, resolve_device
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "emsim-evaluation"
 FORMAT_VERSION = 1
-META_FIELDS = ("stage", "best_epoch", "best_val_loss", "train_time_s", "trainable_params",
-               "total_params", "seeds", "history")
+META_FIELDS = (
+    "stage",
+    "best_epoch",
+    "best_val_loss",
+    "train_time_s",
+    "trainable_params",
+    "total_params",
+    "seeds",
+    "history",
+)
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
-    """Reflect-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
-    h, w = images.shape[-2:]
-    pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
-    return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
-
-
-def load_split(path: str | os.PathLike, split: str,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(path: str | os.PathLike, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One split on ``device``: standardised, padded images (N, 1, H', W') and labels (N, H, W)."""
     images, labels = data.read_split(path, split)
     x = torch.from_numpy(pad_to_multiple(data.standardize(images))[:, None].copy())
@@ -58,8 +57,7 @@ def load_split(path: str | os.PathLike, split: str,
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-          batch_size: int = 16) -> dict[str, float]:
+def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
     """Dataset-level metrics of ``model`` on a loaded split (bf16 autocast on cuda)."""
     model.eval()
     h, w = labels.shape[-2:]
@@ -67,13 +65,14 @@ def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     on_cuda = images.device.type == "cuda"
     for start in range(0, len(images), batch_size):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            logits = model(images[start:start + batch_size])
-        accumulator.update(logits[..., :h, :w], labels[start:start + batch_size])
+            logits = model(images[start : start + batch_size])
+        accumulator.update(logits[..., :h, :w], labels[start : start + batch_size])
     return accumulator.result()
 
 
-def evaluate_models(models: list[dict], datasets: dict[str, str], device: str = "auto",
-                    batch_size: int = 16) -> list[dict]:
+def evaluate_models(
+    models: list[dict], datasets: dict[str, str], device: str = "auto", batch_size: int = 16
+) -> list[dict]:
     """Score each model (``{"path", "tags"}``) on the val split of every domain in ``datasets``
     (domain -> dataset path) and on the train/test splits of its target domain.
 
@@ -98,8 +97,7 @@ def evaluate_models(models: list[dict], datasets: dict[str, str], device: str = 
     return records
 
 
-def _evaluate_one(entry: dict, val: dict, target: str, own: dict, device: torch.device,
-                  batch_size: int) -> dict:
+def _evaluate_one(entry: dict, val: dict, target: str, own: dict, device: torch.device, batch_size: int) -> dict:
     model, meta = load_model(entry["path"], map_location=device)
     metrics = {domain: {"val": score(model, *split, batch_size)} for domain, split in val.items()}
     for split, loaded in own.items():
@@ -122,8 +120,9 @@ def _check_inputs(models: list[dict], datasets: dict[str, str]) -> None:
             raise ValueError(f"model file {path!r} does not exist")
         target = entry.get("tags", {}).get("target")
         if target not in datasets:
-            raise ValueError(f"{path}: tags['target'] = {target!r} is not one of the evaluated "
-                             f"domains {sorted(datasets)}")
+            raise ValueError(
+                f"{path}: tags['target'] = {target!r} is not one of the evaluated domains {sorted(datasets)}"
+            )
 
 
 def _finite_or_none(value):
@@ -138,8 +137,12 @@ def _finite_or_none(value):
 
 def write_evaluation(records: list[dict], path: str | os.PathLike) -> None:
     """Write evaluation records as JSON, atomically (non-finite numbers become null)."""
-    document = {"format": FORMAT, "version": FORMAT_VERSION, "provenance": provenance(),
-                "records": _finite_or_none(records)}
+    document = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "provenance": provenance(),
+        "records": _finite_or_none(records),
+    }
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
 

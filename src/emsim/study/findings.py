@@ -11,8 +11,8 @@ Domain facts (defocus, dose, lattice of each domain: :func:`domain_facts`) say w
 apply to an experiment. :func:`load_study` puts the study's public per-model tables into the same
 columns, so one code path gives both columns of docs/validation.md::
 
-    python -m emsim.findings results/report --configfile config/validation.yaml [--metric ce]
-    python -m emsim.findings --study hrtem-transfer-learning/notebooks
+    python -m emsim.study.findings results/report --configfile config/validation.yaml [--metric ce]
+    python -m emsim.study.findings --study hrtem-transfer-learning/notebooks
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ FACTS = ("defocus_nm", "dose_e_per_A2", "lattice")
 
 # ---------------------------------------------------------------- statistics
 
+
 def transfer_rows(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
     """Transfer rows with a target loss, their target not in ``exclude``."""
     column = f"target_val_{metric}"
@@ -54,8 +55,7 @@ def transfer_rows(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.Dat
 
 
 def _quartiles(groups) -> pd.DataFrame:
-    stats = groups.agg(n="size", median="median", q25=lambda v: v.quantile(0.25),
-                       q75=lambda v: v.quantile(0.75))
+    stats = groups.agg(n="size", median="median", q25=lambda v: v.quantile(0.25), q75=lambda v: v.quantile(0.75))
     stats["iqr"] = stats["q75"] - stats["q25"]
     return stats
 
@@ -82,8 +82,7 @@ def by_domain(table: pd.DataFrame, metric: str = "ce") -> pd.Series:
     """F4: median loss after transfer on each evaluation domain (val split), over transfer models."""
     rows = transfer_rows(table, metric)
     prefix = f"val_{metric}__"
-    return pd.Series({c[len(prefix):]: rows[c].median() for c in rows if c.startswith(prefix)},
-                     dtype=float)
+    return pd.Series({c[len(prefix) :]: rows[c].median() for c in rows if c.startswith(prefix)}, dtype=float)
 
 
 def spread(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
@@ -92,21 +91,22 @@ def spread(table: pd.DataFrame, metric: str = "ce", exclude=()) -> pd.DataFrame:
     transfer models), as the study's generalization figure computes it."""
     rows = transfer_rows(table, metric)
     prefix = f"val_{metric}__"
-    domains = [c[len(prefix):] for c in rows if c.startswith(prefix)
-               and c[len(prefix):] not in exclude and f"before_{c}" in rows]
+    domains = [
+        c[len(prefix) :]
+        for c in rows
+        if c.startswith(prefix) and c[len(prefix) :] not in exclude and f"before_{c}" in rows
+    ]
     after = [f"{prefix}{d}" for d in domains]
     before = [f"before_{c}" for c in after]
     spreads = {}
     for source, of_source in rows.groupby("source"):
         std_before = of_source[before].median().std(ddof=0)
         for target, pair in of_source.groupby("target"):
-            spreads[(source, target)] = {"before": std_before,
-                                         "after": pair[after].median().std(ddof=0)}
+            spreads[(source, target)] = {"before": std_before, "after": pair[after].median().std(ddof=0)}
     return pd.DataFrame.from_dict(spreads, orient="index").rename_axis(["source", "target"])
 
 
-def by_target_fact(table: pd.DataFrame, facts: pd.DataFrame, fact: str,
-                   metric: str = "ce") -> pd.Series:
+def by_target_fact(table: pd.DataFrame, facts: pd.DataFrame, fact: str, metric: str = "ce") -> pd.Series:
     """F6, F7: median target loss after transfer per value of a fact of the target domain
     (``dose_e_per_A2``, ``lattice``), sorted by that value."""
     rows = transfer_rows(table, metric)
@@ -115,6 +115,7 @@ def by_target_fact(table: pd.DataFrame, facts: pd.DataFrame, fact: str,
 
 
 # ---------------------------------------------------------------- verdicts
+
 
 def _g(value) -> str:
     return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
@@ -138,7 +139,7 @@ def judge_size(stats: pd.DataFrame) -> tuple[str, str]:
 def judge_freeze(stats: pd.DataFrame) -> tuple[str, str]:
     """Agree if encoder-frozen is worse than nothing frozen, by more than decoder-frozen differs."""
     none, encoder, decoder = (stats.loc[f, "median"] for f in ("none", "encoder", "decoder"))
-    text = (f"median target loss: none {_g(none)}, decoder {_g(decoder)}, encoder {_g(encoder)}")
+    text = f"median target loss: none {_g(none)}, decoder {_g(decoder)}, encoder {_g(encoder)}"
     return text, _verdict(encoder > none and abs(decoder - none) < encoder - none)
 
 
@@ -148,8 +149,9 @@ def _find_pair(stats: pd.DataFrame, pair: tuple[float, float]):
 
 def judge_lr(stats: pd.DataFrame) -> tuple[str, str]:
     """Agree if (1e-3, 1e-4) has the lowest median target loss and (1e-4, 1e-5) the highest."""
-    text = ", ".join(f"{_lrs(k)}: {_g(r['median'])} (IQR {_g(r['iqr'])})"
-                     for k, r in stats.sort_values("median").iterrows())
+    text = ", ".join(
+        f"{_lrs(k)}: {_g(r['median'])} (IQR {_g(r['iqr'])})" for k, r in stats.sort_values("median").iterrows()
+    )
     best, worst = stats["median"].idxmin(), stats["median"].idxmax()
     agree = bool(np.allclose(best, BEST_LRS) and np.allclose(worst, WORST_LRS))
     return f"median target loss, best first: {text}", _verdict(agree)
@@ -159,8 +161,10 @@ def judge_domain(medians: pd.Series, in_focus: str) -> tuple[str, str]:
     """Agree if the in-focus domain has the highest median loss, at least BY_FAR x the next."""
     ranked = medians.sort_values(ascending=False)
     ratio = ranked.iloc[0] / ranked.iloc[1]
-    text = (f"hardest {ranked.index[0]} {_g(ranked.iloc[0])}, next {ranked.index[1]} "
-            f"{_g(ranked.iloc[1])} ({ratio:.2g}x); easiest {ranked.index[-1]} {_g(ranked.iloc[-1])}")
+    text = (
+        f"hardest {ranked.index[0]} {_g(ranked.iloc[0])}, next {ranked.index[1]} "
+        f"{_g(ranked.iloc[1])} ({ratio:.2g}x); easiest {ranked.index[-1]} {_g(ranked.iloc[-1])}"
+    )
     return text, _verdict(ranked.index[0] == in_focus and ratio >= BY_FAR)
 
 
@@ -168,16 +172,17 @@ def judge_spread(spreads: pd.DataFrame) -> tuple[str, str]:
     """Agree if the median over pairs of the spread after transfer is below the one before."""
     before, after = spreads["before"].median(), spreads["after"].median()
     narrower = (spreads["after"] < spreads["before"]).mean()
-    text = (f"median over {len(spreads)} pairs of std across domains: before {_g(before)}, "
-            f"after {_g(after)}; narrower for {narrower:.0%} of pairs")
+    text = (
+        f"median over {len(spreads)} pairs of std across domains: before {_g(before)}, "
+        f"after {_g(after)}; narrower for {narrower:.0%} of pairs"
+    )
     return text, _verdict(after < before)
 
 
 def judge_dose(medians: pd.Series) -> tuple[str, str]:
     """Agree if the median target loss falls at every step up in dose."""
     text = ", ".join(f"{dose:g}: {_g(v)}" for dose, v in medians.items())
-    return (f"median target loss by dose (e/A^2): {text}",
-            _verdict(bool(np.all(np.diff(medians.to_numpy()) < 0))))
+    return (f"median target loss by dose (e/A^2): {text}", _verdict(bool(np.all(np.diff(medians.to_numpy()) < 0))))
 
 
 def judge_lattice(medians: pd.Series) -> tuple[str, str]:
@@ -201,8 +206,7 @@ def findings(table: pd.DataFrame, facts: pd.DataFrame, metric: str = "ce") -> li
     out = []
 
     def add(finding: str, judged: tuple[str, str]) -> None:
-        out.append({"finding": finding, "claim": CLAIMS[finding], "statistic": judged[0],
-                    "verdict": judged[1]})
+        out.append({"finding": finding, "claim": CLAIMS[finding], "statistic": judged[0], "verdict": judged[1]})
 
     if "size" in transfer and transfer["size"].nunique() > 1:
         add("F1", judge_size(by_size(table, metric, exclude)))
@@ -229,12 +233,12 @@ def markdown(results: dict[str, list[dict]]) -> str:
     """The findings of every experiment as one markdown table."""
     lines = ["| experiment | finding | claim | statistic | verdict |", "|---|---|---|---|---|"]
     for experiment, rows in results.items():
-        lines += [f"| {experiment} | {r['finding']} | {r['claim']} | {r['statistic']} | "
-                  f"{r['verdict']} |" for r in rows]
+        lines += [f"| {experiment} | {r['finding']} | {r['claim']} | {r['statistic']} | {r['verdict']} |" for r in rows]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- domain facts
+
 
 def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
     """Defocus (nm), dose (e/A^2) and lattice of each domain of a loaded study config."""
@@ -242,24 +246,26 @@ def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
     for name in domains:
         domain = study["domains"][name]
         particles = study["structure_sets"][domain["structure_set"]]["particles"]
-        rows[name] = {"defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
-                      "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
-                      "lattice": particles.get("lattice")}
+        rows[name] = {
+            "defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
+            "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
+            "lattice": particles.get("lattice"),
+        }
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
 
 
-def report_findings(report_dir: str | Path, study: dict, metric: str = "ce"
-                    ) -> dict[str, list[dict]]:
+def report_findings(report_dir: str | Path, study: dict, metric: str = "ce") -> dict[str, list[dict]]:
     """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``."""
-    from emsim import experiments
+    from emsim.study import experiments
 
     expanded = experiments.expand(study)
     results = {}
     for path in sorted(Path(report_dir).glob("*/models.parquet")):
         name = path.parent.name
         if name not in expanded:
-            raise ValueError(f"{path}: experiment {name!r} is not in the study config "
-                             f"(experiments: {', '.join(expanded)})")
+            raise ValueError(
+                f"{path}: experiment {name!r} is not in the study config (experiments: {', '.join(expanded)})"
+            )
         table = pd.read_parquet(path)
         results[name] = findings(table, domain_facts(study, expanded[name].domains), metric)
     if not results:
@@ -271,9 +277,13 @@ def report_findings(report_dir: str | Path, study: dict, metric: str = "ce"
 
 # Plain data constructors a pandas table pickle needs besides pandas and numpy classes
 # (pyarrow ones for string columns written by pandas >= 3).
-PICKLE_DATA_CLASSES = {("builtins", "slice"), ("builtins", "bytearray"),
-                       ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"),
-                       ("pyarrow.lib", "type_for_alias")}
+PICKLE_DATA_CLASSES = {
+    ("builtins", "slice"),
+    ("builtins", "bytearray"),
+    ("pyarrow.lib", "_restore_array"),
+    ("pyarrow.lib", "py_buffer"),
+    ("pyarrow.lib", "type_for_alias"),
+}
 
 
 class _TableUnpickler(pickle.Unpickler):
@@ -294,9 +304,17 @@ def read_pickle_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-STUDY_LATTICES = {"w_ZnS": "ZnS_wurtzite", "w_CdSe": "CdSe_wurtzite", "fcc_Cu": "Cu_fcc",
-                  "fcc_Ag": "Ag_fcc", "dc_C": "C_diamond", "dc_Si": "Si_diamond",
-                  "spinel_Fe3O4": "Fe3O4_spinel", "spinel_Co3O4": "Co3O4_spinel", "bcc_Fe": "Fe_bcc"}
+STUDY_LATTICES = {
+    "w_ZnS": "ZnS_wurtzite",
+    "w_CdSe": "CdSe_wurtzite",
+    "fcc_Cu": "Cu_fcc",
+    "fcc_Ag": "Ag_fcc",
+    "dc_C": "C_diamond",
+    "dc_Si": "Si_diamond",
+    "spinel_Fe3O4": "Fe3O4_spinel",
+    "spinel_Co3O4": "Co3O4_spinel",
+    "bcc_Fe": "Fe_bcc",
+}
 
 
 def _defocus_name(angstrom) -> str:
@@ -311,19 +329,27 @@ def _structure_name(study_name: str) -> str:
 def study_defocus(df: pd.DataFrame, metric: str = STUDY_METRIC) -> tuple[pd.DataFrame, pd.DataFrame]:
     """mini_df.pkl (7,200 defocus transfer models, losses already offset; defocus in A) in
     emsim's columns, with its domain facts."""
-    table = pd.DataFrame({
-        "stage": TRANSFER, "source": df["pretrain_defocus"].map(_defocus_name),
-        "target": df["transfer_defocus"].map(_defocus_name), "freeze": df["freeze_option"],
-        "size": df["N_tl_training_points"], "lr_pretrain": df["pretrain_lr"],
-        "lr_transfer": df["transfer_lr"],
-        f"target_val_{metric}": df["best_target_transfer_performance"],
-        f"before_target_val_{metric}": df["best_target_pretrain_performance"]})
+    table = pd.DataFrame(
+        {
+            "stage": TRANSFER,
+            "source": df["pretrain_defocus"].map(_defocus_name),
+            "target": df["transfer_defocus"].map(_defocus_name),
+            "freeze": df["freeze_option"],
+            "size": df["N_tl_training_points"],
+            "lr_pretrain": df["pretrain_lr"],
+            "lr_transfer": df["transfer_lr"],
+            f"target_val_{metric}": df["best_target_transfer_performance"],
+            f"before_target_val_{metric}": df["best_target_pretrain_performance"],
+        }
+    )
     angstroms = sorted(int(c.rsplit("_", 1)[1]) for c in df if c.startswith("best_pretrain_val_"))
     for a in angstroms:
         table[f"val_{metric}__{_defocus_name(a)}"] = df[f"best_transfer_performance_{a}"]
         table[f"before_val_{metric}__{_defocus_name(a)}"] = df[f"best_pretrain_val_{a}"]
-    facts = pd.DataFrame({"defocus_nm": [a / 10 for a in angstroms], "dose_e_per_A2": 400.0,
-                          "lattice": "CdSe_wurtzite"}, index=[_defocus_name(a) for a in angstroms])
+    facts = pd.DataFrame(
+        {"defocus_nm": [a / 10 for a in angstroms], "dose_e_per_A2": 400.0, "lattice": "CdSe_wurtzite"},
+        index=[_defocus_name(a) for a in angstroms],
+    )
     return table, facts
 
 
@@ -335,45 +361,59 @@ def study_dose(df: pd.DataFrame, metric: str = STUDY_METRIC) -> tuple[pd.DataFra
     doses = sorted({int(d) for d in df["pretrain_dose"]} | {int(d) for d in df["transfer_dose"]})
     rows = []
     for _, model in df.iterrows():
-        row = {"stage": TRANSFER, "source": f"dose{int(model['pretrain_dose'])}",
-               "target": f"dose{int(model['transfer_dose'])}", "freeze": model["freezing_mode"],
-               "lr_pretrain": model["pretrain_lr"], "lr_transfer": model["transfer_lr"]}
-        for prefix, history, own in (("before_", model["pretrain_history"], model["pretrain_dose"]),
-                                     ("", model["transfer_history"], model["transfer_dose"])):
+        row = {
+            "stage": TRANSFER,
+            "source": f"dose{int(model['pretrain_dose'])}",
+            "target": f"dose{int(model['transfer_dose'])}",
+            "freeze": model["freezing_mode"],
+            "lr_pretrain": model["pretrain_lr"],
+            "lr_transfer": model["transfer_lr"],
+        }
+        for prefix, history, own in (
+            ("before_", model["pretrain_history"], model["pretrain_dose"]),
+            ("", model["transfer_history"], model["transfer_dose"]),
+        ):
             best = int(np.argmin(history[f"validation_{own}"]))
             for dose in doses:
                 row[f"{prefix}val_{metric}__dose{dose}"] = history[f"validation_{dose}"][best] - STUDY_OFFSET
             row[f"{prefix}target_val_{metric}"] = row[f"{prefix}val_{metric}__{row['target']}"]
         rows.append(row)
-    facts = pd.DataFrame({"defocus_nm": -10.0, "dose_e_per_A2": [float(d) for d in doses],
-                          "lattice": "CdSe_wurtzite"}, index=[f"dose{d}" for d in doses])
+    facts = pd.DataFrame(
+        {"defocus_nm": -10.0, "dose_e_per_A2": [float(d) for d in doses], "lattice": "CdSe_wurtzite"},
+        index=[f"dose{d}" for d in doses],
+    )
     return pd.DataFrame(rows), facts
 
 
-def study_structure(df: pd.DataFrame, metric: str = STUDY_METRIC
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def study_structure(df: pd.DataFrame, metric: str = STUDY_METRIC) -> tuple[pd.DataFrame, pd.DataFrame]:
     """mini_size_df.pkl (structure transfer models, raw CE) in emsim's columns, minus the offset."""
-    prefixes = {"": "best_transfer_performance_validation_",
-                "before_": "best_pretrain_performance_validation_"}
-    names = sorted(c[len(prefixes[""]):] for c in df if c.startswith(prefixes[""]))
-    table = pd.DataFrame({"stage": TRANSFER,
-                          "source": df["pretrain_structure"].map(_structure_name),
-                          "target": df["transfer_structure"].map(_structure_name),
-                          "freeze": df["freezing_mode"]})
+    prefixes = {"": "best_transfer_performance_validation_", "before_": "best_pretrain_performance_validation_"}
+    names = sorted(c[len(prefixes[""]) :] for c in df if c.startswith(prefixes[""]))
+    table = pd.DataFrame(
+        {
+            "stage": TRANSFER,
+            "source": df["pretrain_structure"].map(_structure_name),
+            "target": df["transfer_structure"].map(_structure_name),
+            "freeze": df["freezing_mode"],
+        }
+    )
     for prefix, column in prefixes.items():
         for name in names:
             table[f"{prefix}val_{metric}__{_structure_name(name)}"] = df[column + name] - STUDY_OFFSET
         own = [table.at[i, f"{prefix}val_{metric}__{t}"] for i, t in table["target"].items()]
         table[f"{prefix}target_val_{metric}"] = own
-    facts = pd.DataFrame({"defocus_nm": -10.0, "dose_e_per_A2": 300.0,
-                          "lattice": [STUDY_LATTICES[n.rsplit("_", 1)[0]] for n in names]},
-                         index=[_structure_name(n) for n in names])
+    facts = pd.DataFrame(
+        {"defocus_nm": -10.0, "dose_e_per_A2": 300.0, "lattice": [STUDY_LATTICES[n.rsplit("_", 1)[0]] for n in names]},
+        index=[_structure_name(n) for n in names],
+    )
     return table, facts
 
 
-STUDY_FILES = {"defocus": ("mini_df.pkl", study_defocus),
-               "dose": ("tl_noise_models.pkl", study_dose),
-               "structure": ("mini_size_df.pkl", study_structure)}
+STUDY_FILES = {
+    "defocus": ("mini_df.pkl", study_defocus),
+    "dose": ("tl_noise_models.pkl", study_dose),
+    "structure": ("mini_size_df.pkl", study_structure),
+}
 
 
 def load_study(notebooks: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
@@ -383,38 +423,42 @@ def load_study(notebooks: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFr
     for experiment, (filename, convert) in STUDY_FILES.items():
         path = Path(notebooks) / filename
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (clone msa-em/hrtem-transfer-learning and "
-                                    f"pass its notebooks/ folder)")
+            raise FileNotFoundError(
+                f"{path}: missing (clone msa-em/hrtem-transfer-learning and pass its notebooks/ folder)"
+            )
         out[experiment] = convert(read_pickle_table(path))
     return out
 
 
 # ---------------------------------------------------------------- command line
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emsim.findings", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m emsim.study.findings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("report_dir", nargs="?", help="results/report of a finished study")
     parser.add_argument("--configfile", help="the study config the results were made with")
-    parser.add_argument("--metric", default="ce",
-                        help="metric short name of the table's loss columns (default: ce)")
-    parser.add_argument("--study", metavar="NOTEBOOKS",
-                        help="the article repository's notebooks/ folder: the study's findings")
+    parser.add_argument("--metric", default="ce", help="metric short name of the table's loss columns (default: ce)")
+    parser.add_argument(
+        "--study", metavar="NOTEBOOKS", help="the article repository's notebooks/ folder: the study's findings"
+    )
     args = parser.parse_args(argv)
     if (args.study is None) == (args.report_dir is None):
         parser.error("give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
     try:
         if args.study:
-            results = {name: findings(table, facts, STUDY_METRIC)
-                       for name, (table, facts) in load_study(args.study).items()}
+            results = {
+                name: findings(table, facts, STUDY_METRIC) for name, (table, facts) in load_study(args.study).items()
+            }
         else:
             if not args.configfile:
                 parser.error("REPORT_DIR needs --configfile (the study config of the run)")
-            from emsim import config
+            from emsim.study import config
 
             results = report_findings(args.report_dir, config.load(args.configfile), args.metric)
     except (ValueError, OSError, pickle.UnpicklingError) as error:
-        print(f"emsim.findings: {error}", file=sys.stderr)
+        print(f"emsim.study.findings: {error}", file=sys.stderr)
         return 2
     print(markdown(results))
     return 0

@@ -31,14 +31,14 @@ import jsonschema
 import numpy as np
 import yaml
 
-from emsim import optics, phonons, shifts, structures
+from emsim.simulation import optics, phonons, shifts, structures
 
 
 class ConfigError(ValueError):
     """An invalid study configuration; the message names the key."""
 
 
-UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.models.DOWNSAMPLING)
+UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 
@@ -128,9 +128,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
     _check_phonons(study)
     _check_delocalisation(study)
     _check_splits(study)
-    from emsim import experiments  # experiments reads the expanded config
-
-    experiments.check(study)
+    _check_experiments(study)
     _check_sizes(study)
     return study
 
@@ -237,7 +235,7 @@ def _read(source) -> dict:
 
 
 def _top_schema() -> dict:
-    text = resources.files("emsim").joinpath("schemas/config.schema.yaml").read_text()
+    text = resources.files("emsim.study").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)
 
 
@@ -326,14 +324,20 @@ def _sweep_values(sweep: dict, key: str, limit: int) -> list[tuple[str, object]]
     """(label, value) pairs of one sweep (at most ``limit``)."""
     if "range" in sweep:
         spec = sweep["range"]
-        if not (isinstance(spec, list) and len(spec) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in spec)):
+        if not (
+            isinstance(spec, list)
+            and len(spec) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in spec)
+        ):
             raise ConfigError(f"{key}: range must be [start, stop, step] of finite numbers, got {spec!r}")
         start, stop, step = spec
         if step == 0 or (stop - start) / step < 0:
             raise ConfigError(f"{key}: range {spec} is empty (step must move from start towards stop)")
         count = int(np.floor((stop - start) / step + 1e-9)) + 1
         if count > limit:
-            raise ConfigError(f"{key}: range {spec} has {count:.3g} values, more than limits.max_sweep_entries = {limit}")
+            raise ConfigError(
+                f"{key}: range {spec} has {count:.3g} values, more than limits.max_sweep_entries = {limit}"
+            )
         values = [_clean(start + i * step) for i in range(count)]
         return [(f"{v:g}", v) for v in values]
     values = sweep["values"]
@@ -358,7 +362,9 @@ def _expand_block(block: dict, where: str, limits: dict) -> dict:
     limit = limits["max_sweep_entries"]
     for template, entry in block.items():
         if where == "domains" and isinstance(entry, dict) and "sweep" in entry:
-            raise ConfigError(f"{where}.{template}.sweep: reserved key (the loader records a domain's swept values there)")
+            raise ConfigError(
+                f"{where}.{template}.sweep: reserved key (the loader records a domain's swept values there)"
+            )
         found = _sweeps(entry)
         fields = [path[-1] for path, _ in found]
         if len(set(fields)) != len(fields):
@@ -366,8 +372,10 @@ def _expand_block(block: dict, where: str, limits: dict) -> dict:
         choices = [_sweep_values(sweep, f"{where}.{template}.{'.'.join(path)}", limit) for path, sweep in found]
         count = int(np.prod([len(c) for c in choices], dtype=float))
         if count > limit:
-            raise ConfigError(f"{where}.{template}: its sweeps expand into {count:.3g} entries, more than "
-                              f"limits.max_sweep_entries = {limit}")
+            raise ConfigError(
+                f"{where}.{template}: its sweeps expand into {count:.3g} entries, more than "
+                f"limits.max_sweep_entries = {limit}"
+            )
         for combo in itertools.product(*choices):
             item = copy.deepcopy(entry)
             for (path, _), (_, value) in zip(found, combo):
@@ -383,7 +391,9 @@ def _expand_block(block: dict, where: str, limits: dict) -> dict:
                     f"{where}.{template}: name field {error} is not a swept key; swept: {', '.join(fields) or 'none'}"
                 ) from None
             if found and name == template:
-                raise ConfigError(f"{where}.{template}: an entry with sweeps needs a name template such as '{template}{{{fields[0]}}}'")
+                raise ConfigError(
+                    f"{where}.{template}: an entry with sweeps needs a name template such as '{template}{{{fields[0]}}}'"
+                )
             if name in expanded:
                 raise ConfigError(f"{where}.{template}: expands to the name {name!r} twice")
             _check_name(name, f"{where}.{template}", swept=bool(found))
@@ -394,7 +404,12 @@ def _expand_block(block: dict, where: str, limits: dict) -> dict:
 
 
 def _check_ranges(spec: dict, where: str) -> None:
-    for block, key in (("particles", "radius_A"), ("particles", "count"), ("particles", "stacking_faults"), ("substrate", "thickness_A")):
+    for block, key in (
+        ("particles", "radius_A"),
+        ("particles", "count"),
+        ("particles", "stacking_faults"),
+        ("substrate", "thickness_A"),
+    ):
         low, high = spec[block][key]
         if low > high:
             raise ConfigError(f"{where}.{block}.{key}: min {low} is larger than max {high}")
@@ -405,12 +420,12 @@ def _check_image(study: dict) -> None:
     for key, length in (("pixel_size_A", image["pixel_size_A"]), ("padding_A", image["padding_A"])):
         ratio = length / sampling
         if (length and ratio < 1 - 1e-9) or abs(ratio - round(ratio)) > 1e-6:
-            raise ConfigError(
-                f"image.{key}: {length} must be a whole multiple of simulation.sampling_A = {sampling}"
-            )
+            raise ConfigError(f"image.{key}: {length} must be a whole multiple of simulation.sampling_A = {sampling}")
     ratio = image["padding_A"] / image["pixel_size_A"]
     if abs(ratio - round(ratio)) > 1e-6:
-        raise ConfigError(f"image.padding_A: {image['padding_A']} must be a whole multiple of image.pixel_size_A = {image['pixel_size_A']}")
+        raise ConfigError(
+            f"image.padding_A: {image['padding_A']} must be a whole multiple of image.pixel_size_A = {image['pixel_size_A']}"
+        )
 
 
 def _check_particles_fit(study: dict) -> None:
@@ -441,7 +456,7 @@ def _check_phonons(study: dict) -> None:
 
 
 def _check_delocalisation(study: dict) -> None:
-    """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.optics``).
+    """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.simulation.optics``).
 
     Evaluated at the information limit (temporal envelope exp(-2)), capped at the band limit of the
     multislice (2/3 of its Nyquist frequency), for the aberrations that 99% of the domain's images stay
@@ -519,6 +534,30 @@ def _check_size_px(study: dict) -> None:
         raise ConfigError(f"image.size_px: {size} is larger than limits.max_size_px = {limit}")
 
 
+def _check_experiments(study: dict) -> None:
+    """Config errors of the experiments block (sizes larger than the train split, bad names)."""
+    train = study["splits"]["train"]
+    for name, spec in study.get("experiments", {}).items():
+        key = f"experiments.{name}"
+        series = match_domains(study, spec["domains"], f"{key}.domains")
+        for list_key in ("sources", "targets"):
+            if list_key in spec:
+                chosen = match_domains(study, spec[list_key], f"{key}.{list_key}")
+                outside = [d for d in chosen if d not in series]
+                if outside:
+                    raise ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
+        for size in spec["transfer_sizes"]:
+            if size > train:
+                raise ConfigError(
+                    f"{key}.transfer_sizes: {size} is larger than the train split (splits.train = {train})"
+                )
+        for mix in spec.get("baseline", {}).get("mixtures", []):
+            if max(mix) > train or sum(mix) == 0:
+                raise ConfigError(
+                    f"{key}.baseline.mixtures: {mix} needs 1..{train} images per domain (splits.train = {train})"
+                )
+
+
 def _check_sizes(study: dict) -> None:
     """Estimated job count and file sizes against ``limits`` (before Snakemake builds its DAG)."""
     limits, sim, image = study["limits"], study["simulation"], study["image"]
@@ -528,18 +567,24 @@ def _check_sizes(study: dict) -> None:
     for key, size in (("simulation.shard_size", sim["shard_size"] * wave_bytes), ("image.size_px", dataset_bytes)):
         if size > limits["max_file_GB"] * 1e9:
             what = "exit-wave shard" if key.startswith("simulation") else "domain dataset"
-            raise ConfigError(f"{key}: one {what} file would hold about {size / 1e9:.3g} GB, more than "
-                              f"limits.max_file_GB = {limits['max_file_GB']}")
-    jobs = {f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim["shard_size"])
-            for name, spec in study["structure_sets"].items()}
+            raise ConfigError(
+                f"{key}: one {what} file would hold about {size / 1e9:.3g} GB, more than "
+                f"limits.max_file_GB = {limits['max_file_GB']}"
+            )
+    jobs = {
+        f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim["shard_size"])
+        for name, spec in study["structure_sets"].items()
+    }
     jobs["domains"] = len(study["domains"])
     for name, spec in study.get("experiments", {}).items():
         jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
     total = sum(jobs.values())
     if total > limits["max_jobs"]:
         largest = max(jobs, key=jobs.get)
-        raise ConfigError(f"{largest}: the study makes about {total:.3g} jobs ({jobs[largest]:.3g} from {largest}), "
-                          f"more than limits.max_jobs = {limits['max_jobs']}")
+        raise ConfigError(
+            f"{largest}: the study makes about {total:.3g} jobs ({jobs[largest]:.3g} from {largest}), "
+            f"more than limits.max_jobs = {limits['max_jobs']}"
+        )
 
 
 def _experiment_jobs(study: dict, spec: dict, key: str) -> int:
@@ -550,5 +595,7 @@ def _experiment_jobs(study: dict, spec: dict, key: str) -> int:
     reps = spec["replicates"]
     pretrain = len(sources) * len({lrs[0] for lrs in spec["lr_pairs"]}) * reps
     transfer = pairs * len(spec["freeze"]) * len(spec["transfer_sizes"]) * len(spec["lr_pairs"]) * reps
-    baseline = pairs * len(spec["baseline"]["mixtures"]) * len(spec["baseline"]["lrs"]) * reps if "baseline" in spec else 0
+    baseline = (
+        pairs * len(spec["baseline"]["mixtures"]) * len(spec["baseline"]["lrs"]) * reps if "baseline" in spec else 0
+    )
     return pretrain + transfer + baseline + len(sources) + 2 * pairs

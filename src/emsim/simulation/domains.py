@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emsim import config, data, io, optics, shifts
-from emsim.simulate import ShardWaves
+from emsim import data, io
+from emsim.simulation import optics, shifts
+from emsim.simulation.simulate import ShardWaves
+from emsim.study import config
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import optimize
 
-from emsim import optics
+from emsim.simulation import optics
 
 ENVELOPE_CUTOFF = 1e-3
 MARGIN_A = 10.0
@@ -73,12 +73,16 @@ def _variance_at(spectrum: np.ndarray, sampling_A: float, microscope: dict):
     energy_eV = microscope["energy_eV"]
     envelopes = microscope["focal_spread_A"], microscope["angular_spread_mrad"]
     if not envelopes[1]:  # defocus enters only the phase: apply the rest once
-        spectrum = spectrum * optics.ctf(grid, optics.Aberrations.from_microscope(microscope, 0.0), energy_eV, *envelopes)
+        spectrum = spectrum * optics.ctf(
+            grid, optics.Aberrations.from_microscope(microscope, 0.0), energy_eV, *envelopes
+        )
         phase_per_A = (np.pi * optics.wavelength_A(energy_eV) * grid.k2).astype(np.float32)
 
     def variance(defocus_A: float) -> float:
         if envelopes[1]:
-            transfer = optics.ctf(grid, optics.Aberrations.from_microscope(microscope, defocus_A), energy_eV, *envelopes)
+            transfer = optics.ctf(
+                grid, optics.Aberrations.from_microscope(microscope, defocus_A), energy_eV, *envelopes
+            )
         else:  # exp(-i chi) with C10 = -defocus; cos and sin are ~7x faster than a complex exp
             phase = phase_per_A * np.float32(defocus_A)
             transfer = np.empty(phase.shape, np.complex64)

@@ -31,7 +31,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from emsim import optics
+from emsim.simulation import optics
 
 Stage = Literal["optics", "detector"]
 STAGES: tuple[Stage, ...] = ("optics", "detector")
@@ -65,9 +65,7 @@ class ShiftKind:
 SHIFTS: dict[str, ShiftKind] = {}
 
 
-def register(
-    name: str, stage: Stage, parameters: dict, required: tuple[str, ...] = (), order: int = 50
-) -> Callable:
+def register(name: str, stage: Stage, parameters: dict, required: tuple[str, ...] = (), order: int = 50) -> Callable:
     """Decorator: register ``fn`` as the shift kind ``name`` (a key usable in any domain)."""
     if stage not in STAGES:
         raise ValueError(f"shift {name!r}: stage must be one of {STAGES}, not {stage!r}")

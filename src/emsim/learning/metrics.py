@@ -49,8 +49,7 @@ def _ratio(numerator: int, denominator: int, both_empty: bool) -> float:
     return numerator / denominator
 
 
-def metrics_from_counts(tp: int, fp: int, fn: int, tn: int, ce_sum: float,
-                        study_sum: float) -> dict[str, float]:
+def metrics_from_counts(tp: int, fp: int, fn: int, tn: int, ce_sum: float, study_sum: float) -> dict[str, float]:
     """Metrics (see module docstring) from confusion counts, the summed pixel cross-entropy and
     the summed pixel cross-entropy of the probabilities (without offset)."""
     n = tp + fp + fn + tn
@@ -80,14 +79,12 @@ class MetricAccumulator:
         self._ce_sum: torch.Tensor | None = None  # float64
         self._study_sum: torch.Tensor | None = None  # float64
 
-    def update(self, outputs: torch.Tensor, target: torch.Tensor, *,
-               probabilities: bool = False) -> None:
+    def update(self, outputs: torch.Tensor, target: torch.Tensor, *, probabilities: bool = False) -> None:
         """Add one batch."""
         if outputs.ndim != 4 or outputs.shape[1] < 2:
             raise ValueError(f"outputs must be (N, C>=2, H, W), got {tuple(outputs.shape)}")
         if target.shape != outputs.shape[:1] + outputs.shape[2:]:
-            raise ValueError(f"target shape {tuple(target.shape)} does not match outputs "
-                             f"{tuple(outputs.shape)}")
+            raise ValueError(f"target shape {tuple(target.shape)} does not match outputs {tuple(outputs.shape)}")
         outputs = outputs.float()
         target = target.long()
         if probabilities:
@@ -116,8 +113,7 @@ class MetricAccumulator:
 def confusion(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Particle-class counts ``[tp, fp, fn, tn]`` (int64 tensor) of class maps of equal shape."""
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
-                         "differ in shape")
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     p = pred == PARTICLE
     t = target == PARTICLE
     tp = (p & t).sum()
@@ -127,8 +123,9 @@ def confusion(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack([tp, fp, fn, tn]).long()
 
 
-def segmentation_metrics(outputs: torch.Tensor, target: torch.Tensor, *,
-                         probabilities: bool = False) -> dict[str, float]:
+def segmentation_metrics(
+    outputs: torch.Tensor, target: torch.Tensor, *, probabilities: bool = False
+) -> dict[str, float]:
     """Metrics of a single batch (shortcut for one :class:`MetricAccumulator` update)."""
     accumulator = MetricAccumulator()
     accumulator.update(outputs, target, probabilities=probabilities)

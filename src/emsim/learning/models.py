@@ -31,6 +31,13 @@ DOWNSAMPLING = 32
 MIN_CHANNELS = 8
 
 
+def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
+    """Reflect-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
+    h, w = images.shape[-2:]
+    pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
+    return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(MIN_CHANNELS, int(round(channels * width)))
 
@@ -71,8 +78,7 @@ class Encoder(nn.Module):
         layers, previous = [], stem
         for i, channels in enumerate(stages):
             stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(previous, channels, stride),
-                                        BasicBlock(channels, channels, 1)))
+            layers.append(nn.Sequential(BasicBlock(previous, channels, stride), BasicBlock(channels, channels, 1)))
             previous = channels
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
 
@@ -101,8 +107,9 @@ class DecoderBlock(nn.Module):
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
+    )
 
 
 class Decoder(nn.Module):
@@ -133,13 +140,13 @@ class UNet(nn.Module):
     drawn from ``generator``.
     """
 
-    def __init__(self, width: float = 1.0, in_channels: int = 1, classes: int = 2,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self, width: float = 1.0, in_channels: int = 1, classes: int = 2, generator: torch.Generator | None = None
+    ):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
-        self.config = {"width": float(width), "in_channels": int(in_channels),
-                       "classes": int(classes)}
+        self.config = {"width": float(width), "in_channels": int(in_channels), "classes": int(classes)}
         self.encoder = Encoder(in_channels, width)
         self.decoder = Decoder(self.encoder.out_channels, classes, width)
         self.frozen: str = "none"
@@ -148,12 +155,10 @@ class UNet(nn.Module):
     def _init_weights(self, generator: torch.Generator | None) -> None:
         for module in self.encoder.modules():  # torchvision ResNet init
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu",
-                                        generator=generator)
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
         for module in self.decoder.blocks.modules():  # smp decoder init
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_uniform_(module.weight, mode="fan_in", nonlinearity="relu",
-                                         generator=generator)
+                nn.init.kaiming_uniform_(module.weight, mode="fan_in", nonlinearity="relu", generator=generator)
         nn.init.xavier_uniform_(self.decoder.head.weight, generator=generator)
         nn.init.zeros_(self.decoder.head.bias)
         for module in self.modules():
@@ -226,13 +231,13 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict]
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise ValueError(f"{path} is not an emsim model file "
-                         f"({error.__class__.__name__})") from error
+        raise ValueError(f"{path} is not an emsim model file ({error.__class__.__name__})") from error
     if not isinstance(payload, dict) or "emsim_model" not in payload:
         raise ValueError(f"{path} is not an emsim model file (no 'emsim_model' key)")
     if payload["emsim_model"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: emsim model format {payload['emsim_model']} is not supported "
-                         f"(expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: emsim model format {payload['emsim_model']} is not supported (expected {FORMAT_VERSION})"
+        )
     model = UNet(**payload["model_config"])
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval(), payload["meta"]

@@ -10,7 +10,7 @@ contrast-transfer rings (defocus), noise floor (dose), lattice fringes (structur
 Score of an image: the RMS over rings of its z-score against that description (about 1 in
 distribution). An image larger than the training images is cut into tiles of the training size
 whose power spectra are averaged. The default threshold ``DEFAULT_THRESHOLD`` is replaced by one
-calibrated on a study's own domains with :func:`study_scores` (``python -m emsim.ood results``).
+calibrated on a study's own domains with :func:`study_scores` (``python -m emsim.learning.ood results``).
 """
 
 from __future__ import annotations
@@ -40,10 +40,15 @@ def log_spectrum(image: np.ndarray, tile_px: int | None = None) -> np.ndarray:
     over non-overlapping ``tile_px`` tiles (the whole image if None or larger)."""
     h, w = image.shape
     th, tw = (h, w) if tile_px is None else (min(tile_px, h), min(tile_px, w))
-    tiles = np.stack([image[top:top + th, left:left + tw]
-                      for top in range(0, h - th + 1, th) for left in range(0, w - tw + 1, tw)])
+    tiles = np.stack(
+        [
+            image[top : top + th, left : left + tw]
+            for top in range(0, h - th + 1, th)
+            for left in range(0, w - tw + 1, tw)
+        ]
+    )
     window = np.hanning(th)[:, None] * np.hanning(tw)[None, :]
-    power = np.abs(np.fft.fft2(data.standardize(tiles) * window)) ** 2 / (window ** 2).sum()
+    power = np.abs(np.fft.fft2(data.standardize(tiles) * window)) ** 2 / (window**2).sum()
     radius = np.hypot(*np.meshgrid(np.fft.fftfreq(th), np.fft.fftfreq(tw), indexing="ij"))
     ring = np.floor(radius / 0.5 * SPECTRUM_BINS).astype(int)
     keep = (radius > 0) & (ring < SPECTRUM_BINS)
@@ -55,10 +60,13 @@ def log_spectrum(image: np.ndarray, tile_px: int | None = None) -> np.ndarray:
 def reference(images: np.ndarray, pixel_size_A: float | None) -> dict:
     """Description of training images (N, H, W): pixel size, image size, ring statistics."""
     spectra = np.stack([log_spectrum(image) for image in images])
-    return {"pixel_size_A": pixel_size_A, "size_px": int(max(images.shape[1:])),
-            "spectrum_mean": spectra.mean(axis=0).tolist(),
-            "spectrum_std": np.maximum(spectra.std(axis=0), MIN_STD).tolist(),
-            "threshold": DEFAULT_THRESHOLD}
+    return {
+        "pixel_size_A": pixel_size_A,
+        "size_px": int(max(images.shape[1:])),
+        "spectrum_mean": spectra.mean(axis=0).tolist(),
+        "spectrum_std": np.maximum(spectra.std(axis=0), MIN_STD).tolist(),
+        "threshold": DEFAULT_THRESHOLD,
+    }
 
 
 def describe(run: dict, images: np.ndarray) -> dict:
@@ -70,9 +78,8 @@ def describe(run: dict, images: np.ndarray) -> dict:
 
 def score(image: np.ndarray, ref: dict) -> float:
     """RMS z-score of ``image``'s ring spectrum against ``ref`` (at the model's pixel size)."""
-    z = (log_spectrum(image, ref["size_px"]) - np.asarray(ref["spectrum_mean"])) \
-        / np.asarray(ref["spectrum_std"])
-    return float(np.sqrt(np.mean(z ** 2)))
+    z = (log_spectrum(image, ref["size_px"]) - np.asarray(ref["spectrum_mean"])) / np.asarray(ref["spectrum_std"])
+    return float(np.sqrt(np.mean(z**2)))
 
 
 def study_scores(results: str | os.PathLike, loss_ratio: float = LOSS_RATIO) -> dict:
@@ -84,11 +91,10 @@ def study_scores(results: str | os.PathLike, loss_ratio: float = LOSS_RATIO) -> 
     ``domains`` (mean score and loss per domain), Spearman's ``rho_domains`` (across domains)
     and ``rho_pairs`` (across pairs), and ``threshold``: the score that best separates pairs
     whose loss exceeds ``loss_ratio`` x the in-domain loss (balanced accuracy)."""
-    from emsim import evaluate, models
+    from emsim.learning import evaluate, models
 
     results = Path(results)
-    records = [r for path in sorted((results / "evaluation").rglob("*.json"))
-               for r in evaluate.read_evaluation(path)]
+    records = [r for path in sorted((results / "evaluation").rglob("*.json")) for r in evaluate.read_evaluation(path)]
     if not records:
         raise ValueError(f"{results}: no evaluation files under {results / 'evaluation'}")
     spectra_cache: dict[tuple[str, int], np.ndarray] = {}
@@ -105,19 +111,32 @@ def study_scores(results: str | os.PathLike, loss_ratio: float = LOSS_RATIO) -> 
                 images, _ = data.read_split(results / "datasets" / f"{domain}.h5", "val")
                 spectra_cache[key] = np.stack([log_spectrum(i, ref["size_px"]) for i in images])
             z = (spectra_cache[key] - np.asarray(ref["spectrum_mean"])) / np.asarray(ref["spectrum_std"])
-            pairs.append({"model": str(record["path"]), "domain": domain,
-                          "score": float(np.sqrt((z ** 2).mean(axis=1)).mean()),
-                          "loss": splits["val"]["cross_entropy"], "in_domain_loss": in_domain})
+            pairs.append(
+                {
+                    "model": str(record["path"]),
+                    "domain": domain,
+                    "score": float(np.sqrt((z**2).mean(axis=1)).mean()),
+                    "loss": splits["val"]["cross_entropy"],
+                    "in_domain_loss": in_domain,
+                }
+            )
     pairs = [p for p in pairs if p["loss"] is not None]
     domains = sorted({p["domain"] for p in pairs})
-    per_domain = {d: {"score": float(np.mean([p["score"] for p in pairs if p["domain"] == d])),
-                      "loss": float(np.mean([p["loss"] for p in pairs if p["domain"] == d]))}
-                  for d in domains}
-    return {"pairs": pairs, "domains": per_domain,
-            "rho_domains": _spearman([per_domain[d]["score"] for d in domains],
-                                     [per_domain[d]["loss"] for d in domains]),
-            "rho_pairs": _spearman([p["score"] for p in pairs], [p["loss"] for p in pairs]),
-            "threshold": _calibrate(pairs, loss_ratio), "loss_ratio": loss_ratio}
+    per_domain = {
+        d: {
+            "score": float(np.mean([p["score"] for p in pairs if p["domain"] == d])),
+            "loss": float(np.mean([p["loss"] for p in pairs if p["domain"] == d])),
+        }
+        for d in domains
+    }
+    return {
+        "pairs": pairs,
+        "domains": per_domain,
+        "rho_domains": _spearman([per_domain[d]["score"] for d in domains], [per_domain[d]["loss"] for d in domains]),
+        "rho_pairs": _spearman([p["score"] for p in pairs], [p["loss"] for p in pairs]),
+        "threshold": _calibrate(pairs, loss_ratio),
+        "loss_ratio": loss_ratio,
+    }
 
 
 def _resolve(results: Path, path: str) -> Path:
@@ -128,15 +147,15 @@ def _resolve(results: Path, path: str) -> Path:
     candidate = results.parent / path
     if candidate.is_file():
         return candidate
-    raise ValueError(f"model file {path} of an evaluation record not found (also not under "
-                     f"{results.parent})")
+    raise ValueError(f"model file {path} of an evaluation record not found (also not under {results.parent})")
 
 
 def _describe_from_meta(results: Path, meta: dict) -> dict:
     datasets = [meta["dataset"]] if meta.get("dataset") else meta.get("datasets", [])
     counts = [meta.get("size")] if meta.get("dataset") else meta.get("mix", [None])
-    images = np.concatenate([data.read_split(_resolve(results, path), "train")[0][:n]
-                             for path, n in zip(datasets, counts)])
+    images = np.concatenate(
+        [data.read_split(_resolve(results, path), "train")[0][:n] for path, n in zip(datasets, counts)]
+    )
     return describe({"dataset": str(_resolve(results, datasets[0]))}, images)
 
 
@@ -154,13 +173,15 @@ def _calibrate(pairs: list[dict], loss_ratio: float) -> float | None:
         return None
     ordered = np.unique(scores)
     candidates = (ordered[1:] + ordered[:-1]) / 2
-    accuracy = [((scores > t) & degraded).sum() / degraded.sum()
-                + ((scores <= t) & ~degraded).sum() / (~degraded).sum() for t in candidates]
+    accuracy = [
+        ((scores > t) & degraded).sum() / degraded.sum() + ((scores <= t) & ~degraded).sum() / (~degraded).sum()
+        for t in candidates
+    ]
     return float(candidates[int(np.argmax(accuracy))])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emsim.ood", description=study_scores.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m emsim.learning.ood", description=study_scores.__doc__)
     parser.add_argument("results", help="a study's results folder")
     parser.add_argument("--loss-ratio", type=float, default=LOSS_RATIO)
     parser.add_argument("-o", "--output", help="also write everything as JSON here")
@@ -169,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'domain':<24} {'OOD score':>10} {'val loss':>10}")
     for domain, row in found["domains"].items():
         print(f"{domain:<24} {row['score']:>10.3f} {row['loss']:>10.4f}")
-    print(f"Spearman rho (score vs loss): across domains {found['rho_domains']}, "
-          f"across {len(found['pairs'])} (model, domain) pairs {found['rho_pairs']}")
+    print(
+        f"Spearman rho (score vs loss): across domains {found['rho_domains']}, "
+        f"across {len(found['pairs'])} (model, domain) pairs {found['rho_pairs']}"
+    )
     print(f"calibrated threshold (loss > {args.loss_ratio} x in-domain): {found['threshold']}")
     if args.output:
         from emsim.io import atomic_path

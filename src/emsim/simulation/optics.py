@@ -150,8 +150,8 @@ def image_from_waves(
         k_grid(shape, sampling_A),
         aberrations,
         microscope["energy_eV"],
-        microscope.get("focal_spread_A", 0.0),
-        microscope.get("angular_spread_mrad", 0.0),
+        microscope["focal_spread_A"],
+        microscope["angular_spread_mrad"],
     )
     intensity = np.zeros(shape, np.float32)
     for wave in fourier_waves:

@@ -20,9 +20,9 @@ import pyfftw
 import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
-from emsim import calibration, optics, phonons
-from emsim import labels as labels_mod
 from emsim.io import atomic_path, reading
+from emsim.simulation import calibration, optics, phonons
+from emsim.simulation import labels as labels_mod
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ def _multislice(atoms, sim, microscope, incident=None, as_waves: bool = False):
     gpts = grid_points(atoms.cell[0, 0], sim["sampling_A"])
     device = check_device(sim["device"])
     with abtem.config.set({"device": device, "fft": "fftw", "diagnostics.progress_bar": False}):
-        potential = abtem.Potential(
-            atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device
-        )
+        potential = abtem.Potential(atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device)
         if incident is None:
             plane_wave = abtem.PlaneWave(energy=microscope["energy_eV"], device=device)
             waves = plane_wave.multislice(potential, lazy=False)
@@ -112,9 +110,7 @@ def grid_points(cell_A: float, sampling_A: float) -> int:
     """Grid points across a square cell; the cell must be a whole number of samples."""
     gpts = int(round(cell_A / sampling_A))
     if not np.isclose(gpts * sampling_A, cell_A, rtol=1e-6):
-        raise ValueError(
-            f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}"
-        )
+        raise ValueError(f"cell {cell_A} A is not a multiple of simulation.sampling_A={sampling_A}")
     return gpts
 
 
@@ -161,7 +157,7 @@ class ShardWaves:
 
     waves: (n, P, G, G) complex64 full-scene exit waves in Fourier space (``WAVES_CONVENTION``),
         referenced to the particles' exit plane (see ``simulate_shard``), ready for
-        ``emsim.optics.image_from_waves``;
+        ``emsim.simulation.optics.image_from_waves``;
     labels: (n, H, W) uint8 particle masks at the image pixel size;
     zero_defocus_A: (n,) float32 minimum-contrast defocus of the particles in vacuum (nan if
         not calibrated); sampling_A: real-space sampling of the waves [A].
@@ -221,7 +217,7 @@ def simulate_shard(
 
     ``indices`` are the scenes' indices in their structure set: scene ``indices[j]`` uses phonon
     seed ``SeedSequence([seed, indices[j]])``, so the waves do not depend on how the set is
-    sharded. The scenes' cell is the padded cell (``emsim.optics.cell_A``); labels are cut to the
+    sharded. The scenes' cell is the padded cell (``emsim.simulation.optics.cell_A``); labels are cut to the
     image window. The stored waves are referenced to the particles' exit plane (the bottom of
     ``scene.particle_atoms()``'s cell, where the vacuum wave leaves): they are propagated back
     from the bottom of the scene, so defocus 0 is focus just below the particles for every
@@ -269,7 +265,10 @@ def _zero_defocus_A(vacuum, scene, sim: dict, microscope: dict, index: int) -> f
         return np.nan
     try:
         return calibration.zero_defocus_A(
-            vacuum, sim["sampling_A"], microscope, sim["zero_defocus_search_A"],
+            vacuum,
+            sim["sampling_A"],
+            microscope,
+            sim["zero_defocus_search_A"],
             depth_A=float(scene.particle_atoms().cell[2, 2]),
         )
     except calibration.CalibrationError as error:
@@ -284,7 +283,7 @@ def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> Non
     Every exit-wave job loads this file first, so all jobs use the same plans and the same
     config + seed gives the same bytes in any process (FFTW_MEASURE plans differ per process).
     """
-    from emsim import structures
+    from emsim.simulation import structures
 
     particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
     substrate = {"thickness_A": [10.0, 10.0]}

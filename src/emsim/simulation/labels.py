@@ -10,7 +10,7 @@ every mask solid:
 - ``atoms``: the projected atom positions dilated by ``atom_radius_A``: the particle outline
   itself, where both thresholds fall 1-5 A inside it (the rim's thin columns stay below pi/16).
 
-Arrays are indexed ``[x, y]`` (abTEM's convention, see ``emsim.optics``); pixel ``(i, j)`` of an
+Arrays are indexed ``[x, y]`` (abTEM's convention, see ``emsim.simulation.optics``); pixel ``(i, j)`` of an
 image with pixel size ``p`` sits at ``(i p, j p)``.
 """
 
@@ -22,7 +22,7 @@ import scipy.fft as sfft
 from abtem.core.energy import energy2sigma
 from scipy import ndimage
 
-from emsim import optics
+from emsim.simulation import optics
 
 METHODS = ("phase", "potential", "atoms")
 
@@ -92,7 +92,11 @@ def label_from_vacuum_wave(
 
 
 def mask_from_phase(
-    phase: np.ndarray, pixel_size_A: float, threshold_rad: float = np.pi / 16, closing_A: float = 1.5, blur_A: float = 1.0
+    phase: np.ndarray,
+    pixel_size_A: float,
+    threshold_rad: float = np.pi / 16,
+    closing_A: float = 1.5,
+    blur_A: float = 1.0,
 ) -> np.ndarray:
     """Phase map (rad) -> solid mask uint8: threshold at ``threshold_rad``, then :func:`solid_mask`."""
     return solid_mask(phase > threshold_rad, pixel_size_A, closing_A, blur_A)
@@ -141,9 +145,7 @@ def _periodic_fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled[n : 2 * n, m : 2 * m]
 
 
-def projected_atom_mask(
-    positions_A: np.ndarray, cell_xy_A: float, size_px: int, radius_A: float
-) -> np.ndarray:
+def projected_atom_mask(positions_A: np.ndarray, cell_xy_A: float, size_px: int, radius_A: float) -> np.ndarray:
     """(size_px, size_px) bool: pixels within ``radius_A`` of an atom's (x, y), periodic."""
     positions_A = np.asarray(positions_A, dtype=np.float64)
     pixel_A = cell_xy_A / size_px

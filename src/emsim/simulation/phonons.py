@@ -41,7 +41,9 @@ def sigmas_A(symbols, setting: float | str | dict) -> dict[str, float]:
         return {symbol: float(table) for symbol in symbols}
     missing = [s for s in symbols if s not in table]
     if missing:
-        source = "the room-temperature table (emsim.phonons)" if setting == ROOM_TEMPERATURE else "the mapping"
+        source = (
+            "the room-temperature table (emsim.simulation.phonons)" if setting == ROOM_TEMPERATURE else "the mapping"
+        )
         raise ValueError(
             f"simulation.phonon_sigma_A: {source} has no entry for element(s) {missing}; "
             "give a mapping element -> sigma_A that includes them"

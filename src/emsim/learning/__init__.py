@@ -1,0 +1,1 @@
+"""Learning: U-Net models, training (pretrain, transfer, baselines), evaluation, metrics, OOD descriptors."""

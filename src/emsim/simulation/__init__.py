@@ -1,0 +1,1 @@
+"""Simulation: structures -> exit waves (multislice) -> optics and noise -> labels; domain shifts; datasets."""

@@ -1,0 +1,159 @@
+"""The pretrain -> transfer grid of a study: which models exist, their files, inputs and tags.
+
+Pretraining runs are keyed by (source domain, learning rate, seed) only, so every transfer run
+and every experiment that starts from the same pretraining shares one file. Models are
+evaluated in groups (one job per group loads each dataset once): ``pretrain/<source>``,
+``transfer/<source>/<target>`` and ``baseline/<a>+<b>``.
+
+Single-stage baselines train on each unordered pair of (source, target) domains once, as
+``(a, b)`` in series order: ``a`` is the baseline's TARGET and ``b`` its source, the mixture
+``[m, n]`` is m images of ``a`` plus n of ``b`` (so ``size`` = m, comparable with a transfer run
+of m target images), and its one learning rate is tagged ``lr_baseline``; :func:`emsim.learning.train.baseline`
+takes its datasets and mix in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from emsim.study import config as config_module
+from emsim.study.paths import baseline_path, dataset_path, pretrain_path, transfer_path
+
+STAGES = ("pretrain", "transfer", "baseline")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model of the grid."""
+
+    path: str
+    stage: str
+    datasets: tuple[str, ...]
+    lr: float
+    seed: int
+    pretrained: str | None = None
+    freeze: str = "none"
+    size: int | None = None
+    mix: tuple[int, int] | None = None
+    tags: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class Experiment:
+    """One expanded experiment: its series, its models and their evaluation groups."""
+
+    name: str
+    domains: list[str]
+    groups: dict[str, list[ModelSpec]]
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return [m for group in self.groups.values() for m in group]
+
+
+def expand(study: dict) -> dict[str, Experiment]:
+    """Every experiment of a validated study, grid expanded."""
+    return {name: _expand_one(study, name, spec) for name, spec in study.get("experiments", {}).items()}
+
+
+def all_models(study: dict) -> dict[str, ModelSpec]:
+    """Every distinct model file of the study (pretraining shared across experiments)."""
+    return {m.path: m for exp in expand(study).values() for m in exp.models}
+
+
+def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
+    key = f"experiments.{name}"
+    series = config_module.match_domains(study, spec["domains"], f"{key}.domains")
+    sources = config_module.match_domains(study, spec["sources"], f"{key}.sources")
+    targets = config_module.match_domains(study, spec.get("targets", spec["domains"]), f"{key}.targets")
+    seeds = range(spec["replicates"])
+    groups: dict[str, list[ModelSpec]] = {}
+    pairs = [(s, t) for s in sources for t in targets if s != t]
+
+    for source in sources:
+        lrs = sorted({lr_pair[0] for lr_pair in spec["lr_pairs"]})
+        groups[f"pretrain/{source}"] = [
+            ModelSpec(
+                pretrain_path(source, lr, seed),
+                "pretrain",
+                (dataset_path(source),),
+                lr,
+                seed,
+                tags=_tags(name, "pretrain", source, source, lr_pretrain=lr, seed=seed),
+            )
+            for lr in lrs
+            for seed in seeds
+        ]
+    for source, target in pairs:
+        groups[f"transfer/{source}/{target}"] = [
+            ModelSpec(
+                transfer_path(name, source, target, freeze, size, lrs, seed),
+                "transfer",
+                (dataset_path(target),),
+                lrs[1],
+                seed,
+                pretrained=pretrain_path(source, lrs[0], seed),
+                freeze=freeze,
+                size=size,
+                tags=_tags(
+                    name,
+                    "transfer",
+                    source,
+                    target,
+                    freeze=freeze,
+                    size=size,
+                    lr_pretrain=lrs[0],
+                    lr_transfer=lrs[1],
+                    seed=seed,
+                    pretrained=pretrain_path(source, lrs[0], seed),
+                ),
+            )
+            for freeze, size, lrs, seed in itertools.product(
+                spec["freeze"], spec["transfer_sizes"], spec["lr_pairs"], seeds
+            )
+        ]
+    if "baseline" in spec:
+        unordered = list(dict.fromkeys(tuple(sorted(p, key=series.index)) for p in pairs))
+        for pair in unordered:
+            groups[f"baseline/{pair[0]}+{pair[1]}"] = [
+                ModelSpec(
+                    baseline_path(name, pair, mix, lr, seed),
+                    "baseline",
+                    tuple(dataset_path(d) for d in pair),
+                    lr,
+                    seed,
+                    mix=tuple(mix),
+                    tags=_tags(
+                        name,
+                        "baseline",
+                        pair[1],
+                        pair[0],
+                        mix=f"{mix[0]}:{mix[1]}",
+                        lr_baseline=lr,
+                        seed=seed,
+                        size=mix[0],
+                    ),
+                )
+                for mix, lr, seed in itertools.product(spec["baseline"]["mixtures"], spec["baseline"]["lrs"], seeds)
+            ]
+    return Experiment(name, series, groups)
+
+
+def _tags(experiment, stage, source, target, **extra) -> dict:
+    tags = {
+        "experiment": experiment,
+        "stage": stage,
+        "source": source,
+        "target": target,
+        "freeze": "none",
+        "size": None,
+        "lr_pretrain": None,
+        "lr_transfer": None,
+        "lr_baseline": None,
+        "seed": None,
+        "mix": None,
+        "pretrained": None,
+    }
+    tags.update(extra)
+    return tags
