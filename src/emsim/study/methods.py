@@ -27,10 +27,18 @@ LORA_SMALLEST_OUT = 16  # the last decoder block's channels at width 1 (emsim.le
 LORA_STEM_FAN_IN = 49  # 1 input channel x 7 x 7 kernel
 
 
+def method_name(entry) -> str | None:
+    """The method an (unresolved) ``methods`` entry names."""
+    return entry if isinstance(entry, str) else entry.get("method") if isinstance(entry, dict) else None
+
+
 def resolve(entry, key: str, epochs: int, width: float) -> dict:
-    """A ``methods`` entry as ``{"name", **parameters}`` with defaults filled; ValueError naming ``key``."""
+    """A ``methods`` entry (or a resolved method) as ``{"name", **parameters}`` with defaults filled;
+    ValueError naming ``key``."""
     if isinstance(entry, str):
         entry = {"method": entry}
+    elif isinstance(entry, dict) and "method" not in entry and "name" in entry:  # already resolved
+        entry = {"method": entry["name"], **{k: v for k, v in entry.items() if k != "name"}}
     if not isinstance(entry, dict) or "method" not in entry:
         raise ValueError(f"{key}: {entry!r} is neither a method name nor a mapping with a 'method' key")
     name = entry["method"]
