@@ -95,7 +95,9 @@ def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(do
     before, after = load_model(pretrained)[0].state_dict(), load_model(out)[0]
     state = after.state_dict()
     differing = {k for k in before if not torch.equal(before[k], state[k])}
-    assert differing and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in differing)
+    assert differing and all(
+        k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in differing
+    )
     images = torch.from_numpy(data.standardize(data.read_split(domains["b"], "train")[0][:6])).unsqueeze(1)
     stem = F.conv2d(images, state["encoder.conv1.weight"], stride=2, padding=3)  # one batch of all 6 images
     assert torch.allclose(state["encoder.bn1.running_mean"], stem.mean(dim=(0, 2, 3)), atol=1e-5)
@@ -146,7 +148,9 @@ def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):
     method = methods.Method(resolved({"method": "gradual", "start": "head", "every": 2}, 13))
     assert [len(method.trainable_groups(e)) for e in range(14)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     spec = resolved({"method": "gradual", "start": "decoder", "every": 1}, 6)
-    meta = train.transfer(pretrained, domains["b"], tmp_path / "g.pt", {**CFG, "epochs": 6}, "none", 4, seed=1, method=spec)
+    meta = train.transfer(
+        pretrained, domains["b"], tmp_path / "g.pt", {**CFG, "epochs": 6}, "none", 4, seed=1, method=spec
+    )
     sizes = group_sizes(UNet(CFG["width"]))
     cumulative = [sum(sizes[g] for g in specs.GROUPS[: k + 2]) for k in range(6)]
     assert [r["trainable_params"] for r in meta["history"]] == cumulative
@@ -191,7 +195,15 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
         train.transfer(pretrained, domains["b"], resumed, cfg, "encoder", 4, seed=2, method=spec, on_epoch_end=kill)
     epochs = []
     train.transfer(
-        pretrained, domains["b"], resumed, cfg, "encoder", 4, seed=2, method=spec, on_epoch_end=lambda e, r: epochs.append(e)
+        pretrained,
+        domains["b"],
+        resumed,
+        cfg,
+        "encoder",
+        4,
+        seed=2,
+        method=spec,
+        on_epoch_end=lambda e, r: epochs.append(e),
     )
     assert epochs[0] == 2
     a, b = load_model(tmp_path / "full.pt")[0].state_dict(), load_model(resumed)[0].state_dict()
@@ -205,7 +217,10 @@ def test_early_stopping_stops_where_the_history_says(domains, tmp_path):
     assert meta["stopped_early_after"] == 3
     losses = [r["val_loss"] for r in meta["history"]]
     assert meta["best_epoch"] == 1 + losses.index(min(losses))  # selection still takes the lowest loss
-    assert train.pretrain(domains["b"], tmp_path / "q.pt", {**cfg, "early_stopping": None}, seed=0)["stopped_early_after"] is None
+    assert (
+        train.pretrain(domains["b"], tmp_path / "q.pt", {**cfg, "early_stopping": None}, seed=0)["stopped_early_after"]
+        is None
+    )
     with pytest.raises(ValueError, match="early_stopping"):
         train.resolve_cfg({**cfg, "early_stopping": {"patience": 0}})
 
@@ -244,4 +259,3 @@ def test_methods_axis_expands_with_labels_tags_and_scratch_without_pretrained():
 def test_bad_methods_are_config_errors_naming_the_key(entry, message):
     with pytest.raises(config.ConfigError, match=f"experiments.defocus.{message}"):
         config.load(study([entry]))
-

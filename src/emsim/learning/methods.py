@@ -164,7 +164,10 @@ class Method:
         """Optimiser parameter groups: every parameter that trains in some epoch, with ``lr_scale``."""
         if self.name == "discriminative":
             return [
-                {"params": [p for n, p in model.named_parameters() if _group_of(n) == g], "lr_scale": self.spec["factor"] ** i}
+                {
+                    "params": [p for n, p in model.named_parameters() if _group_of(n) == g],
+                    "lr_scale": self.spec["factor"] ** i,
+                }
                 for i, g in enumerate(GROUPS)
             ]
         if self.name == "gradual":

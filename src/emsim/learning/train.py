@@ -269,7 +269,10 @@ def transfer(
         "size": size,
         "source_domain": source_meta.get("target_domain"),
         "target_domain": data.domain_name(dataset),
-        "seeds": {"data": seed, **{f"pretrain_{k}": v for k, v in (source_meta.get("seeds") or {"init": seed}).items()}},
+        "seeds": {
+            "data": seed,
+            **{f"pretrain_{k}": v for k, v in (source_meta.get("seeds") or {"init": seed}).items()},
+        },
         "pretrained_best_val_loss": source_meta.get("best_val_loss"),
         "pretrained_config": source_meta.get("config"),
         "inputs": inputs,

@@ -61,7 +61,9 @@ def _check(method: dict, key: str, epochs: int, width: float) -> None:
         ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low
         if not ok or (high is not None and value > high):
             bounds = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ValueError(f"{key}.{param}: must be {'an integer' if integer else 'a number'} {bounds}, got {value!r}")
+            raise ValueError(
+                f"{key}.{param}: must be {'an integer' if integer else 'a number'} {bounds}, got {value!r}"
+            )
 
     if not isinstance(method.get("adabn", False), bool):
         raise ValueError(f"{key}.adabn: must be true or false, got {method['adabn']!r}")
@@ -110,5 +112,8 @@ def label(method: dict, freeze: str = "none") -> str:
 
 def describe(method: dict) -> str:
     """Its parameters as text for the per-model table, e.g. ``rank=4 alpha=4``."""
-    return " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
-                    for k, v in method.items() if k != "name" and (k != "adabn" or v))
+    return " ".join(
+        f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+        for k, v in method.items()
+        if k != "name" and (k != "adabn" or v)
+    )
