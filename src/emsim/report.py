@@ -554,10 +554,13 @@ def plot_method_cost(table: pd.DataFrame, stem: str | os.PathLike, metric: str =
             _note(ax, "no transfer models with a recorded cost")
             continue
         for x, y, name in points:
-            ax.scatter(x, y, color=colours[name], label=f"{name} (n={len(x)})", s=25, zorder=3)
+            shown = x > 0  # a log axis: adabn has no trainable parameters and no training time
+            note = "" if shown.all() else f", {int((~shown).sum())} at cost 0 not shown"
+            ax.scatter(x[shown], y[shown], color=colours[name], label=f"{name} (n={len(x)}{note})", s=25, zorder=3)
         front = pareto_front(xs[keep], ys[keep])
         ax.plot(xs[keep][front], ys[keep][front], "k--", linewidth=1, label="Pareto frontier", zorder=2)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(f"target val. {label}")

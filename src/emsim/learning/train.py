@@ -24,6 +24,11 @@ arrays read from each dataset and of the pretrained weights): a checkpoint of an
 whose inputs changed since (a rebuilt dataset), is discarded with a warning naming the difference.
 The checkpoint is removed once the model file is written.
 
+Transfer methods (:mod:`emsim.learning.methods`) decide the trainable parameters of each epoch,
+the per-group learning-rate scale (``lr_scale``) and what is saved (LoRA merged). Early stopping
+(``early_stopping: {patience, min_delta}``, off by default) ends training after ``patience``
+epochs without a val loss below the best minus ``min_delta``; a resumed run stops at the same epoch.
+
 GPU path: data resident on the device, augmentation there, bf16 autocast if ``amp``,
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam, cuDNN autotuning.
 """
