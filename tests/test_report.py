@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from test_evaluate import make_domain, make_model
 
+from emsim import report
 from emsim.learning.evaluate import read_evaluation, write_evaluation
 from emsim.report import (
     _groups,
@@ -327,3 +328,53 @@ def test_examples_figure(tmp_path):
     assert_written(plot_examples(model, datasets, tmp_path / "examples", device="cpu"))
     with pytest.raises(ValueError, match="no index 9"):
         plot_examples(model, datasets, tmp_path / "examples", index=9, device="cpu")
+
+
+def method_study():
+    pre = record("pre.pt", {"experiment": "m", "stage": "pretrain", "source": "A", "target": "A"}, {"A": 0.2, "B": 0.6})
+    rows = [pre]
+    for method, params, size, ce, trainable in (
+        ("finetune", "", 8, 0.30, 1000),
+        ("finetune", "", 16, 0.25, 1000),
+        ("lora", "rank=4 alpha=8", 8, 0.35, 100),
+        ("lora", "rank=4 alpha=8", 16, 0.20, 100),
+        ("scratch", "", 8, 0.50, 1000),
+        ("scratch", "", 16, 0.40, 1000),
+    ):
+        tags = {
+            "experiment": "m",
+            "stage": "transfer",
+            "source": "A",
+            "target": "B",
+            "freeze": "none" if method == "finetune" else None,
+            "method": method,
+            "method_params": params,
+            "size": size,
+            "pretrained": None if method == "scratch" else "pre.pt",
+        }
+        r = record(f"{method}{size}.pt", tags, {"A": 0.2 + ce / 10, "B": ce})
+        r["trainable_params"] = trainable
+        rows.append(r)
+    return rows
+
+
+def test_method_columns_gain_over_scratch_and_method_figures(tmp_path):
+    table = model_table(method_study())
+    tr = table.set_index("model")
+    assert tr.loc["lora16.pt", "gain_vs_scratch"] == pytest.approx(0.40 - 0.20)
+    assert tr.loc["finetune8.pt", "gain_vs_scratch"] == pytest.approx(0.50 - 0.30)
+    assert tr.loc["scratch8.pt", "gain_vs_scratch"] == pytest.approx(0.0)
+    assert math.isnan(tr.loc["pre.pt", "gain_vs_scratch"])
+    assert tr.loc["lora8.pt", "method_params"] == "rank=4 alpha=8"
+    assert report.method_label(tr.loc["lora8.pt"]) == "lora rank=4 alpha=8"
+    assert report.method_label(tr.loc["finetune8.pt"]) == "finetune, nothing frozen"
+    assert math.isnan(tr.loc["scratch8.pt", "forgetting"]) and math.isnan(tr.loc["scratch8.pt", "gain_vs_pretrain"])
+    assert_written(report.plot_method_cost(table, tmp_path / "cost"))
+    assert_written(report.plot_forgetting_vs_gain(table, tmp_path / "forgetting"))
+    assert_written(report.plot_gain_vs_scratch(table, tmp_path / "scratch"))
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_in_cost_and_loss():
+    cost = np.array([100, 1000, 100, 10, 1000, 500])
+    loss = np.array([0.3, 0.2, 0.35, 0.5, 0.25, 0.3])
+    assert report.pareto_front(cost, loss).tolist() == [3, 0, 1]

@@ -299,10 +299,12 @@ def test_dihedral_gives_the_8_symmetries_and_matches_labels():
 def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
     study = {
         "domains": {"a": {}, "b": {}},
+        "training": {"epochs": 1, "width": 0.125},
         "experiments": {
             "x": {
                 "domains": ["a", "b"],
                 "sources": ["b"],
+                "methods": ["finetune"],
                 "freeze": ["none"],
                 "transfer_sizes": [4],
                 "lr_pairs": [[1e-3, 1e-4]],

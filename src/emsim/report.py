@@ -6,10 +6,11 @@ Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric shor
 domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
-  ``target``, ``freeze``, ``size``, ``lr_pretrain``, ``lr_transfer``, ``seed``, ``mix``,
-  ``pretrained``, ...; list values joined with ``:``, e.g. mix ``128:384``);
-  ``seeds__<key>`` per entry of the model's seed dict; ``best_epoch``, ``best_val_loss``,
-  ``train_time_s``, ``trainable_params``, ``total_params``, ``epochs``;
+  ``target``, ``freeze``, ``method``, ``method_params``, ``size``, ``lr_pretrain``, ``lr_transfer``,
+  ``seed``, ``mix``, ``pretrained``, ...; list values joined with ``:``, e.g. mix ``128:384``);
+  ``seeds__<key>`` per entry of the model's seed dict; ``best_epoch``, ``best_val_loss``, and
+  the cost: ``train_time_s``, ``trainable_params``, ``total_params``, ``images_seen``,
+  ``peak_memory_MB``; ``stopped_early_after``, ``epochs``;
   ``source_value``/``target_value`` (the swept parameter, when ``domain_values`` is given);
 - ``target_<split>_<m>``: this model on the train/val/test split of its own target domain;
 - ``val_<m>__<d>``: this model on the val split of domain ``<d>`` (AFTER transfer);
@@ -20,8 +21,10 @@ domain name:
   ``forgetting`` = val_ce__<source> - before_val_ce__<source>; ``gain_vs_pretrain`` =
   before_target_val_ce - target_val_ce; ``gain_vs_baseline`` = median over the baselines of the
   same experiment trained on the same unordered {source, target} pair (a baseline's pair is its
-  ``target`` and ``source`` tags) of their val_ce__<target>, minus target_val_ce. Gains < 0
-  mean negative transfer; the last three are NaN except for transfer rows.
+  ``target`` and ``source`` tags) of their val_ce__<target>, minus target_val_ce;
+  ``gain_vs_scratch`` = median target_val_ce of the ``scratch`` models of the same experiment,
+  target and size, minus target_val_ce. Gains < 0 mean negative transfer; the last four are NaN
+  except for transfer rows (``gain_vs_scratch`` also for the scratch models themselves).
 
 Figures are written as ``<stem>.png`` and ``<stem>.svg``; the loss figures take the loss to plot
 (``metric``: a short name of :data:`FIGURE_METRICS`, default ``ce``).
@@ -60,7 +63,16 @@ SHORT = {
     "recall": "recall",
     "accuracy": "accuracy",
 }
-TRAINING_FIELDS = ("best_epoch", "best_val_loss", "train_time_s", "trainable_params", "total_params")
+TRAINING_FIELDS = (
+    "best_epoch",
+    "best_val_loss",
+    "train_time_s",
+    "trainable_params",
+    "total_params",
+    "images_seen",
+    "peak_memory_MB",
+    "stopped_early_after",
+)
 PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 CE_LABEL = "cross-entropy (nats/pixel)"
 FIGURE_METRICS = {"ce": CE_LABEL, "study_loss": "study loss (CE of softmax outputs - 0.3133)"}
@@ -183,6 +195,7 @@ def _add_derived(table: pd.DataFrame, domains: list[str]) -> pd.DataFrame:
     ]
     derived["gain_vs_pretrain"] = table["before_target_val_ce"] - table["target_val_ce"]
     derived["gain_vs_baseline"] = _gain_vs_baseline(table)
+    derived["gain_vs_scratch"] = _gain_vs_scratch(table)
     gaps = {f"ood_gap__{d}": table[f"val_ce__{d}"] - table["target_val_ce"] for d in domains}
     return pd.concat([table, pd.DataFrame(derived, index=table.index), pd.DataFrame(gaps, index=table.index)], axis=1)
 
@@ -201,6 +214,19 @@ def _gain_vs_baseline(table: pd.DataFrame) -> list[float]:
         losses = [b[column] for b in matching if column in b and not pd.isna(b[column])]
         gains.append(median(losses) - row["target_val_ce"] if row["stage"] == TRANSFER and losses else math.nan)
     return gains
+
+
+def _gain_vs_scratch(table: pd.DataFrame) -> pd.Series:
+    if "method" not in table:
+        return pd.Series(math.nan, table.index)
+    keys = [c for c in ("experiment", "target", "size") if c in table]
+    transfer = (table["stage"] == TRANSFER).to_numpy()
+    scratch = table[transfer & (table["method"] == "scratch").to_numpy()]
+    if scratch.empty:
+        return pd.Series(math.nan, table.index)
+    reference = scratch.groupby(keys, dropna=False)["target_val_ce"].median().rename("scratch_ce")
+    joined = table[keys].join(reference, on=keys)
+    return (joined["scratch_ce"] - table["target_val_ce"]).where(transfer)
 
 
 def write_table(table: pd.DataFrame, parquet_path: str | os.PathLike, csv_path: str | os.PathLike) -> None:
@@ -472,6 +498,127 @@ def plot_ood_profile(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.suptitle("Out-of-distribution profile: loss on every domain (band: quartiles)")
+    return save_figure(figure, stem)
+
+
+def method_label(row: pd.Series) -> str | None:
+    """A transfer row's method with its parameters (``finetune, encoder frozen``, ``lora rank=4 alpha=8``)."""
+    method = row.get("method")
+    if row.get("stage") != TRANSFER or method is None or pd.isna(method):
+        return None
+    if method == "finetune":
+        freeze = row.get("freeze")
+        frozen = "nothing frozen" if freeze in (None, "none") or pd.isna(freeze) else f"{freeze} frozen"
+        return f"finetune, {frozen}" + (" +adabn" if "adabn=True" in str(row.get("method_params") or "") else "")
+    params = row.get("method_params")
+    return f"{method} {params}".strip() if isinstance(params, str) else str(method)
+
+
+def _by_method(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    transfer = _rows(table, TRANSFER)
+    labels = transfer.apply(method_label, axis=1) if len(transfer) else pd.Series([], dtype=object)
+    return [(label, transfer[labels == label]) for label in dict.fromkeys(labels.dropna())]
+
+
+def _method_colours(groups) -> dict[str, str]:
+    return {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}
+
+
+def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats in both cost and loss (lower is better), by cost."""
+    order = np.lexsort((loss, cost))
+    front, best = [], math.inf
+    for i in order:
+        if loss[i] < best:
+            front.append(i)
+            best = loss[i]
+    return np.array(front, dtype=int)
+
+
+def plot_method_cost(table: pd.DataFrame, stem: str | os.PathLike, metric: str = "ce") -> list[Path]:
+    """Target val. loss vs training cost (trainable parameters; training time) per transfer method,
+    with the Pareto frontier of all transfer models (dashed)."""
+    label = _metric_label(metric)
+    groups = _by_method(table)
+    colours = _method_colours(groups)
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, (cost, xlabel) in zip(
+        axes, (("trainable_params", "trainable parameters"), ("train_time_s", "training time (s)"))
+    ):
+        points = [(g[cost].to_numpy(float), g[f"target_val_{metric}"].to_numpy(float), name) for name, g in groups]
+        xs = np.concatenate([p[0] for p in points]) if points else np.array([])
+        ys = np.concatenate([p[1] for p in points]) if points else np.array([])
+        keep = np.isfinite(xs) & np.isfinite(ys) & (xs > 0)
+        if not keep.any():
+            _note(ax, "no transfer models with a recorded cost")
+            continue
+        for x, y, name in points:
+            shown = x > 0  # a log axis: adabn has no trainable parameters and no training time
+            note = "" if shown.all() else f", {int((~shown).sum())} at cost 0 not shown"
+            ax.scatter(x[shown], y[shown], color=colours[name], label=f"{name} (n={len(x)}{note})", s=25, zorder=3)
+        front = pareto_front(xs[keep], ys[keep])
+        ax.plot(xs[keep][front], ys[keep][front], "k--", linewidth=1, label="Pareto frontier", zorder=2)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(f"target val. {label}")
+    if groups:
+        axes[0].legend(fontsize=8)
+    figure.suptitle("Target loss vs training cost per transfer method (lower left is better)")
+    return save_figure(figure, stem)
+
+
+def plot_forgetting_vs_gain(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Forgetting (source loss after - before transfer) vs gain over the pretrained model on the
+    target, one colour per transfer method (models without a pretrained model, scratch, are left out)."""
+    groups = [(n, g.dropna(subset=["forgetting", "gain_vs_pretrain"])) for n, g in _by_method(table)]
+    groups = [(n, g) for n, g in groups if len(g)]
+    colours = _method_colours(groups)
+    figure = Figure(figsize=(6.5, 5), layout="constrained")
+    ax = figure.subplots()
+    if not groups:
+        _note(ax, "no transfer models with a source evaluation")
+        ax.set_yticks([])
+    for name, g in groups:
+        ax.scatter(g["gain_vs_pretrain"], g["forgetting"], color=colours[name], label=f"{name} (n={len(g)})", s=25)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.axvline(0, color="0.6", linewidth=0.8)
+    ax.set_xlabel(f"gain on the target over pretrain only ({CE_LABEL})")
+    ax.set_ylabel(f"forgetting: source loss after - before ({CE_LABEL})")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    figure.suptitle("Forgetting vs gain per transfer method (best: right and low)")
+    return save_figure(figure, stem)
+
+
+def plot_gain_vs_scratch(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Median gain over the from-scratch model (same target and size) by transfer size, per
+    method; band = interquartile range. Above 0: transfer helped."""
+    groups = [(n, g.dropna(subset=["gain_vs_scratch"])) for n, g in _by_method(table) if not n.startswith("scratch")]
+    groups = [(n, g) for n, g in groups if len(g)]
+    colours = _method_colours(groups)
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    if not groups:
+        _note(ax, "no scratch models to compare with (add method scratch)")
+        ax.set_yticks([])
+    for name, g in groups:
+        by_size = g.groupby("size")["gain_vs_scratch"]
+        q25, q50, q75 = (by_size.quantile(q) for q in (0.25, 0.5, 0.75))
+        ax.plot(q50.index, q50, marker="o", color=colours[name], label=f"{name} (n={len(g)})")
+        ax.fill_between(q50.index, q25, q75, color=colours[name], alpha=0.15, linewidth=0)
+    ax.axhline(0, color="0.4", linestyle="--", linewidth=1)
+    if groups and len({s for _, g in groups for s in g["size"]}) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("transfer set size (target images)")
+    ax.set_ylabel(f"gain over scratch ({CE_LABEL})")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    figure.suptitle("Does transfer help? Gain over training from scratch on the same images")
     return save_figure(figure, stem)
 
 

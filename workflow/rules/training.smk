@@ -28,7 +28,7 @@ rule pretrain:
 
 rule transfer:
     input:
-        pretrained=grid(paths.TRANSFER, "pretrained"),
+        pretrained=grid(paths.TRANSFER, "pretrained_inputs"),
         datasets=grid(paths.TRANSFER, "datasets"),
     output:
         paths.TRANSFER,
@@ -46,6 +46,7 @@ rule transfer:
         lr=grid(paths.TRANSFER, "lr"),
         seed=grid(paths.TRANSFER, "seed"),
         freeze=grid(paths.TRANSFER, "freeze"),
+        method=grid(paths.TRANSFER, "method"),
         size=grid(paths.TRANSFER, "size"),
     script:
         "../scripts/train.py"

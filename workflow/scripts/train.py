@@ -15,7 +15,7 @@ if snakemake.rule == "pretrain":
     train.pretrain(snakemake.input[0], out, cfg, seed=p.seed, device=device)
 elif snakemake.rule == "transfer":
     train.transfer(
-        snakemake.input.pretrained,
+        snakemake.input.pretrained[0] if snakemake.input.pretrained else None,  # none for scratch
         snakemake.input.datasets[0],
         out,
         cfg,
@@ -23,6 +23,7 @@ elif snakemake.rule == "transfer":
         size=p.size,
         seed=p.seed,
         device=device,
+        method=p.method,
     )
 else:
     train.baseline(tuple(snakemake.input), tuple(p.mix), out, cfg, seed=p.seed, device=device)

@@ -10,7 +10,8 @@ Evaluation file (JSON, written by :func:`write_evaluation`)::
 
     {"format": "emsim-evaluation", "version": 1, "provenance": {...},
      "records": [{"path", "tags", "stage", "best_epoch", "best_val_loss", "train_time_s",
-                  "trainable_params", "total_params", "seeds", "history",
+                  "trainable_params", "total_params", "images_seen", "peak_memory_MB",
+                  "stopped_early_after", "seeds", "history",
                   "metrics": {domain: {split: {cross_entropy, study_loss, iou, dice,
                                                precision, recall, accuracy}}}}, ...]}
 
@@ -44,6 +45,9 @@ META_FIELDS = (
     "train_time_s",
     "trainable_params",
     "total_params",
+    "images_seen",
+    "peak_memory_MB",
+    "stopped_early_after",
     "seeds",
     "history",
 )

@@ -149,7 +149,7 @@ class UNet(nn.Module):
         self.config = {"width": float(width), "in_channels": int(in_channels), "classes": int(classes)}
         self.encoder = Encoder(in_channels, width)
         self.decoder = Decoder(self.encoder.out_channels, classes, width)
-        self.frozen: str = "none"
+        self.frozen: tuple[str, ...] = ()  # submodules kept in eval mode (see train)
         self._init_weights(generator)
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
@@ -173,10 +173,10 @@ class UNet(nn.Module):
         return self.decoder(self.encoder(x))
 
     def train(self, mode: bool = True) -> UNet:
-        """Set train/eval mode; a frozen part always stays in eval mode (BN statistics fixed)."""
+        """Set train/eval mode; frozen submodules always stay in eval mode (BN statistics fixed)."""
         super().train(mode)
-        if self.frozen != "none":
-            getattr(self, self.frozen).train(False)
+        for name in self.frozen:
+            self.get_submodule(name).train(False)
         return self
 
 
@@ -186,7 +186,7 @@ def freeze(model: UNet, part: Literal["encoder", "decoder", "none"]) -> None:
     ``"none"`` makes every parameter trainable again."""
     if part not in PARTS:
         raise ValueError(f"freeze part {part!r} is not one of {PARTS}")
-    model.frozen = part
+    model.frozen = () if part == "none" else (part,)
     for name in ("encoder", "decoder"):
         for parameter in getattr(model, name).parameters():
             parameter.requires_grad_(name != part)

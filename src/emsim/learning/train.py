@@ -24,6 +24,11 @@ arrays read from each dataset and of the pretrained weights): a checkpoint of an
 whose inputs changed since (a rebuilt dataset), is discarded with a warning naming the difference.
 The checkpoint is removed once the model file is written.
 
+Transfer methods (:mod:`emsim.learning.methods`) decide the trainable parameters of each epoch,
+the per-group learning-rate scale (``lr_scale``) and what is saved (LoRA merged). Early stopping
+(``early_stopping: {patience, min_delta}``, off by default) ends training after ``patience``
+epochs without a val loss below the best minus ``min_delta``; a resumed run stops at the same epoch.
+
 GPU path: data resident on the device, augmentation there, bf16 autocast if ``amp``,
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam, cuDNN autotuning.
 """
@@ -35,6 +40,7 @@ import hashlib
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,9 +51,10 @@ import torch.nn.functional as F
 
 from emsim import data, io
 from emsim.learning import ood
+from emsim.learning.methods import Method
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import UNet, count_parameters, load_model, resolve_device, save_model
-from emsim.learning.models import freeze as freeze_part
+from emsim.study import methods as method_specs
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +71,12 @@ CFG_DEFAULTS = {
     "device": "auto",
     "augmentation": "dihedral8",
     "loss": "cross_entropy",
+    "early_stopping": None,
 }
 AUGMENTATIONS = ("dihedral8", "random")
 LOSSES = ("cross_entropy", "softmax_cross_entropy")
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -91,6 +99,12 @@ def resolve_cfg(cfg: dict) -> dict:
     for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES)):
         if cfg[key] not in allowed:
             raise ValueError(f"training key {key!r} must be one of {list(allowed)}, got {cfg[key]!r}")
+    stopping = cfg["early_stopping"]
+    if stopping is not None:
+        if not isinstance(stopping, dict) or set(stopping) - {"patience", "min_delta"} or "patience" not in stopping:
+            raise ValueError(f"training key 'early_stopping' must be {{patience, min_delta}}, got {stopping!r}")
+        if int(stopping["patience"]) < 1 or float(stopping.get("min_delta", 0.0)) < 0:
+            raise ValueError(f"training key 'early_stopping' needs patience >= 1 and min_delta >= 0, got {stopping!r}")
     return cfg
 
 
@@ -216,7 +230,7 @@ def pretrain(
 
 
 def transfer(
-    pretrained: str | os.PathLike,
+    pretrained: str | os.PathLike | None,
     dataset: str | os.PathLike,
     out: str | os.PathLike,
     cfg: dict,
@@ -225,38 +239,51 @@ def transfer(
     seed: int,
     device: str | torch.device | None = None,
     *,
+    method: str | dict = "finetune",
     on_epoch_end: EpochCallback | None = None,
 ) -> dict:
-    """Fine-tune a pretrained model on the first ``size`` images of the target's train split
-    (nested sets: the 64-image set is part of the 128-image set; replicates differ only through
-    ``seed``: shuffle order and augmentation) with ``freeze`` in {encoder, decoder, none};
-    selection on the target's val split. Returns the model meta."""
+    """Adapt a pretrained model to the first ``size`` images of the target's train split (nested
+    sets: the 64-image set is part of the 128-image set; replicates differ only through ``seed``:
+    shuffle order and augmentation) with a transfer ``method`` (a name or a method dict,
+    :mod:`emsim.learning.methods`; ``finetune`` with ``freeze`` in {encoder, decoder, none});
+    ``scratch`` ignores ``pretrained`` and starts from the random init of ``seed``. Selection on
+    the target's val split. Returns the model meta."""
     cfg = resolve_cfg(cfg)
-    model, source_meta = load_model(pretrained)
-    if model.config["width"] != float(cfg["width"]):
-        raise ValueError(
-            f"training key 'width' = {cfg['width']} differs from the width "
-            f"{model.config['width']} of the pretrained model {pretrained}"
-        )
-    weights_digest = digest(*(t.cpu().numpy() for t in model.state_dict().values()))
-    freeze_part(model, freeze)
+    spec = method_specs.resolve(method, "method", int(cfg["epochs"]), float(cfg["width"]))
     images, labels = data.read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     val = data.read_split(dataset, "val")
+    inputs = {str(dataset): digest(images, labels, *val)}
+    if spec["name"] == "scratch":
+        model, source_meta = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed)), {}
+        pretrained = None
+    else:
+        model, source_meta = load_model(pretrained)
+        if model.config["width"] != float(cfg["width"]):
+            raise ValueError(
+                f"training key 'width' = {cfg['width']} differs from the width "
+                f"{model.config['width']} of the pretrained model {pretrained}"
+            )
+        inputs[str(pretrained)] = digest(*(t.cpu().numpy() for t in model.state_dict().values()))
     run = {
         "stage": "transfer",
         "dataset": str(dataset),
-        "pretrained": str(pretrained),
+        "pretrained": None if pretrained is None else str(pretrained),
         "freeze": freeze,
+        "method": spec,
         "size": size,
         "source_domain": source_meta.get("target_domain"),
         "target_domain": data.domain_name(dataset),
-        "seeds": {"data": seed, **{f"pretrain_{k}": v for k, v in (source_meta.get("seeds") or {}).items()}},
+        "seeds": {
+            "data": seed,
+            **{f"pretrain_{k}": v for k, v in (source_meta.get("seeds") or {"init": seed}).items()},
+        },
         "pretrained_best_val_loss": source_meta.get("best_val_loss"),
         "pretrained_config": source_meta.get("config"),
-        "inputs": {str(pretrained): weights_digest, str(dataset): digest(images, labels, *val)},
+        "inputs": inputs,
     }
-    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
+    method_ = Method(spec, freeze, seed)
+    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end, method_)
 
 
 def baseline(
@@ -358,30 +385,48 @@ def _check_loss(loss: float, stage: str, epoch: int, where: str) -> None:
 
 
 def _fit(
-    run: dict, model: UNet, train, val, out, cfg: dict, seed: int, device, on_epoch_end: EpochCallback | None
+    run: dict,
+    model: UNet,
+    train,
+    val,
+    out,
+    cfg: dict,
+    seed: int,
+    device,
+    on_epoch_end: EpochCallback | None,
+    method: Method | None = None,
 ) -> dict:
-    """Shared training loop with checkpoint/resume; writes the best model to ``out``."""
+    """Shared training loop with checkpoint/resume; writes the best model to ``out``. ``method``
+    (default: everything trains) sets up the model, its parameter groups and each epoch's trainable set."""
     stage, out = run["stage"], Path(out)
+    method = method or Method({"name": "scratch"})
     device = resolve_device(device if device is not None else cfg["device"])
     amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"])
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
     run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x), "val_size": len(val_x)}
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.to(device, memory_format=memory_format)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=device.type == "cuda")
+    method.setup(model, train_x, cfg["batch_size"], channels_last)
+    model.to(device, memory_format=memory_format)  # adapters made by the method
+    optimizer = torch.optim.Adam(method.param_groups(model), lr=cfg["lr"], fused=device.type == "cuda")
     net = torch.compile(model) if cfg["compile"] else model
     step = make_train_step(net, optimizer, amp, cfg["loss"])
 
     ckpt_path = Path(f"{out}.ckpt")
     history, best = _resume(ckpt_path, run, device, model, optimizer)
-    for epoch in range(len(history), cfg["epochs"]):
+    for epoch in range(len(history), cfg["epochs"] if method.trains else 0):
+        if _stopped_at(history, cfg["early_stopping"]) is not None:
+            break
         start = time.perf_counter()
         lr = cfg["lr"] * cfg["lr_decay"] ** epoch
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
+        method.set_epoch(model, epoch)
         order, ops = _epoch_order(seed, stage, epoch, len(train_x), cfg["augmentation"], device)
         train_loss = _train_loss(step, train_x, train_y, order, ops, cfg, stage, epoch)
         val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last, cfg["loss"])
@@ -395,6 +440,7 @@ def _fit(
             "val_loss": val_loss,
             "lr": lr,
             "images_seen": images_seen,
+            "trainable_params": count_parameters(model, trainable_only=True),
             "time_s": time.perf_counter() - start,
         }
         history.append(record)
@@ -411,9 +457,35 @@ def _fit(
         _save_checkpoint(ckpt_path, run, model, optimizer, history, best)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
-    meta = _save_best(out, model, run, history, best, device, train[0])
+    if best["state_dict"] is None:  # no epoch ran (adabn): the adapted model is the result
+        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last, cfg["loss"])
+        best = {"epoch": 0, "val_loss": val_loss, "state_dict": copy.deepcopy(model.state_dict())}
+    meta = _save_best(out, model, run, history, best, device, train[0], method)
     ckpt_path.unlink(missing_ok=True)
     return meta
+
+
+def _stopped_at(history: list, stopping: dict | None) -> int | None:
+    """The epoch after which early stopping ends training: ``patience`` epochs in a row without a
+    val loss below the best so far minus ``min_delta``; None if it has not (or is off)."""
+    if stopping is None:
+        return None
+    best, waited = math.inf, 0
+    for record in history:
+        if record["val_loss"] < best - float(stopping.get("min_delta", 0.0)):
+            best, waited = record["val_loss"], 0
+        else:
+            waited += 1
+        if waited >= int(stopping["patience"]):
+            return record["epoch"]
+    return None
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak GPU memory allocated by torch since the run started, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
 def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple[list, dict]:
@@ -452,23 +524,32 @@ def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: lis
         )
 
 
-def _save_best(out: Path, model: UNet, run: dict, history: list, best: dict, device, train_images) -> dict:
-    """Write the best epoch's weights with the run's metadata to ``out``; return the metadata."""
+def _save_best(
+    out: Path, model: UNet, run: dict, history: list, best: dict, device, train_images, method: Method
+) -> dict:
+    """Write the best epoch's weights (as a plain U-Net: LoRA merged) with the run's metadata to
+    ``out``; return the metadata. Cost: ``trainable_params`` (the most any epoch trained),
+    ``train_time_s``, ``images_seen``, ``peak_memory_MB`` (of ``peak_memory_kind``)."""
     model.load_state_dict(best["state_dict"])
-    trainable_params = count_parameters(model, trainable_only=True)
+    plain = method.export(model)
+    peak, peak_kind = _peak_memory_mb(device)
     meta = {
         **run,
         "history": history,
         "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"],
+        "stopped_early_after": _stopped_at(history, run["config"]["early_stopping"]),
         "train_time_s": sum(r["time_s"] for r in history),
-        "trainable_params": trainable_params,
-        "total_params": count_parameters(model),
+        "images_seen": history[-1]["images_seen"] if history else 0,
+        "peak_memory_MB": peak,
+        "peak_memory_kind": peak_kind,
+        "trainable_params": max((r["trainable_params"] for r in history), default=0),
+        "total_params": count_parameters(plain),
         "device": str(device),
         "input_reference": ood.describe(run, train_images),
         "provenance": io.provenance(run["config"]),
     }
-    save_model(out, model, meta=meta)
+    save_model(out, plain, meta=meta)
     return meta
 
 

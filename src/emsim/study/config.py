@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from emsim.simulation import optics, phonons, shifts, structures
+from emsim.study import methods
 
 
 class ConfigError(ValueError):
@@ -537,6 +538,7 @@ def _check_size_px(study: dict) -> None:
 def _check_experiments(study: dict) -> None:
     """Config errors of the experiments block (sizes larger than the train split, bad names)."""
     train = study["splits"]["train"]
+    epochs, width = study["training"]["epochs"], study["training"]["width"]
     for name, spec in study.get("experiments", {}).items():
         key = f"experiments.{name}"
         series = match_domains(study, spec["domains"], f"{key}.domains")
@@ -546,6 +548,15 @@ def _check_experiments(study: dict) -> None:
                 outside = [d for d in chosen if d not in series]
                 if outside:
                     raise ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
+        resolved = []
+        for i, entry in enumerate(spec["methods"]):
+            try:
+                method = methods.resolve(entry, f"{key}.methods[{i}]", epochs, width)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            if method in resolved:
+                raise ConfigError(f"{key}.methods[{i}]: {entry!r} is listed twice")
+            resolved.append(method)
         for size in spec["transfer_sizes"]:
             if size > train:
                 raise ConfigError(
@@ -594,7 +605,8 @@ def _experiment_jobs(study: dict, spec: dict, key: str) -> int:
     pairs = sum(1 for s in sources for t in targets if s != t)
     reps = spec["replicates"]
     pretrain = len(sources) * len({lrs[0] for lrs in spec["lr_pairs"]}) * reps
-    transfer = pairs * len(spec["freeze"]) * len(spec["transfer_sizes"]) * len(spec["lr_pairs"]) * reps
+    variants = sum(len(spec["freeze"]) if methods.method_name(m) == "finetune" else 1 for m in spec["methods"])
+    transfer = pairs * variants * len(spec["transfer_sizes"]) * len(spec["lr_pairs"]) * reps
     baseline = (
         pairs * len(spec["baseline"]["mixtures"]) * len(spec["baseline"]["lrs"]) * reps if "baseline" in spec else 0
     )

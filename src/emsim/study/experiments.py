@@ -18,6 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from emsim.study import config as config_module
+from emsim.study import methods as method_specs
 from emsim.study.paths import baseline_path, dataset_path, pretrain_path, transfer_path
 
 STAGES = ("pretrain", "transfer", "baseline")
@@ -34,9 +35,15 @@ class ModelSpec:
     seed: int
     pretrained: str | None = None
     freeze: str = "none"
+    method: dict = field(default_factory=lambda: {"name": "finetune", "adabn": False}, hash=False)
     size: int | None = None
     mix: tuple[int, int] | None = None
     tags: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def pretrained_inputs(self) -> list[str]:
+        """The pretrained model file, if the model starts from one (not ``scratch``)."""
+        return [self.pretrained] if self.pretrained else []
 
 
 @dataclass
@@ -85,32 +92,16 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
             for lr in lrs
             for seed in seeds
         ]
+    training = study["training"]
+    variants = []  # (method, freeze) pairs: finetune crossed with the freeze list
+    for i, entry in enumerate(spec["methods"]):
+        method = method_specs.resolve(entry, f"{key}.methods[{i}]", training["epochs"], training["width"])
+        variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
     for source, target in pairs:
         groups[f"transfer/{source}/{target}"] = [
-            ModelSpec(
-                transfer_path(name, source, target, freeze, size, lrs, seed),
-                "transfer",
-                (dataset_path(target),),
-                lrs[1],
-                seed,
-                pretrained=pretrain_path(source, lrs[0], seed),
-                freeze=freeze,
-                size=size,
-                tags=_tags(
-                    name,
-                    "transfer",
-                    source,
-                    target,
-                    freeze=freeze,
-                    size=size,
-                    lr_pretrain=lrs[0],
-                    lr_transfer=lrs[1],
-                    seed=seed,
-                    pretrained=pretrain_path(source, lrs[0], seed),
-                ),
-            )
-            for freeze, size, lrs, seed in itertools.product(
-                spec["freeze"], spec["transfer_sizes"], spec["lr_pairs"], seeds
+            _transfer_spec(name, source, target, method, freeze, size, lrs, seed)
+            for (method, freeze), size, lrs, seed in itertools.product(
+                variants, spec["transfer_sizes"], spec["lr_pairs"], seeds
             )
         ]
     if "baseline" in spec:
@@ -140,6 +131,37 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
     return Experiment(name, series, groups)
 
 
+def _transfer_spec(name, source, target, method, freeze, size, lrs, seed) -> ModelSpec:
+    """A transfer run; ``scratch`` trains at the pair's pretraining rate from random init (no pretrained file)."""
+    scratch = method["name"] == "scratch"
+    pretrained = None if scratch else pretrain_path(source, lrs[0], seed)
+    return ModelSpec(
+        transfer_path(name, source, target, method_specs.label(method, freeze), size, lrs, seed),
+        "transfer",
+        (dataset_path(target),),
+        lrs[0] if scratch else lrs[1],
+        seed,
+        pretrained=pretrained,
+        freeze=freeze,
+        method=method,
+        size=size,
+        tags=_tags(
+            name,
+            "transfer",
+            source,
+            target,
+            freeze=freeze if method["name"] == "finetune" else None,
+            method=method["name"],
+            method_params=method_specs.describe(method),
+            size=size,
+            lr_pretrain=lrs[0],
+            lr_transfer=lrs[1],
+            seed=seed,
+            pretrained=pretrained,
+        ),
+    )
+
+
 def _tags(experiment, stage, source, target, **extra) -> dict:
     tags = {
         "experiment": experiment,
@@ -147,6 +169,8 @@ def _tags(experiment, stage, source, target, **extra) -> dict:
         "source": source,
         "target": target,
         "freeze": "none",
+        "method": None,
+        "method_params": None,
         "size": None,
         "lr_pretrain": None,
         "lr_transfer": None,

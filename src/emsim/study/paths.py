@@ -13,7 +13,7 @@ EXIT_WAVES = "results/exit_waves/{set}/shard{shard}.h5"
 FFTW_WISDOM = "results/exit_waves/fftw_wisdom.npz"
 DATASET = "results/datasets/{domain}.h5"
 PRETRAIN = "results/models/pretrain/{source}/lr{lr}_seed{seed}.pt"
-TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{freeze}_n{size}_lr{lrs}_seed{seed}.pt"
+TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{method}_n{size}_lr{lrs}_seed{seed}.pt"
 BASELINE = "results/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.pt"
 EVALUATION = "results/evaluation/{experiment}/{group}.json"
 REPORT_TABLE = "results/report/{experiment}/table"  # the table job's log and benchmark stem
@@ -46,12 +46,13 @@ def pretrain_path(source: str, lr: float, seed: int) -> str:
     return PRETRAIN.format(source=source, lr=f"{lr:g}", seed=seed)
 
 
-def transfer_path(experiment, source, target, freeze, size, lrs, seed) -> str:
+def transfer_path(experiment, source, target, method, size, lrs, seed) -> str:
+    """``method``: :func:`emsim.study.methods.label` (a finetune run's frozen part, as before methods)."""
     return TRANSFER.format(
         experiment=experiment,
         source=source,
         target=target,
-        freeze=freeze,
+        method=method,
         size=size,
         lrs=f"{lrs[0]:g}-{lrs[1]:g}",
         seed=seed,
