@@ -226,3 +226,15 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     train.pretrain(rerun_dir / "results/datasets/df-10.h5", fresh, meta["config"], seed=meta["seed"], device="cpu")
     a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adding_a_replicate_trains_only_the_new_models(rerun_dir, tiny_study):
+    models = sorted((rerun_dir / "results/models").rglob("*.pt"))
+    stamps = {m: m.stat().st_mtime_ns for m in models}
+    changed = copy.deepcopy(tiny_study)
+    changed["experiments"]["defocus"]["replicates"] = 2
+    snakemake(rerun_dir, "--cores", "2", config=changed)
+    assert {m: m.stat().st_mtime_ns for m in models} == stamps, "existing models must be kept, not retrained"
+    assert len(list((rerun_dir / "results/models").rglob("*.pt"))) == 2 * len(models)
+    logs = "".join(p.read_text() for p in (rerun_dir / "results/logs/models").rglob("batch*.log"))
+    assert logs.count(": kept ") == len(models)

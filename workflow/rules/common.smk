@@ -63,10 +63,7 @@ def batch_params(pattern):
     """Params function: the batch's grid points (emsim.learning.batch), without their report tags."""
 
     def get(wc):
-        return [
-            emsim_config.normalized({f: getattr(m, f) for f in MODEL_FIELDS})
-            for m in batch_of(pattern, wc)
-        ]
+        return [emsim_config.normalized({f: getattr(m, f) for f in MODEL_FIELDS}) for m in batch_of(pattern, wc)]
 
     return get
 

@@ -81,7 +81,9 @@ def batches(study: dict, experiments: dict[str, Experiment] | None = None) -> di
         specs = sorted(models.values(), key=lambda m: m.path) if experiment is None else list(models.values())
         count = -(-len(specs) // per_job)
         for index in range(count):
-            out[batch_path(group, index, experiment)] = specs[index * len(specs) // count : (index + 1) * len(specs) // count]
+            out[batch_path(group, index, experiment)] = specs[
+                index * len(specs) // count : (index + 1) * len(specs) // count
+            ]
     return out
 
 
