@@ -5,10 +5,23 @@ import logging
 
 import pytest
 import torch
+from test_train import CFG, make_domain
 
 from emsim.learning import batch, train
 from emsim.learning.models import FORMAT_VERSION, load_model
-from test_train import CFG, domains, make_domain, pretrained  # noqa: F401 - fixtures
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domains")
+    return {"a": make_domain(root / "a.h5", "a", n_train=16, seed=1), "b": make_domain(root / "b.h5", "b", seed=2)}
+
+
+@pytest.fixture(scope="module")
+def pretrained(domains, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "a.pt"
+    return out, train.pretrain(domains["a"], out, CFG, seed=0)
+
 
 CFG_BATCH = {k: v for k, v in CFG.items() if k not in ("lr", "device")} | {"epochs": 2}
 
