@@ -189,6 +189,7 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     target = "results/models/pretrain/df-10/batch0.json"
     model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
     ckpt = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt.ckpt"
+    model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
     config = copy.deepcopy(tiny_study)
     config["training"]["epochs"] = 8
     (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
