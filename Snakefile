@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     set=r"[^/]+",
     shard=r"\d+",
+    index=r"\d+",
     domain=r"[^/]+",
     experiment=r"[^/]+",
     source=r"[^/]+",

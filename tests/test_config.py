@@ -178,6 +178,7 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
         ),
         (("structure_sets", "au", "particles", "min_gap_A"), 30, ["structure_sets.au.particles.radius_A", "min_gap_A"]),
         (("image", "size_px"), 64.5, ["image.size_px", "integer"]),
+        (("training", "models_per_job"), 0, ["training.models_per_job", "minimum"]),
         (("extensions",), ["no/such/file.py"], ["extensions", "no/such/file.py"]),
     ],
 )

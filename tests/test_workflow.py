@@ -19,6 +19,7 @@ import yaml
 from emsim import data
 from emsim.learning import train
 from emsim.learning.models import load_model
+from emsim.study import config, experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -113,7 +114,7 @@ def test_changing_one_domain_reruns_only_its_dataset_and_what_uses_it(rerun_dir,
     assert jobs.get("domain_dataset") == 1
     assert "structures" not in jobs and "exit_waves" not in jobs, "a domain change must not rerun multislice"
     assert "pretrain" not in jobs, "pretraining on the unchanged df-10 must be kept"
-    assert jobs.get("transfer") == 2 and jobs.get("baseline") == 1
+    assert jobs.get("transfer") == 1 and jobs.get("baseline") == 1  # the batches training on df10
 
 
 def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, tiny_study):
@@ -144,14 +145,17 @@ def test_adding_a_domain_schedules_only_the_new_one(rerun_dir, tiny_study):
     assert scheduled(snakemake(rerun_dir, "-n", config=changed)) == {"all": 1, "domain_dataset": 1}
 
 
-def test_seed_study_dry_runs_to_10854_models_in_under_a_minute(tmp_path):
+def test_seed_study_dry_runs_to_10854_models_in_batches(tmp_path):
     shutil.copy(ROOT / "config/paper.yaml", tmp_path / "study.yaml")
     started = time.perf_counter()
     jobs = scheduled(snakemake(tmp_path, "-n", "--quiet", "rules"))
     seconds = time.perf_counter() - started
-    assert jobs["transfer"] + jobs["baseline"] == 10854
-    assert jobs["pretrain"] == 99 and jobs["domain_dataset"] == 34
-    assert seconds < 60, f"building the seed study's DAG took {seconds:.0f} s"
+    study = config.load(yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
+    trained = [m for models in experiments.batches(study).values() for m in models]
+    assert sum(m.stage != "pretrain" for m in trained) == 10854 and len(trained) == 10854 + 99
+    assert jobs["pretrain"] + jobs["transfer"] + jobs["baseline"] == len(experiments.batches(study)) < 600
+    assert jobs["domain_dataset"] == 34
+    assert seconds < 20, f"building the seed study's DAG took {seconds:.0f} s"
 
 
 def test_lint_is_clean(tmp_path, tiny_study):
@@ -182,8 +186,10 @@ def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
 
 def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_study, tmp_path):
     """kill -9 mid-pretraining, change the domain's dose, rerun: the stale checkpoint is discarded."""
-    target = "results/models/pretrain/df-10/lr0.001_seed0.pt"
-    model, ckpt = rerun_dir / target, rerun_dir / f"{target}.ckpt"
+    target = "results/models/pretrain/df-10/batch0.json"
+    model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
+    ckpt = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt.ckpt"
+    model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
     config = copy.deepcopy(tiny_study)
     config["training"]["epochs"] = 8
     (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -213,7 +219,7 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     config["domains"]["df{mean_nm}"]["dose"]["e_per_A2"] = 100
     snakemake(rerun_dir, "--unlock", config=config)
     snakemake(rerun_dir, "--cores", "1", "--rerun-incomplete", target, config=config)
-    log = (rerun_dir / "results/logs/models/pretrain/df-10/lr0.001_seed0.log").read_text()
+    log = (rerun_dir / "results/logs/models/pretrain/df-10/batch0.log").read_text()
     assert "the content of input(s) results/datasets/df-10.h5 changed" in log and "resuming" not in log
     weights, meta = load_model(model)
     assert len(meta["history"]) == 8 and not ckpt.exists()
@@ -221,3 +227,15 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     train.pretrain(rerun_dir / "results/datasets/df-10.h5", fresh, meta["config"], seed=meta["seed"], device="cpu")
     a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adding_a_replicate_trains_only_the_new_models(rerun_dir, tiny_study):
+    models = sorted((rerun_dir / "results/models").rglob("*.pt"))
+    stamps = {m: m.stat().st_mtime_ns for m in models}
+    changed = copy.deepcopy(tiny_study)
+    changed["experiments"]["defocus"]["replicates"] = 2
+    snakemake(rerun_dir, "--cores", "2", config=changed)
+    assert {m: m.stat().st_mtime_ns for m in models} == stamps, "existing models must be kept, not retrained"
+    assert len(list((rerun_dir / "results/models").rglob("*.pt"))) == 2 * len(models)
+    logs = "".join(p.read_text() for p in (rerun_dir / "results/logs/models").rglob("batch*.log"))
+    assert logs.count(": kept ") == len(models)

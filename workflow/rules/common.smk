@@ -1,4 +1,5 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
+import dataclasses
 from pathlib import Path
 
 from emsim.study import config as emsim_config
@@ -10,7 +11,8 @@ from emsim.study.paths import dataset_path
 # extensions: paths relative to the study file (the last --configfile, else the default study)
 STUDY = emsim_config.load(config, base_dir=Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1]).parent)
 EXPERIMENTS = emsim_experiments.expand(STUDY)
-MODELS = {m.path: m for e in EXPERIMENTS.values() for m in e.models}
+BATCHES = emsim_experiments.batches(STUDY, EXPERIMENTS)
+BATCH_OF = {m.path: path for path, models in BATCHES.items() for m in models}
 
 
 CONDA_ENV = "../../envs/emsim.yaml"
@@ -40,18 +42,48 @@ def shard_paths(template, set_name):
     return [template.format(set=set_name, shard=i) for i in range(n_shards(set_name))]
 
 
-def grid(pattern, attribute):
-    """Input/params function: one attribute of the grid entry whose model file the wildcards name."""
+def batch_of(pattern, wc):
+    """The models of the training batch whose record the wildcards name."""
+    return BATCHES[pattern.format(**dict(wc.items()))]
+
+
+def batch_inputs(pattern, attribute):
+    """Input function: the batch's datasets, or the batch records of its pretrained models."""
 
     def get(wc):
-        return getattr(MODELS[pattern.format(**dict(wc.items()))], attribute)
+        models = batch_of(pattern, wc)
+        if attribute == "pretrained":  # none for scratch models
+            return sorted({BATCH_OF[p] for m in models for p in m.pretrained_inputs})
+        return sorted({d for m in models for d in m.datasets})
 
     return get
+
+
+def batch_params(pattern):
+    """Params function: the batch's grid points (emsim.learning.batch), without their report tags."""
+
+    def get(wc):
+        return [emsim_config.normalized({f: getattr(m, f) for f in MODEL_FIELDS}) for m in batch_of(pattern, wc)]
+
+    return get
+
+
+def batch_runtime(pattern):
+    """Resource function: a batch job's minutes, resources.training.runtime per model."""
+    return lambda wc: STUDY["resources"]["training"]["runtime"] * len(batch_of(pattern, wc))
+
+
+MODEL_FIELDS = [f.name for f in dataclasses.fields(emsim_experiments.ModelSpec) if f.name != "tags"]
 
 
 def evaluation_group(wc):
     """The models one evaluation job scores (an evaluation group of an experiment)."""
     return EXPERIMENTS[wc.experiment].groups[wc.group]
+
+
+def evaluation_batches(wc):
+    """The training batch records holding an evaluation group's models."""
+    return sorted({BATCH_OF[m.path] for m in evaluation_group(wc)})
 
 
 def evaluation_paths(wc):

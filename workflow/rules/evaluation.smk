@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        models=lambda wc: [m.path for m in evaluation_group(wc)],
+        batches=evaluation_batches,
         datasets=lambda wc: [dataset_path(d) for d in EXPERIMENTS[wc.experiment].domains],
     output:
         paths.EVALUATION,
@@ -20,6 +20,7 @@ rule evaluate:
     resources:
         **resources_of("evaluation"),
     params:
+        models=lambda wc: [m.path for m in evaluation_group(wc)],
         tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
         device=STUDY["training"]["device"],

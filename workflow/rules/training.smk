@@ -1,75 +1,69 @@
 # Pretraining (shared by every transfer run that starts from it), transfer, single-stage baselines.
-# Model files are named by their grid point; params come from the grid entry (emsim.study.experiments).
+# One job trains one batch of models sharing their inputs (emsim.study.experiments.batches); its
+# declared output is the batch record, the model files are written beside it (emsim.learning.batch).
 
-TRAINING = emsim_config.normalized(STUDY.get("training", {}))
+TRAINING = {k: v for k, v in emsim_config.normalized(STUDY["training"]).items() if k != "models_per_job"}
 
 
 rule pretrain:
     input:
-        grid(paths.PRETRAIN, "datasets"),
+        batch_inputs(paths.PRETRAIN_BATCH, "datasets"),
     output:
-        paths.PRETRAIN,
+        paths.PRETRAIN_BATCH,
     log:
-        paths.log(paths.PRETRAIN),
+        paths.log(paths.PRETRAIN_BATCH),
     benchmark:
-        paths.benchmark(paths.PRETRAIN)
+        paths.benchmark(paths.PRETRAIN_BATCH)
     conda:
         CONDA_ENV
     threads: threads_of("training")
     resources:
-        **resources_of("training"),
+        **resources_of("training", runtime=batch_runtime(paths.PRETRAIN_BATCH)),
     params:
         training=TRAINING,
-        lr=grid(paths.PRETRAIN, "lr"),
-        seed=grid(paths.PRETRAIN, "seed"),
+        models=batch_params(paths.PRETRAIN_BATCH),
     script:
         "../scripts/train.py"
 
 
 rule transfer:
     input:
-        pretrained=grid(paths.TRANSFER, "pretrained_inputs"),
-        datasets=grid(paths.TRANSFER, "datasets"),
+        pretrained=batch_inputs(paths.TRANSFER_BATCH, "pretrained"),
+        datasets=batch_inputs(paths.TRANSFER_BATCH, "datasets"),
     output:
-        paths.TRANSFER,
+        paths.TRANSFER_BATCH,
     log:
-        paths.log(paths.TRANSFER),
+        paths.log(paths.TRANSFER_BATCH),
     benchmark:
-        paths.benchmark(paths.TRANSFER)
+        paths.benchmark(paths.TRANSFER_BATCH)
     conda:
         CONDA_ENV
     threads: threads_of("training")
     resources:
-        **resources_of("training"),
+        **resources_of("training", runtime=batch_runtime(paths.TRANSFER_BATCH)),
     params:
         training=TRAINING,
-        lr=grid(paths.TRANSFER, "lr"),
-        seed=grid(paths.TRANSFER, "seed"),
-        freeze=grid(paths.TRANSFER, "freeze"),
-        method=grid(paths.TRANSFER, "method"),
-        size=grid(paths.TRANSFER, "size"),
+        models=batch_params(paths.TRANSFER_BATCH),
     script:
         "../scripts/train.py"
 
 
 rule baseline:
     input:
-        grid(paths.BASELINE, "datasets"),
+        batch_inputs(paths.BASELINE_BATCH, "datasets"),
     output:
-        paths.BASELINE,
+        paths.BASELINE_BATCH,
     log:
-        paths.log(paths.BASELINE),
+        paths.log(paths.BASELINE_BATCH),
     benchmark:
-        paths.benchmark(paths.BASELINE)
+        paths.benchmark(paths.BASELINE_BATCH)
     conda:
         CONDA_ENV
     threads: threads_of("training")
     resources:
-        **resources_of("training"),
+        **resources_of("training", runtime=batch_runtime(paths.BASELINE_BATCH)),
     params:
         training=TRAINING,
-        lr=grid(paths.BASELINE, "lr"),
-        seed=grid(paths.BASELINE, "seed"),
-        mix=grid(paths.BASELINE, "mix"),
+        models=batch_params(paths.BASELINE_BATCH),
     script:
         "../scripts/train.py"

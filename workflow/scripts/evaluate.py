@@ -5,7 +5,7 @@ from emsim.learning import evaluate
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params
-models = [{"path": path, "tags": tags} for path, tags in zip(snakemake.input.models, p.tags)]
+models = [{"path": path, "tags": tags} for path, tags in zip(p.models, p.tags)]
 datasets = dict(zip(p.domains, snakemake.input.datasets))
 records = evaluate.evaluate_models(models, datasets, device=p.device)
 evaluate.write_evaluation(records, snakemake.output[0])

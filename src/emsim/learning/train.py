@@ -29,20 +29,30 @@ the per-group learning-rate scale (``lr_scale``) and what is saved (LoRA merged)
 (``early_stopping: {patience, min_delta}``, off by default) ends training after ``patience``
 epochs without a val loss below the best minus ``min_delta``; a resumed run stops at the same epoch.
 
-GPU path: data resident on the device, augmentation there, bf16 autocast if ``amp``,
-``channels_last`` memory format, optional ``torch.compile``, fused Adam, cuDNN autotuning.
+GPU path: data resident on the device, augmentation there, bf16 autocast (``amp``),
+``channels_last`` memory format, optional ``torch.compile``, fused Adam (``fused``), cuDNN
+autotuning. ``amp`` and ``fused`` are ``auto`` (on only on CUDA), true or false: true turns them on
+on the CPU too, where the tests exercise them.
+
+Batches (:mod:`emsim.learning.batch`): inside :func:`shared_inputs`, every dataset split is read,
+hashed and moved to the device once for all the models the block trains, and a call whose model
+file already exists, written by the same run (same model format, config, seeds, sizes and input
+content), returns that file's meta instead of training again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +63,7 @@ from emsim import data, io
 from emsim.learning import ood
 from emsim.learning.methods import Method
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
-from emsim.learning.models import UNet, count_parameters, load_model, resolve_device, save_model
+from emsim.learning.models import FORMAT_VERSION, UNet, count_parameters, load_model, resolve_device, save_model
 from emsim.study import methods as method_specs
 
 logger = logging.getLogger(__name__)
@@ -65,9 +75,10 @@ CFG_DEFAULTS = {
     "batch_size": 16,
     "lr": None,
     "lr_decay": 0.99,
-    "amp": True,
+    "amp": "auto",
     "channels_last": True,
     "compile": False,
+    "fused": "auto",
     "device": "auto",
     "augmentation": "dihedral8",
     "loss": "cross_entropy",
@@ -75,6 +86,7 @@ CFG_DEFAULTS = {
 }
 AUGMENTATIONS = ("dihedral8", "random")
 LOSSES = ("cross_entropy", "softmax_cross_entropy")
+SWITCHES = ("auto", True, False)  # amp, fused: auto = on CUDA only
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
 CHECKPOINT_VERSION = 3
 
@@ -96,7 +108,7 @@ def resolve_cfg(cfg: dict) -> dict:
     for key in ("epochs", "batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"training key {key!r} must be >= 1, got {cfg[key]!r}")
-    for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES)):
+    for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES), ("amp", SWITCHES), ("fused", SWITCHES)):
         if cfg[key] not in allowed:
             raise ValueError(f"training key {key!r} must be one of {list(allowed)}, got {cfg[key]!r}")
     stopping = cfg["early_stopping"]
@@ -137,7 +149,7 @@ def make_train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, amp: bool, loss_name: str = "cross_entropy"
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One optimisation step on a batch -> detached mean loss (no device sync, no offset).
-    ``amp`` = bf16 autocast (only meaningful on cuda)."""
+    ``amp`` = bf16 autocast on the model's device."""
     device_type = next(model.parameters()).device.type
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -212,10 +224,10 @@ def pretrain(
     """Train a randomly initialised U-Net on the train split of one domain (its first ``size``
     images if given), selecting on that domain's val split. Returns the model meta."""
     cfg = resolve_cfg(cfg)
-    images, labels = data.read_split(dataset, "train")
+    images, labels = _read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     domain = data.domain_name(dataset)
-    val = data.read_split(dataset, "val")
+    val = _read_split(dataset, "val")
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
     run = {
         "stage": "pretrain",
@@ -224,7 +236,7 @@ def pretrain(
         "source_domain": domain,
         "target_domain": domain,
         "seeds": {"init": seed, "data": seed},
-        "inputs": {str(dataset): digest(images, labels, *val)},
+        "inputs": {str(dataset): _digest(images, labels, *val)},
     }
     return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
 
@@ -250,10 +262,10 @@ def transfer(
     the target's val split. Returns the model meta."""
     cfg = resolve_cfg(cfg)
     spec = method_specs.resolve(method, "method", int(cfg["epochs"]), float(cfg["width"]))
-    images, labels = data.read_split(dataset, "train")
+    images, labels = _read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
-    val = data.read_split(dataset, "val")
-    inputs = {str(dataset): digest(images, labels, *val)}
+    val = _read_split(dataset, "val")
+    inputs = {str(dataset): _digest(images, labels, *val)}
     if spec["name"] == "scratch":
         model, source_meta = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed)), {}
         pretrained = None
@@ -310,9 +322,9 @@ def baseline(
         raise ValueError(f"baseline mix {list(mix)} selects no images")
     train, val, inputs = [], [], {}
     for path, n in zip(datasets, mix):
-        train.append(_first(*data.read_split(path, "train"), n, "mix", path))
-        val.append(data.read_split(path, "val"))
-        inputs[str(path)] = digest(*train[-1], *val[-1])
+        train.append(_first(*_read_split(path, "train"), n, "mix", path))
+        val.append(_read_split(path, "val"))
+        inputs[str(path)] = _digest(*train[-1], *val[-1])
     domains = [data.domain_name(path) for path in datasets]
     model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
     run = {
@@ -338,6 +350,54 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class SharedInputs:
+    """What the models of one batch share: dataset splits (as read), their digests and their
+    device tensors, keyed by file and split, or by the memory of the arrays they come from
+    (the arrays are held here, so a key is never reused by another array)."""
+
+    def __init__(self) -> None:
+        self.splits: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self.digests: dict[tuple, str] = {}
+        self.tensors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+_SHARED: ContextVar[SharedInputs | None] = ContextVar("emsim_shared_inputs", default=None)
+
+
+@contextlib.contextmanager
+def shared_inputs() -> Iterator[SharedInputs]:
+    """Within the block, training calls share their inputs and keep finished model files (module doc)."""
+    token = _SHARED.set(SharedInputs())
+    try:
+        yield _SHARED.get()
+    finally:
+        _SHARED.reset(token)
+
+
+def _array_key(*arrays: np.ndarray) -> tuple:
+    return tuple((a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str) for a in arrays)
+
+
+def _read_split(path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    shared = _SHARED.get()
+    if shared is None:
+        return data.read_split(path, split)
+    key = (str(path), split)
+    if key not in shared.splits:
+        shared.splits[key] = data.read_split(path, split)
+    return shared.splits[key]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    shared = _SHARED.get()
+    if shared is None:
+        return digest(*arrays)
+    key = _array_key(*arrays)
+    if key not in shared.digests:
+        shared.digests[key] = digest(*arrays)
+    return shared.digests[key]
+
+
 def _first(images: np.ndarray, labels: np.ndarray, n: int | None, key: str, path) -> tuple[np.ndarray, np.ndarray]:
     if n is None:
         return images, labels
@@ -354,6 +414,18 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]], paths) -> tuple[np.ndarr
 
 
 def _to_device(
+    images: np.ndarray, labels: np.ndarray, device: torch.device, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    shared = _SHARED.get()
+    if shared is None or len(images) == 0:
+        return _tensors(images, labels, device, what)
+    key = (*_array_key(images, labels), str(device))
+    if key not in shared.tensors:
+        shared.tensors[key] = _tensors(images, labels, device, what)
+    return shared.tensors[key]
+
+
+def _tensors(
     images: np.ndarray, labels: np.ndarray, device: torch.device, what: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if len(images) == 0:
@@ -401,19 +473,22 @@ def _fit(
     stage, out = run["stage"], Path(out)
     method = method or Method({"name": "scratch"})
     device = resolve_device(device if device is not None else cfg["device"])
-    amp = bool(cfg["amp"]) and device.type == "cuda"
+    amp = _switch(cfg["amp"], device)
     channels_last = bool(cfg["channels_last"])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
     run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x), "val_size": len(val_x)}
+    if _SHARED.get() is not None and (meta := _finished(out, run)) is not None:
+        logger.info("%s: kept %s (same run, same inputs)", stage, out)
+        return meta
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.to(device, memory_format=memory_format)
     model.train()
     method.setup(model, train_x, cfg["batch_size"], channels_last)
     model.to(device, memory_format=memory_format)  # adapters made by the method
-    optimizer = torch.optim.Adam(method.param_groups(model), lr=cfg["lr"], fused=device.type == "cuda")
+    optimizer = torch.optim.Adam(method.param_groups(model), lr=cfg["lr"], fused=_switch(cfg["fused"], device))
     net = torch.compile(model) if cfg["compile"] else model
     step = make_train_step(net, optimizer, amp, cfg["loss"])
 
@@ -486,6 +561,33 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def _switch(value, device: torch.device) -> bool:
+    """An ``auto``/true/false switch: ``auto`` is on on CUDA only."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def _finished(out: Path, run: dict) -> dict | None:
+    """The meta of ``out`` if it is a current-format model file written by ``run``, else None
+    (a file of an older format, another run or changed inputs is trained again, and the log says why)."""
+    if not out.exists():
+        return None
+    try:
+        payload = torch.load(out, map_location="cpu", weights_only=True)
+    except Exception as error:
+        logger.warning("retraining %s: unreadable (%s)", out, error.__class__.__name__)
+        return None
+    if not isinstance(payload, dict) or payload.get("emsim_model") != FORMAT_VERSION:
+        logger.warning("retraining %s: not an emsim model file of format %d", out, FORMAT_VERSION)
+        return None
+    meta = payload.get("meta") or {}
+    expected = json.loads(json.dumps(run, default=str))
+    differing = sorted(k for k in expected if meta.get(k) != expected[k])
+    if differing:
+        logger.info("retraining %s: its run differs in %s", out, ", ".join(differing))
+        return None
+    return meta
 
 
 def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple[list, dict]:

@@ -10,6 +10,10 @@ Single-stage baselines train on each unordered pair of (source, target) domains 
 ``[m, n]`` is m images of ``a`` plus n of ``b`` (so ``size`` = m, comparable with a transfer run
 of m target images), and its one learning rate is tagged ``lr_baseline``; :func:`emsim.learning.train.baseline`
 takes its datasets and mix in the same order.
+
+Training batches (:func:`batches`): one training job trains a batch of models that share their
+inputs, a group's models in grid order cut into ``training.models_per_job`` pieces of near-equal
+size; pretraining batches are study-wide per source (experiments share pretrained files).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 from emsim.study import config as config_module
 from emsim.study import methods as method_specs
-from emsim.study.paths import baseline_path, dataset_path, pretrain_path, transfer_path
+from emsim.study.paths import baseline_path, batch_path, dataset_path, pretrain_path, transfer_path
 
 STAGES = ("pretrain", "transfer", "baseline")
 
@@ -67,6 +71,27 @@ def expand(study: dict) -> dict[str, Experiment]:
 def all_models(study: dict) -> dict[str, ModelSpec]:
     """Every distinct model file of the study (pretraining shared across experiments)."""
     return {m.path: m for exp in expand(study).values() for m in exp.models}
+
+
+def batches(study: dict, experiments: dict[str, Experiment] | None = None) -> dict[str, list[ModelSpec]]:
+    """Every training batch of the study: batch record path -> its models (each model in one batch)."""
+    experiments = expand(study) if experiments is None else experiments
+    per_job = study["training"]["models_per_job"]
+    groups: dict[str, dict[str, ModelSpec]] = {}
+    for exp in experiments.values():
+        for group, models in exp.groups.items():
+            key = group if group.startswith("pretrain/") else f"{exp.name}/{group}"
+            groups.setdefault(key, {}).update((m.path, m) for m in models)
+    out = {}
+    for key, models in groups.items():
+        experiment, group = (None, key) if key.startswith("pretrain/") else key.split("/", 1)
+        specs = sorted(models.values(), key=lambda m: m.path) if experiment is None else list(models.values())
+        count = -(-len(specs) // per_job)
+        for index in range(count):
+            out[batch_path(group, index, experiment)] = specs[
+                index * len(specs) // count : (index + 1) * len(specs) // count
+            ]
+    return out
 
 
 def _expand_one(study: dict, name: str, spec: dict) -> Experiment:

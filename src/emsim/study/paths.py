@@ -15,6 +15,9 @@ DATASET = "results/datasets/{domain}.h5"
 PRETRAIN = "results/models/pretrain/{source}/lr{lr}_seed{seed}.pt"
 TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{method}_n{size}_lr{lrs}_seed{seed}.pt"
 BASELINE = "results/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.pt"
+PRETRAIN_BATCH = "results/models/pretrain/{source}/batch{index}.json"
+TRANSFER_BATCH = "results/models/{experiment}/transfer/{source}/{target}/batch{index}.json"
+BASELINE_BATCH = "results/models/{experiment}/baseline/{pair}/batch{index}.json"
 EVALUATION = "results/evaluation/{experiment}/{group}.json"
 REPORT_TABLE = "results/report/{experiment}/table"  # the table job's log and benchmark stem
 REPORT_PARQUET = "results/report/{experiment}/models.parquet"
@@ -63,6 +66,14 @@ def baseline_path(experiment, pair, mix, lr, seed) -> str:
     return BASELINE.format(
         experiment=experiment, pair=f"{pair[0]}+{pair[1]}", mix=f"{mix[0]}-{mix[1]}", lr=f"{lr:g}", seed=seed
     )
+
+
+def batch_path(group: str, index: int, experiment: str | None = None) -> str:
+    """The record of training batch ``index`` of an evaluation group (``pretrain/<source>``: study-wide)."""
+    stage, _, rest = group.partition("/")
+    if stage == "pretrain":
+        return PRETRAIN_BATCH.format(source=rest, index=index)
+    return f"{RESULTS}/models/{experiment}/{group}/batch{index}.json"
 
 
 def evaluation_path(experiment: str, group: str) -> str:
