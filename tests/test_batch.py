@@ -36,6 +36,7 @@ def transfers(pretrained_path, dataset, tmp_path, seeds=(0, 1), freezes=("encode
             "seed": seed,
             "pretrained": str(pretrained_path),
             "freeze": freeze,
+            "method": "finetune",
             "size": 4,
         }
         for freeze in freezes
@@ -100,12 +101,12 @@ def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_pa
     models = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0,))
     fit = train._fit
 
-    def killed_after_first_epoch(run, model, tr, val, out, cfg, seed, device, on_epoch_end):
+    def killed_after_first_epoch(run, model, tr, val, out, cfg, seed, device, on_epoch_end, *method):
         def kill(epoch, record):
             if str(out).endswith("none_seed0.pt"):
                 raise KeyboardInterrupt
 
-        return fit(run, model, tr, val, out, cfg, seed, device, kill)
+        return fit(run, model, tr, val, out, cfg, seed, device, kill, *method)
 
     monkeypatch.setattr(train, "_fit", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
