@@ -22,7 +22,7 @@ rule structures:
         mem_mb=2000,
         runtime=30,
     params:
-        spec=lambda wc: emsim_config.normalized(STUDY["structure_sets"][wc.set]),
+        spec=lambda wc: emsim_config.scene_spec(STUDY, wc.set),
         cell_A=emsim_optics.cell_A(STUDY["image"]),
         shard_size=STUDY["simulation"]["shard_size"],
     script:

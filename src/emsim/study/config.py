@@ -176,6 +176,11 @@ def domain_slice(study: dict, name: str) -> dict:
     return normalized(params)
 
 
+def scene_spec(study: dict, name: str) -> dict:
+    """What the scenes of structure set ``name`` depend on: the set without its ``labels`` (Snakemake params)."""
+    return normalized({k: v for k, v in study["structure_sets"][name].items() if k != "labels"})
+
+
 def set_labels(study: dict, name: str) -> dict:
     """Label settings of structure set ``name``: the study's ``labels`` with the set's overrides."""
     return {**study["labels"], **study["structure_sets"][name].get("labels", {})}
