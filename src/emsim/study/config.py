@@ -43,45 +43,6 @@ UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 
-STRUCTURE_SET_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["n_structures", "particles"],
-    "properties": {
-        "n_structures": {"type": "integer", "minimum": 1},
-        "seed": {"type": "integer", "minimum": 0, "default": 0},
-        "particles": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["lattice", "radius_A"],
-            "properties": {
-                "lattice": {"enum": sorted(structures.LATTICES)},
-                "radius_A": {"$ref": "#/$defs/range"},
-                "count": {"$ref": "#/$defs/int_range", "default": [1, 1]},
-                "min_gap_A": {"type": "number", "minimum": 0, "default": 10.0},
-                "stacking_faults": {"$ref": "#/$defs/int_range", "default": [0, 0]},
-                "orientation": {"enum": ["zone_axis", "random"], "default": "zone_axis"},
-                "mistilt_deg": {"type": "number", "minimum": 0, "default": 2.0},
-            },
-        },
-        "labels": {"description": "overrides of the study's labels block for this set (filled in by load)"},
-        "substrate": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "thickness_A": {"$ref": "#/$defs/range", "default": [20.0, 60.0]},
-                "density_g_cm3": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
-            },
-            "default": {},
-        },
-    },
-    "$defs": {
-        "range": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2, "maxItems": 2},
-        "int_range": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
-    },
-}
-
-
 def domain_schema() -> dict:
     """Schema of one expanded domain: a structure set, an optional seed and any registered shifts."""
     properties = {"structure_set": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}}
@@ -109,8 +70,8 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
     _check_size_px(study)
     _check_names(study.get("experiments", {}), "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
-    set_schema = copy.deepcopy(STRUCTURE_SET_SCHEMA)
-    set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])
+    set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
+    set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])  # the set's overrides
     for name, spec in study["structure_sets"].items():
         _validate(spec, set_schema, f"structure_sets.{name}")
         _check_ranges(spec, f"structure_sets.{name}")
