@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import zlib
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -33,6 +32,7 @@ import yaml
 
 from emsim.simulation import optics, phonons, shifts, structures
 from emsim.study import methods
+from emsim.study import schema as study_schema
 
 
 class ConfigError(ValueError):
@@ -66,12 +66,14 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
         study["extensions"] = [_extension_path(base_dir, path) for path in study["extensions"]]
     for path in study.get("extensions", []):
         load_extension(path)
-    _validate(study, _top_schema(), "")
+    _validate(study, study_schema.load(), "")
     _check_size_px(study)
     _check_names(study.get("experiments", {}), "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
     set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
-    set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])  # the set's overrides
+    set_schema["properties"]["labels"] = _without_defaults(
+        study_schema.load()["properties"]["labels"]
+    )  # the set's overrides
     for name, spec in study["structure_sets"].items():
         _validate(spec, set_schema, f"structure_sets.{name}")
         _check_ranges(spec, f"structure_sets.{name}")
@@ -196,24 +198,6 @@ def _read(source) -> dict:
     return data
 
 
-def _top_schema() -> dict:
-    text = resources.files("emsim.study").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    {
-        "properties": lambda validator, properties, instance, schema: _fill_defaults(
-            validator, properties, instance, schema
-        )
-    },
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
-    ),
-)
-
-
 def _without_defaults(schema):
     """A copy of ``schema`` with every ``default`` removed (for blocks that override others)."""
     if isinstance(schema, dict):
@@ -221,17 +205,9 @@ def _without_defaults(schema):
     return schema
 
 
-def _fill_defaults(validator, properties, instance, schema):
-    if isinstance(instance, dict):
-        for key, sub in properties.items():
-            if "default" in sub and key not in instance:
-                instance[key] = copy.deepcopy(sub["default"])
-    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
-
-
 def _validate(instance: dict, schema: dict, where: str) -> None:
     """Raise the best schema error naming its key; whole-number floats where an integer is meant become ints."""
-    validator = _Validator(schema)
+    validator = study_schema.Validator(schema)
     for error in list(validator.iter_errors(instance)):
         if error.validator == "type" and _whole_float(error.instance) and "integer" in _as_list(error.validator_value):
             *parents, last = error.absolute_path
