@@ -68,7 +68,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
         load_extension(path)
     _validate(study, study_schema.load(), "")
     _check_size_px(study)
-    _check_names(study.get("experiments", {}), "experiments")
+    _check_names(study["experiments"], "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
     set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
     set_schema["properties"]["labels"] = _without_defaults(
@@ -120,7 +120,7 @@ def domain_seed(study: dict, name: str) -> int:
     domain = study["domains"][name]
     if "seed" in domain:
         return int(domain["seed"])
-    return int(zlib.crc32(name.encode()) ^ (study.get("seed", 0) * 0x9E3779B1)) & 0x7FFFFFFF
+    return int(zlib.crc32(name.encode()) ^ (study["seed"] * 0x9E3779B1)) & 0x7FFFFFFF
 
 
 def domain_slice(study: dict, name: str) -> dict:
@@ -476,7 +476,7 @@ def _check_experiments(study: dict) -> None:
     """Config errors of the experiments block (sizes larger than the train split, bad names)."""
     train = study["splits"]["train"]
     epochs, width = study["training"]["epochs"], study["training"]["width"]
-    for name, spec in study.get("experiments", {}).items():
+    for name, spec in study["experiments"].items():
         key = f"experiments.{name}"
         series = match_domains(study, spec["domains"], f"{key}.domains")
         for list_key in ("sources", "targets"):
@@ -524,7 +524,7 @@ def _check_sizes(study: dict) -> None:
         for name, spec in study["structure_sets"].items()
     }
     jobs["domains"] = len(study["domains"])
-    for name, spec in study.get("experiments", {}).items():
+    for name, spec in study["experiments"].items():
         jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
     total = sum(jobs.values())
     if total > limits["max_jobs"]:
