@@ -112,6 +112,31 @@ def test_bad_config_names_the_key(study, path, value, names):
         assert name in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("block", "value", "key"),
+    [
+        ("particles", {"lattice": "Gold"}, "particles.lattice: 'Gold'.*CdSe_wurtzite"),
+        ("particles", {"radius_A": [20, 10]}, "particles.radius_A"),
+        ("particles", {"radius_A": [0, 10]}, "particles.radius_A"),
+        ("particles", {"count": [3, 1]}, "particles.count"),
+        ("particles", {"count": [1.5, 2]}, "particles.count"),
+        ("particles", {"stacking_faults": [-1, 1]}, "particles.stacking_faults"),
+        ("particles", {"orientation": "sideways"}, "particles.orientation.*zone_axis"),
+        ("particles", {"mistilt_deg": -1}, "particles.mistilt_deg"),
+        ("particles", {"mistilt_deg": 91}, "particles.mistilt_deg"),
+        ("particles", {"min_gap_A": -1}, "particles.min_gap_A"),
+        ("particles", {"radiusA": [1, 2]}, "particles: .*'radiusA'"),
+        ("substrate", {"thickness_A": [30, 20]}, "substrate.thickness_A"),
+        ("substrate", {"thickness_A": [-5, 20]}, "substrate.thickness_A"),
+        ("substrate", {"density_g_cm3": 0}, "substrate.density_g_cm3"),
+    ],
+)
+def test_bad_structure_set_names_the_key(study, block, value, key):
+    study["structure_sets"]["au"][block] |= value
+    with pytest.raises(ConfigError, match=f"structure_sets.au.{key}"):
+        config.load(study)
+
+
 def test_unreadable_file_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("domains: [unclosed")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_report import record
 
-from emsim.report import model_table
+from emsim.report.table import model_table
 from emsim.study import findings as fd
 
 DOMAINS = ["df-5", "df0", "df5"]

@@ -8,19 +8,17 @@ import pandas as pd
 import pytest
 from test_evaluate import make_domain, make_model
 
-from emsim import report
 from emsim.learning.evaluate import read_evaluation, write_evaluation
-from emsim.report import (
+from emsim.report import figures
+from emsim.report.figures import (
     _groups,
-    domain_order,
-    model_table,
     plot_examples,
     plot_ood_profile,
     plot_target_loss,
     plot_training_curves,
     plot_transfer_heatmap,
-    write_table,
 )
+from emsim.report.table import domain_order, model_table, write_table
 
 METRIC_NAMES = ("cross_entropy", "study_loss", "iou", "dice", "precision", "recall", "accuracy")
 
@@ -366,15 +364,15 @@ def test_method_columns_gain_over_scratch_and_method_figures(tmp_path):
     assert tr.loc["scratch8.pt", "gain_vs_scratch"] == pytest.approx(0.0)
     assert math.isnan(tr.loc["pre.pt", "gain_vs_scratch"])
     assert tr.loc["lora8.pt", "method_params"] == "rank=4 alpha=8"
-    assert report.method_label(tr.loc["lora8.pt"]) == "lora rank=4 alpha=8"
-    assert report.method_label(tr.loc["finetune8.pt"]) == "finetune, nothing frozen"
+    assert figures.method_label(tr.loc["lora8.pt"]) == "lora rank=4 alpha=8"
+    assert figures.method_label(tr.loc["finetune8.pt"]) == "finetune, nothing frozen"
     assert math.isnan(tr.loc["scratch8.pt", "forgetting"]) and math.isnan(tr.loc["scratch8.pt", "gain_vs_pretrain"])
-    assert_written(report.plot_method_cost(table, tmp_path / "cost"))
-    assert_written(report.plot_forgetting_vs_gain(table, tmp_path / "forgetting"))
-    assert_written(report.plot_gain_vs_scratch(table, tmp_path / "scratch"))
+    assert_written(figures.plot_method_cost(table, tmp_path / "cost"))
+    assert_written(figures.plot_forgetting_vs_gain(table, tmp_path / "forgetting"))
+    assert_written(figures.plot_gain_vs_scratch(table, tmp_path / "scratch"))
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_in_cost_and_loss():
     cost = np.array([100, 1000, 100, 10, 1000, 500])
     loss = np.array([0.3, 0.2, 0.35, 0.5, 0.25, 0.3])
-    assert report.pareto_front(cost, loss).tolist() == [3, 0, 1]
+    assert figures.pareto_front(cost, loss).tolist() == [3, 0, 1]

@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,28 +66,11 @@ from emsim.learning.methods import Method
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import FORMAT_VERSION, UNet, count_parameters, load_model, resolve_device, save_model
 from emsim.study import methods as method_specs
+from emsim.study import schema as study_schema
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "transfer", "baseline")
-CFG_DEFAULTS = {
-    "width": 1.0,
-    "epochs": 10,
-    "batch_size": 16,
-    "lr": None,
-    "lr_decay": 0.99,
-    "amp": "auto",
-    "channels_last": True,
-    "compile": False,
-    "fused": "auto",
-    "device": "auto",
-    "augmentation": "dihedral8",
-    "loss": "cross_entropy",
-    "early_stopping": None,
-}
-AUGMENTATIONS = ("dihedral8", "random")
-LOSSES = ("cross_entropy", "softmax_cross_entropy")
-SWITCHES = ("auto", True, False)  # amp, fused: auto = on CUDA only
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
 CHECKPOINT_VERSION = 3
 
@@ -97,31 +81,38 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the message names stage, epoch and step."""
 
 
+def _cfg_schema() -> dict:
+    """The study schema's ``training`` block without the workflow's ``models_per_job``, with ``lr`` required."""
+    schema = study_schema.load()
+    training = schema["properties"]["training"]
+    del training["properties"]["models_per_job"], training["default"]
+    training["properties"]["lr"] = schema["$defs"]["lr"]
+    training["required"] = ["lr"]
+    return training
+
+
+CFG_SCHEMA = _cfg_schema()
+
+
 def resolve_cfg(cfg: dict) -> dict:
-    """Training config with defaults filled in; unknown keys or a missing ``lr`` -> ValueError."""
-    unknown = sorted(set(cfg) - set(CFG_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown training key(s) {unknown}; allowed: {sorted(CFG_DEFAULTS)}")
-    cfg = {**CFG_DEFAULTS, **cfg}
-    if cfg["lr"] is None or not cfg["lr"] > 0:
-        raise ValueError(f"training key 'lr' must be a positive number, got {cfg['lr']!r}")
-    for key in ("epochs", "batch_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"training key {key!r} must be >= 1, got {cfg[key]!r}")
-    for key, allowed in (("augmentation", AUGMENTATIONS), ("loss", LOSSES), ("amp", SWITCHES), ("fused", SWITCHES)):
-        if cfg[key] not in allowed:
-            raise ValueError(f"training key {key!r} must be one of {list(allowed)}, got {cfg[key]!r}")
-    stopping = cfg["early_stopping"]
-    if stopping is not None:
-        if not isinstance(stopping, dict) or set(stopping) - {"patience", "min_delta"} or "patience" not in stopping:
-            raise ValueError(f"training key 'early_stopping' must be {{patience, min_delta}}, got {stopping!r}")
-        if int(stopping["patience"]) < 1 or float(stopping.get("min_delta", 0.0)) < 0:
-            raise ValueError(f"training key 'early_stopping' needs patience >= 1 and min_delta >= 0, got {stopping!r}")
-    return cfg
+    """Training config checked against :data:`CFG_SCHEMA` (the study's ``training`` block plus ``lr``),
+    with its defaults filled in; a bad or unknown key -> ValueError naming it."""
+    cfg = copy.deepcopy(cfg)
+    error = jsonschema.exceptions.best_match(study_schema.Validator(CFG_SCHEMA).iter_errors(cfg))
+    if error is None:
+        return cfg
+    allowed = sorted(CFG_SCHEMA["properties"])
+    if error.validator == "additionalProperties":
+        raise ValueError(f"unknown training key(s) {sorted(set(cfg) - set(allowed))}; allowed: {allowed}")
+    if error.validator == "required":
+        raise ValueError(f"training key {error.message}")
+    key = error.absolute_path[0]
+    detail = f"must be one of {error.validator_value}" if error.validator == "enum" else f"is invalid: {error.message}"
+    raise ValueError(f"training key {key!r} {detail}, got {cfg[key]!r}")
 
 
 def loss_sum(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Summed per-pixel ``loss`` (a :data:`LOSSES` name) of a batch; ``softmax_cross_entropy``
+    """Summed per-pixel ``loss`` (``training.loss`` in the schema) of a batch; ``softmax_cross_entropy``
     without the study's offset."""
     logits, target = logits.float(), target.long()
     if loss == "softmax_cross_entropy":
@@ -547,7 +538,7 @@ def _stopped_at(history: list, stopping: dict | None) -> int | None:
         return None
     best, waited = math.inf, 0
     for record in history:
-        if record["val_loss"] < best - float(stopping.get("min_delta", 0.0)):
+        if record["val_loss"] < best - float(stopping["min_delta"]):
             best, waited = record["val_loss"], 0
         else:
             waited += 1

@@ -15,6 +15,7 @@ Stacking faults exist for wurtzite lattices only; other lattices record ``n_faul
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -152,72 +153,51 @@ class Scene:
         )
 
 
-# ---------------------------------------------------------------- validation
+# ---------------------------------------------------------------- schema
 
-_PARTICLE_DEFAULTS = {
-    "count": [1, 1],
-    "min_gap_A": 10.0,
-    "stacking_faults": [0, 0],
-    "orientation": "zone_axis",
-    "mistilt_deg": 2.0,
+_RANGE = {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2, "maxItems": 2}
+_INT_RANGE = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}
+PARTICLES_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["lattice", "radius_A"],
+    "properties": {
+        "lattice": {"enum": sorted(LATTICES)},
+        "radius_A": _RANGE,
+        "count": _INT_RANGE | {"default": [1, 1]},
+        "min_gap_A": {"type": "number", "minimum": 0, "default": 10.0},
+        "stacking_faults": _INT_RANGE | {"default": [0, 0]},
+        "orientation": {"enum": list(ORIENTATIONS), "default": "zone_axis"},
+        "mistilt_deg": {"type": "number", "minimum": 0, "maximum": 90, "default": 2.0},
+    },
 }
-_SUBSTRATE_DEFAULTS = {"thickness_A": [20.0, 60.0], "density_g_cm3": 2.0}
+SUBSTRATE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "thickness_A": _RANGE | {"default": [20.0, 60.0]},
+        "density_g_cm3": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
+    },
+    "default": {},
+}
+STRUCTURE_SET_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["n_structures", "particles"],
+    "properties": {
+        "n_structures": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "particles": PARTICLES_SCHEMA,
+        "substrate": SUBSTRATE_SCHEMA,
+    },
+}
+"""JSON schema of a structure set (validated by emsim.study.config): the only home of its defaults."""
 
 
-def _number(value, key: str, *, integer: bool = False) -> float:
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    return value
-
-
-def _range(value, key: str, *, integer: bool = False, positive: bool = True) -> list:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"{key} must be [min, max], got {value!r}")
-    low, high = (_number(v, key, integer=integer) for v in value)
-    if low > high:
-        raise ValueError(f"{key}: min {low} is larger than max {high}")
-    if (low <= 0) if positive else (low < 0):
-        raise ValueError(f"{key} must be {'positive' if positive else 'non-negative'}, got {list(value)}")
-    return [low, high]
-
-
-def _with_defaults(section: dict | None, defaults: dict, name: str, required: tuple[str, ...]) -> dict:
-    section = dict(section or {})
-    allowed = set(defaults) | set(required)
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ValueError(f"{name}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
-    for key in required:
-        if key not in section:
-            raise ValueError(f"{name}.{key} is required")
-    return defaults | section
-
-
-def check_particles(particles: dict) -> dict:
-    """Validated ``particles`` block with defaults filled; ValueError names the key."""
-    p = _with_defaults(particles, _PARTICLE_DEFAULTS, "particles", ("lattice", "radius_A"))
-    if not isinstance(p["lattice"], str) or p["lattice"] not in LATTICES:
-        raise ValueError(f"particles.lattice: {p['lattice']!r} is not a lattice; allowed: {', '.join(LATTICES)}")
-    p["radius_A"] = _range(p["radius_A"], "particles.radius_A")
-    p["count"] = _range(p["count"], "particles.count", integer=True, positive=False)
-    p["stacking_faults"] = _range(p["stacking_faults"], "particles.stacking_faults", integer=True, positive=False)
-    if _number(p["min_gap_A"], "particles.min_gap_A") < 0:
-        raise ValueError(f"particles.min_gap_A must be non-negative, got {p['min_gap_A']}")
-    if not 0 <= _number(p["mistilt_deg"], "particles.mistilt_deg") <= 90:
-        raise ValueError(f"particles.mistilt_deg must be in [0, 90], got {p['mistilt_deg']}")
-    if p["orientation"] not in ORIENTATIONS:
-        raise ValueError(f"particles.orientation: {p['orientation']!r}; allowed: {', '.join(ORIENTATIONS)}")
-    return p
-
-
-def check_substrate(substrate: dict | None) -> dict:
-    """Validated ``substrate`` block with defaults filled; ValueError names the key."""
-    s = _with_defaults(substrate, _SUBSTRATE_DEFAULTS, "substrate", ())
-    s["thickness_A"] = _range(s["thickness_A"], "substrate.thickness_A")
-    if _number(s["density_g_cm3"], "substrate.density_g_cm3") <= 0:
-        raise ValueError(f"substrate.density_g_cm3 must be positive, got {s['density_g_cm3']}")
-    return s
+def with_defaults(block: dict | None, schema: dict) -> dict:
+    """A copy of ``block`` with the defaults of ``schema``'s properties filled in (for partial blocks)."""
+    defaults = {key: copy.deepcopy(sub["default"]) for key, sub in schema["properties"].items() if "default" in sub}
+    return defaults | (block or {})
 
 
 # ---------------------------------------------------------------- particles
@@ -435,7 +415,7 @@ def amorphous_carbon(
 
 def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.random.Generator) -> Scene:
     """One scene: ``particles.count`` particles placed with their gap, lying on a random-thickness carbon slab."""
-    p, s = check_particles(particles), check_substrate(substrate)
+    p, s = with_defaults(particles, PARTICLES_SCHEMA), with_defaults(substrate, SUBSTRATE_SCHEMA)
     lattice = LATTICES[p["lattice"]]
     if 2 * p["radius_A"][1] + p["min_gap_A"] > cell_xy_A:
         raise ValueError(
@@ -496,14 +476,16 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
 def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Scene]:
     """Scenes ``indices`` of a structure set; scene i draws from ``default_rng([spec["seed"], i])``
     and records ``i`` as ``info["index"]``."""
-    particles, substrate = check_particles(spec.get("particles")), check_substrate(spec.get("substrate"))
+    spec = with_defaults(spec, STRUCTURE_SET_SCHEMA)
+    particles = with_defaults(spec["particles"], PARTICLES_SCHEMA)
+    substrate = with_defaults(spec["substrate"], SUBSTRATE_SCHEMA)
     n_structures = spec.get("n_structures")
     for i in indices:
         if i < 0 or (n_structures is not None and i >= n_structures):
             raise ValueError(f"n_structures: index {i} is outside the structure set (n_structures={n_structures})")
     if LATTICES[particles["lattice"]].kind != "wurtzite" and particles["stacking_faults"][1] > 0:
         logger.warning("particles.stacking_faults applies to wurtzite only; %s gets no faults", particles["lattice"])
-    seed = spec.get("seed", 0)
+    seed = spec["seed"]
     scenes = []
     for i in indices:
         scene = build_scene(particles, substrate, cell_xy_A, np.random.default_rng([seed, i]))

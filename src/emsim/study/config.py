@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import zlib
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -33,6 +32,7 @@ import yaml
 
 from emsim.simulation import optics, phonons, shifts, structures
 from emsim.study import methods
+from emsim.study import schema as study_schema
 
 
 class ConfigError(ValueError):
@@ -41,45 +41,6 @@ class ConfigError(ValueError):
 
 UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
-
-
-STRUCTURE_SET_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["n_structures", "particles"],
-    "properties": {
-        "n_structures": {"type": "integer", "minimum": 1},
-        "seed": {"type": "integer", "minimum": 0, "default": 0},
-        "particles": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["lattice", "radius_A"],
-            "properties": {
-                "lattice": {"enum": sorted(structures.LATTICES)},
-                "radius_A": {"$ref": "#/$defs/range"},
-                "count": {"$ref": "#/$defs/int_range", "default": [1, 1]},
-                "min_gap_A": {"type": "number", "minimum": 0, "default": 10.0},
-                "stacking_faults": {"$ref": "#/$defs/int_range", "default": [0, 0]},
-                "orientation": {"enum": ["zone_axis", "random"], "default": "zone_axis"},
-                "mistilt_deg": {"type": "number", "minimum": 0, "default": 2.0},
-            },
-        },
-        "labels": {"description": "overrides of the study's labels block for this set (filled in by load)"},
-        "substrate": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "thickness_A": {"$ref": "#/$defs/range", "default": [20.0, 60.0]},
-                "density_g_cm3": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
-            },
-            "default": {},
-        },
-    },
-    "$defs": {
-        "range": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2, "maxItems": 2},
-        "int_range": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
-    },
-}
 
 
 def domain_schema() -> dict:
@@ -105,12 +66,14 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
         study["extensions"] = [_extension_path(base_dir, path) for path in study["extensions"]]
     for path in study.get("extensions", []):
         load_extension(path)
-    _validate(study, _top_schema(), "")
+    _validate(study, study_schema.load(), "")
     _check_size_px(study)
-    _check_names(study.get("experiments", {}), "experiments")
+    _check_names(study["experiments"], "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
-    set_schema = copy.deepcopy(STRUCTURE_SET_SCHEMA)
-    set_schema["properties"]["labels"] = _without_defaults(_top_schema()["properties"]["labels"])
+    set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
+    set_schema["properties"]["labels"] = _without_defaults(
+        study_schema.load()["properties"]["labels"]
+    )  # the set's overrides
     for name, spec in study["structure_sets"].items():
         _validate(spec, set_schema, f"structure_sets.{name}")
         _check_ranges(spec, f"structure_sets.{name}")
@@ -157,7 +120,7 @@ def domain_seed(study: dict, name: str) -> int:
     domain = study["domains"][name]
     if "seed" in domain:
         return int(domain["seed"])
-    return int(zlib.crc32(name.encode()) ^ (study.get("seed", 0) * 0x9E3779B1)) & 0x7FFFFFFF
+    return int(zlib.crc32(name.encode()) ^ (study["seed"] * 0x9E3779B1)) & 0x7FFFFFFF
 
 
 def domain_slice(study: dict, name: str) -> dict:
@@ -240,24 +203,6 @@ def _read(source) -> dict:
     return data
 
 
-def _top_schema() -> dict:
-    text = resources.files("emsim.study").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    {
-        "properties": lambda validator, properties, instance, schema: _fill_defaults(
-            validator, properties, instance, schema
-        )
-    },
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
-    ),
-)
-
-
 def _without_defaults(schema):
     """A copy of ``schema`` with every ``default`` removed (for blocks that override others)."""
     if isinstance(schema, dict):
@@ -265,17 +210,9 @@ def _without_defaults(schema):
     return schema
 
 
-def _fill_defaults(validator, properties, instance, schema):
-    if isinstance(instance, dict):
-        for key, sub in properties.items():
-            if "default" in sub and key not in instance:
-                instance[key] = copy.deepcopy(sub["default"])
-    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
-
-
 def _validate(instance: dict, schema: dict, where: str) -> None:
     """Raise the best schema error naming its key; whole-number floats where an integer is meant become ints."""
-    validator = _Validator(schema)
+    validator = study_schema.Validator(schema)
     for error in list(validator.iter_errors(instance)):
         if error.validator == "type" and _whole_float(error.instance) and "integer" in _as_list(error.validator_value):
             *parents, last = error.absolute_path
@@ -544,7 +481,7 @@ def _check_experiments(study: dict) -> None:
     """Config errors of the experiments block (sizes larger than the train split, bad names)."""
     train = study["splits"]["train"]
     epochs, width = study["training"]["epochs"], study["training"]["width"]
-    for name, spec in study.get("experiments", {}).items():
+    for name, spec in study["experiments"].items():
         key = f"experiments.{name}"
         series = match_domains(study, spec["domains"], f"{key}.domains")
         for list_key in ("sources", "targets"):
@@ -592,7 +529,7 @@ def _check_sizes(study: dict) -> None:
         for name, spec in study["structure_sets"].items()
     }
     jobs["domains"] = len(study["domains"])
-    for name, spec in study.get("experiments", {}).items():
+    for name, spec in study["experiments"].items():
         jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
     total = sum(jobs.values())
     if total > limits["max_jobs"]:

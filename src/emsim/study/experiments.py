@@ -65,7 +65,7 @@ class Experiment:
 
 def expand(study: dict) -> dict[str, Experiment]:
     """Every experiment of a validated study, grid expanded."""
-    return {name: _expand_one(study, name, spec) for name, spec in study.get("experiments", {}).items()}
+    return {name: _expand_one(study, name, spec) for name, spec in study["experiments"].items()}
 
 
 def all_models(study: dict) -> dict[str, ModelSpec]:

@@ -3,7 +3,7 @@
 The study: L. Rangel DaCosta, H. Oill, M. Scott, "Strategies for effective transfer learning for
 HRTEM analysis with neural networks" (article repository msa-em/hrtem-transfer-learning).
 
-Each statistic takes a per-model table in the columns of :func:`emsim.report.model_table`
+Each statistic takes a per-model table in the columns of :func:`emsim.report.table.model_table`
 (``stage``, ``source``, ``target``, ``freeze``, ``size``, ``lr_pretrain``, ``lr_transfer``,
 ``target_val_<m>``, ``val_<m>__<d>``, ``before_val_<m>__<d>``) and a metric short name ``<m>``
 (``ce``, or the study's convention ``study_loss``); only transfer rows count, as in the study.

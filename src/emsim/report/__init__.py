@@ -1,0 +1,1 @@
+"""Report: the per-model table (:mod:`.table`) and the figures drawn from it (:mod:`.figures`)."""
