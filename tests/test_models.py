@@ -47,23 +47,30 @@ def test_init_is_seeded():
     assert not torch.equal(a["decoder.head.weight"], c["decoder.head.weight"])
 
 
-@pytest.mark.parametrize("part, other", [("encoder", "decoder"), ("decoder", "encoder")])
-def test_freeze_stops_gradients_and_keeps_batchnorm_in_eval(part, other):
+@pytest.mark.parametrize(
+    "part, frozen, trained",
+    [("encoder", "encoder", ("decoder",)), ("decoder", "decoder.blocks", ("encoder", "decoder.head"))],
+)
+def test_freeze_stops_gradients_and_keeps_batchnorm_in_eval(part, frozen, trained):
+    """The seed study freezes the encoder (downsampling blocks) or the decoder (upsampling blocks):
+    the segmentation head trains in both."""
     model = small()
     freeze(model, part)
     model.train()
-    assert not any(p.requires_grad for p in getattr(model, part).parameters())
-    assert all(p.requires_grad for p in getattr(model, other).parameters())
-    assert count_parameters(model, trainable_only=True) == count_parameters(getattr(model, other))
-    bns = {name: [m for m in getattr(model, name).modules() if isinstance(m, nn.BatchNorm2d)] for name in (part, other)}
-    assert bns[part] and not any(m.training for m in bns[part])
-    assert all(m.training for m in bns[other])
-    stats = [m.running_mean.clone() for m in bns[part]]
+    frozen, trained = model.get_submodule(frozen), [model.get_submodule(name) for name in trained]
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for m in trained for p in m.parameters())
+    assert count_parameters(model, trainable_only=True) == sum(count_parameters(m) for m in trained)
+    frozen_bns = [m for m in frozen.modules() if isinstance(m, nn.BatchNorm2d)]
+    trained_bns = [m for t in trained for m in t.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert frozen_bns and not any(m.training for m in frozen_bns)
+    assert all(m.training for m in trained_bns)
+    stats = [m.running_mean.clone() for m in frozen_bns]
     model(torch.randn(2, 1, 64, 64)).sum().backward()
-    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, bns[part]))
-    assert all(p.grad is None for p in getattr(model, part).parameters())
+    assert all(torch.equal(s, m.running_mean) for s, m in zip(stats, frozen_bns))
+    assert all(p.grad is None for p in frozen.parameters())
     freeze(model, "none")
-    assert all(m.training for m in bns[part])
+    assert all(m.training for m in frozen_bns)
     assert count_parameters(model, trainable_only=True) == count_parameters(model)
     with pytest.raises(ValueError, match="'head' is not one of"):
         freeze(model, "head")

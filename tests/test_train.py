@@ -231,19 +231,25 @@ def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize("part, other", [("encoder", "decoder"), ("decoder", "encoder")])
-def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, other):
+@pytest.mark.parametrize(
+    "part, frozen, trained",
+    [("encoder", "encoder", ("decoder",)), ("decoder", "decoder.blocks", ("encoder", "decoder.head"))],
+)
+def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, frozen, trained):
     source, source_meta = pretrained
     out = tmp_path / "t.pt"
     meta = train.transfer(source, domains["b"], out, {**CFG, "epochs": 2}, part, 4, seed=1)
     before, after = load_model(source)[0], load_model(out)[0]
-    frozen_before = getattr(before, part).state_dict()  # includes BN running statistics
-    frozen_after = getattr(after, part).state_dict()
+    frozen_before = before.get_submodule(frozen).state_dict()  # includes BN running statistics
+    frozen_after = after.get_submodule(frozen).state_dict()
     assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
-    trained_before = getattr(before, other).state_dict()
-    trained_after = getattr(after, other).state_dict()
-    assert any(not torch.equal(trained_before[k], trained_after[k]) for k in trained_before)
-    assert meta["trainable_params"] == sum(p.numel() for p in getattr(after, other).parameters())
+    for name in trained:
+        trained_before = before.get_submodule(name).state_dict()
+        trained_after = after.get_submodule(name).state_dict()
+        assert any(not torch.equal(trained_before[k], trained_after[k]) for k in trained_before)
+    assert meta["trainable_params"] == sum(
+        p.numel() for name in trained for p in after.get_submodule(name).parameters()
+    )
     assert (meta["source_domain"], meta["target_domain"], meta["train_size"]) == ("a", "b", 4)
     assert meta["freeze"] == part
     assert meta["seeds"] == {"data": 1, "pretrain_init": 0, "pretrain_data": 0}

@@ -25,6 +25,7 @@ from emsim.io import atomic_path
 
 FORMAT_VERSION = 1
 PARTS = ("encoder", "decoder", "none")
+FROZEN_MODULES = {"encoder": "encoder", "decoder": "decoder.blocks"}  # what each freeze part stops
 ENCODER_CHANNELS = (64, 64, 128, 256, 512)  # stem, stages 1-4
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 DOWNSAMPLING = 32
@@ -183,13 +184,16 @@ class UNet(nn.Module):
 def freeze(model: UNet, part: Literal["encoder", "decoder", "none"]) -> None:
     """Freeze one part: no gradients for its parameters, and its BatchNorm layers stay in eval
     mode (running statistics neither used from the batch nor updated) even in ``model.train()``.
-    ``"none"`` makes every parameter trainable again."""
+    ``"decoder"`` is the upsampling blocks, as in the seed study: the segmentation head still
+    trains. ``"none"`` makes every parameter trainable again."""
     if part not in PARTS:
         raise ValueError(f"freeze part {part!r} is not one of {PARTS}")
-    model.frozen = () if part == "none" else (part,)
-    for name in ("encoder", "decoder"):
-        for parameter in getattr(model, name).parameters():
-            parameter.requires_grad_(name != part)
+    model.frozen = () if part == "none" else (FROZEN_MODULES[part],)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    for name in model.frozen:
+        for parameter in model.get_submodule(name).parameters():
+            parameter.requires_grad_(False)
     model.train(model.training)
 
 
