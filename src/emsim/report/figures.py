@@ -351,6 +351,8 @@ def plot_method_cost(table: pd.DataFrame, stem: str | os.PathLike, metric: str =
         front = pareto_front(xs[keep], ys[keep])
         ax.plot(xs[keep][front], ys[keep][front], "k--", linewidth=1, label="Pareto frontier", zorder=2)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labelled ticks also within a decade
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
