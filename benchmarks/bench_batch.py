@@ -69,6 +69,7 @@ def main() -> None:
             "seed": i,
             "pretrained": str(pretrained),
             "freeze": freezes[i % 3],
+            "method": "finetune",
             "size": args.images,
         }
         for i in range(args.models)
