@@ -142,8 +142,8 @@ def sha256(path: Path) -> str:
 
 
 def assert_tables_equal(slurm: pd.DataFrame, local: pd.DataFrame) -> None:
-    """Same rows and numbers (timings excepted: they measure the machine, not the result)."""
-    timing = [c for c in local.columns if "time" in c.lower()]
+    """Same rows and numbers (timings and peak memory excepted: they measure the machine, not the result)."""
+    timing = [c for c in local.columns if "time" in c.lower() or "memory" in c.lower()]
     key = [c for c in local.columns if local[c].dtype == object]
     slurm = slurm.drop(columns=timing).sort_values(key).reset_index(drop=True)
     local = local.drop(columns=timing).sort_values(key).reset_index(drop=True)

@@ -25,22 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 900) -> str:
-    """Run snakemake on the repository's Snakefile in ``workdir``; return its output."""
+def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list[str]:
+    """The snakemake command line for the repository's Snakefile in ``workdir`` (writes ``config``)."""
     if config is not None:
         (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(workdir / "study.yaml"),
-        *args,
-    ]
+    snakefile, study = str(ROOT / "Snakefile"), str(workdir / "study.yaml")
+    return [sys.executable, "-m", "snakemake", "-s", snakefile, "-d", str(workdir), "--configfile", study, *args]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 900) -> str:
+    """Run snakemake on the repository's Snakefile in ``workdir``; return its output."""
+    command = snakemake_command(workdir, *args, config=config)
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -192,21 +187,7 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
     config = copy.deepcopy(tiny_study)
     config["training"]["epochs"] = 8
-    (rerun_dir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(rerun_dir),
-        "--configfile",
-        str(rerun_dir / "study.yaml"),
-        "--cores",
-        "1",
-        target,
-    ]
+    command = snakemake_command(rerun_dir, "--cores", "1", target, config=config)
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -38,8 +38,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "emsim-evaluation"
 FORMAT_VERSION = 1
-META_FIELDS = (
-    "stage",
+TRAINING_FIELDS = (  # a model's training outcome and cost, copied into its evaluation record
     "best_epoch",
     "best_val_loss",
     "train_time_s",
@@ -48,9 +47,8 @@ META_FIELDS = (
     "images_seen",
     "peak_memory_MB",
     "stopped_early_after",
-    "seeds",
-    "history",
 )
+META_FIELDS = ("stage", *TRAINING_FIELDS, "seeds", "history")
 
 
 def load_split(path: str | os.PathLike, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from emsim.io import atomic_path
+from emsim.learning.evaluate import TRAINING_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +52,6 @@ SHORT = {
     "recall": "recall",
     "accuracy": "accuracy",
 }
-TRAINING_FIELDS = (
-    "best_epoch",
-    "best_val_loss",
-    "train_time_s",
-    "trainable_params",
-    "total_params",
-    "images_seen",
-    "peak_memory_MB",
-    "stopped_early_after",
-)
 PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 
 
