@@ -196,12 +196,6 @@ class ShardWaves:
             )
 
 
-def read_zero_defocus_A(path: str | Path) -> np.ndarray:
-    """The (n,) zero-defocus values of a shard file, without reading its waves."""
-    with reading(path, "exit-wave shard"), h5py.File(path, "r") as f:
-        return f["zero_defocus_A"][()]
-
-
 def simulate_shard(
     scenes: list,
     indices: list[int],
