@@ -10,9 +10,9 @@ from emsim.learning import evaluate, ood, train
 from emsim.learning.models import UNet, save_model
 
 
-def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> str:
+def make_domain(path, domain: str, contrast: float, dose: float, n: int = 24) -> str:
     images, labels = disc_images(np.random.default_rng(len(domain)), n, 64, contrast, dose)
-    splits = {"train": np.arange(2), "val": np.arange(2, 4), "test": np.arange(4, 6)}
+    splits = {"train": np.arange(16), "val": np.arange(16, 20), "test": np.arange(20, 24)}
     data.write_dataset(
         path,
         images,
@@ -26,16 +26,17 @@ def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> 
 
 def test_score_grows_with_the_shift():
     rng = np.random.default_rng(0)
+    model = UNet(width=0.125, generator=torch.Generator().manual_seed(0)).train()
     train_images, _ = disc_images(rng, 16, 64, contrast=0.5, dose=40.0)
-    ref = ood.reference(train_images, 0.4)
-    assert ref["pixel_size_A"] == 0.4 and ref["size_px"] == 64
-    scores = [
-        np.mean([ood.score(image, ref) for image in disc_images(rng, 4, 64, 0.5, dose)[0]])
-        for dose in (40.0, 10.0, 2.0)
-    ]
+    ref = ood.reference(model, train_images, 0.4)
+    assert ref["pixel_size_A"] == 0.4 and ref["size_px"] == 64 and model.training
+    channels = [len(m) for m in ref["feature_mean"][0]]
+    assert len(ref["feature_mean"]) == 5 and channels == [model.encoder.out_channels[0]] * 2
+    scores = [ood.scores(model, disc_images(rng, 4, 64, 0.5, dose)[0], ref).mean() for dose in (40.0, 10.0, 2.0)]
     assert scores[0] < ood.DEFAULT_THRESHOLD and scores[0] < scores[1] < scores[2]
     big = np.tile(disc_images(rng, 1, 64, 0.5, 40.0)[0][0], (3, 4))  # tiled at training size
-    assert ood.score(big, ref) < ood.DEFAULT_THRESHOLD
+    assert ood.tiles(big, 64).shape == (12, 64, 64)
+    assert ood.score(model, big, ref) < ood.DEFAULT_THRESHOLD
 
 
 def test_training_records_the_description_and_study_ranks_domains(tmp_path, capsys):
@@ -47,10 +48,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     meta = train.pretrain(
         near, path, {"width": 0.125, "epochs": 1, "batch_size": 2, "lr": 1e-3, "device": "cpu"}, seed=0
     )
-    assert (
-        meta["input_reference"]["pixel_size_A"] == 0.4
-        and len(meta["input_reference"]["spectrum_mean"]) == ood.SPECTRUM_BINS
-    )
+    assert meta["input_reference"]["pixel_size_A"] == 0.4 and len(meta["input_reference"]["feature_std"]) == 5
     old = results / "models" / "old.pt"  # trained before the description existed
     save_model(
         old,
@@ -67,6 +65,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     by_domain = found["domains"]
     assert by_domain["near"]["score"] < by_domain["mid"]["score"] < by_domain["far"]["score"]
     assert found["rho_domains"] is None or -1 <= found["rho_domains"] <= 1
+    assert set(found["rho_per_model"]) == {str(path), str(old)} and -1 <= found["rho_median"] <= 1
     assert ood.main([str(results), "-o", str(tmp_path / "ood.json")]) == 0
     assert "Spearman rho" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
     with pytest.raises(ValueError, match="no evaluation files"):
