@@ -72,7 +72,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     _check_names(study["experiments"], "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
     set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
-    set_schema["properties"]["labels"] = _without_defaults(
+    set_schema["properties"]["labels"] = settings.without_defaults(
         study_schema.load()["properties"]["labels"]
     )  # the set's overrides
     for name, spec in study["structure_sets"].items():
@@ -203,13 +203,6 @@ def _read(source) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the study config must be a mapping")
     return data
-
-
-def _without_defaults(schema):
-    """A copy of ``schema`` with every ``default`` removed (for blocks that override others)."""
-    if isinstance(schema, dict):
-        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
-    return schema
 
 
 def _validate(instance: dict, schema: dict, where: str) -> None:

@@ -31,7 +31,7 @@ class _Block:
         block = study_schema.load()
         for key in filter(None, cls.BLOCK.split(".")):
             block = block["properties"][key]
-        return _without_defaults(next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block))
+        return without_defaults(next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block))
 
     @classmethod
     def from_dict(cls, block: Mapping):
@@ -73,9 +73,10 @@ def _typed(value, hint):
     return value
 
 
-def _without_defaults(schema):
+def without_defaults(schema):
+    """A copy of ``schema`` with every ``default`` removed (for blocks that must be complete, or override others)."""
     if isinstance(schema, dict):
-        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
+        return {k: without_defaults(v) for k, v in schema.items() if k != "default"}
     return schema
 
 
