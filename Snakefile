@@ -39,11 +39,11 @@ localrules:
 rule all:
     default_target: True
     input:
-        [dataset_path(d) for d in STUDY["domains"]],
+        [dataset_path(d) for d in STUDY.domains],
         [paths.REPORT_CSV.format(experiment=e) for e in EXPERIMENTS],
         [paths.REPORT_FIGURES.format(experiment=e) for e in EXPERIMENTS],
 
 
 rule datasets:
     input:
-        [dataset_path(d) for d in STUDY["domains"]],
+        [dataset_path(d) for d in STUDY.domains],

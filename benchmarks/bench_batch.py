@@ -13,6 +13,7 @@ overhead (wall minus the training time the models record) and the wall ratio.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import numpy as np
 from emsim import data
 from emsim.learning import train
 from emsim.learning.models import load_model
+from emsim.study import schema
+from emsim.study.settings import Training
 
 
 def make_dataset(path: Path, size: int, n: int) -> None:
@@ -49,17 +52,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    cfg = {
+    defaults = {k: v["default"] for k, v in schema.load()["properties"]["training"]["properties"].items()}
+    cfg = defaults | {
         "width": args.width,
         "epochs": args.epochs,
         "batch_size": 8,
         "augmentation": "random",
         "compile": args.compile,
     }
+    training = Training.from_dict(cfg)
     root = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     dataset, pretrained = root / "d.h5", root / "pre.pt"
     make_dataset(dataset, args.size, args.images + 8)
-    train.pretrain(dataset, pretrained, {**cfg, "lr": 1e-3, "epochs": 1}, seed=0, device=args.device)
+    train.pretrain(dataset, pretrained, dataclasses.replace(training, epochs=1), 1e-3, seed=0, device=args.device)
     freezes = ("none", "encoder", "decoder")
     models = [
         {
@@ -82,9 +87,9 @@ def main() -> None:
     started = time.perf_counter()
     for spec, path in zip(models, separate):
         call = (
-            "from emsim.learning import train; "
-            f"train.transfer({spec['pretrained']!r}, {spec['datasets'][0]!r}, {path!r}, "
-            f"{ {**cfg, 'lr': spec['lr']}!r}, {spec['freeze']!r}, {spec['size']}, {spec['seed']}, {args.device!r})"
+            "from emsim.learning import train; from emsim.study.settings import Training; "
+            f"train.transfer({spec['pretrained']!r}, {spec['datasets'][0]!r}, {path!r}, Training.from_dict({cfg!r}), "
+            f"{spec['lr']!r}, {spec['freeze']!r}, {spec['size']}, {spec['seed']}, {args.device!r})"
         )
         subprocess.run([sys.executable, "-c", call], check=True)
     wall_separate = time.perf_counter() - started
@@ -95,8 +100,8 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            "from emsim.learning import batch; "
-            f"batch.train_batch({batched!r}, {cfg!r}, {str(root / 'record.json')!r}, {args.device!r})",
+            "from emsim.learning import batch; from emsim.study.settings import Training; "
+            f"batch.train_batch({batched!r}, Training.from_dict({cfg!r}), {str(root / 'record.json')!r}, {args.device!r})",
         ],
         check=True,
     )

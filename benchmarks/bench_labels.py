@@ -13,6 +13,7 @@ R atoms, in A), and the two labels with each other. Values are means over ``--sc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -61,16 +62,19 @@ def disc_radius_A(mask: np.ndarray, pixel_size_A: float) -> float:
 def main() -> None:
     args = parse_args()
     from emsim.simulation import labels, simulate, structures
+    from emsim.study.settings import Labels, Simulation
 
-    sim = {
-        "sampling_A": args.sampling_A,
-        "slice_thickness_A": 2.0,
-        "frozen_phonons": 1,
-        "phonon_sigma_A": 0.0,
-        "device": "cpu",
-        "calibrate_zero_defocus": False,
-    }
-    microscope = {"energy_eV": 300e3}
+    sim = Simulation(
+        sampling_A=args.sampling_A,
+        slice_thickness_A=2.0,
+        frozen_phonons=1,
+        phonon_sigma_A=0.0,
+        device="cpu",
+        shard_size=1,
+        calibrate_zero_defocus=False,
+        zero_defocus_search_A=(-200.0, 200.0),
+    )
+    energy_eV = 300e3
     pixel_A = args.pixel_size_A
     print(
         f"{args.scenes} particle(s) per row, {args.sampling_A} A sampling, 2 A slices, 300 kV, labels at "
@@ -83,7 +87,14 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lattice in args.lattices:
         blur_A = 1.0 if lattice in FINE_BLUR else 1.6
-        settings = {"threshold_rad": np.pi / 16, "lowpass_sigma_A": 0.5, "closing_A": 1.5, "blur_A": blur_A}
+        settings = Labels(
+            method="phase",
+            atom_radius_A=1.5,
+            threshold_rad=np.pi / 16,
+            lowpass_sigma_A=0.5,
+            closing_A=1.5,
+            blur_A=blur_A,
+        )
         for radius_A in args.radii:
             # a cell that is a whole number of image pixels and of even size
             size_px = 2 * int(np.ceil((2.5 * radius_A + args.margin_A) / (2 * pixel_A)))
@@ -94,10 +105,10 @@ def main() -> None:
             for i in range(args.scenes):
                 scene = structures.build_scene(particles, substrate, cell_A, np.random.default_rng(i))
                 atoms = scene.particle_atoms()
-                wave = simulate.vacuum_exit_wave(atoms, sim, microscope)
+                wave = simulate.vacuum_exit_wave(atoms, sim, energy_eV)
                 by_phase, by_potential = (
                     labels.label(
-                        wave, atoms, sim, microscope["energy_eV"], pixel_A, size_px, method, **settings
+                        wave, atoms, sim, energy_eV, pixel_A, size_px, dataclasses.replace(settings, method=method)
                     ).astype(bool)
                     for method in labels.METHODS
                 )

@@ -43,20 +43,24 @@ def main() -> None:
     args = parse_args()
     start = time.perf_counter()
     from emsim.simulation import calibration, labels, optics, simulate, structures
+    from emsim.study.settings import Image, Microscope, Simulation
 
     print(f"import emsim (abTEM included): {time.perf_counter() - start:.2f} s")
     if args.wisdom:
         print(f"FFTW wisdom loaded: {simulate.load_fftw_wisdom(args.wisdom)}")
-    image = {"size_px": args.size_px, "pixel_size_A": args.pixel_size_A, "padding_A": args.padding_A}
+    image = Image(size_px=args.size_px, pixel_size_A=args.pixel_size_A, padding_A=args.padding_A)
     cell_A, cell_px = optics.cell_A(image), optics.cell_px(image)
-    sim = {
-        "sampling_A": args.sampling_A,
-        "slice_thickness_A": 2.0,
-        "frozen_phonons": args.phonons,
-        "phonon_sigma_A": "room_temperature",
-        "device": args.device,
-    }
-    microscope = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
+    sim = Simulation(
+        sampling_A=args.sampling_A,
+        slice_thickness_A=2.0,
+        frozen_phonons=args.phonons,
+        phonon_sigma_A="room_temperature",
+        device=args.device,
+        shard_size=1,
+        calibrate_zero_defocus=True,
+        zero_defocus_search_A=(-200.0, 200.0),
+    )
+    microscope = Microscope(energy_eV=300e3, Cs_A=0.0, focal_spread_A=10.0, angular_spread_mrad=0.0)
     spec = {
         "seed": 1,
         "particles": {"lattice": args.lattice, "radius_A": [15, 25], "count": [1, 3]},
@@ -73,8 +77,8 @@ def main() -> None:
         t0 = time.perf_counter()
         scene = structures.build_structure_set(spec, cell_A, range(i, i + 1))[0]
         t1 = time.perf_counter()
-        full, vacuum, offset_A = simulate.scene_exit_waves(scene, sim, microscope, seed=i)
-        back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), microscope["energy_eV"])
+        full, vacuum, offset_A = simulate.scene_exit_waves(scene, sim, microscope.energy_eV, seed=i)
+        back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), microscope.energy_eV)
         waves = sfft.fft2(full, overwrite_x=True) * back
         t2 = time.perf_counter()
         labels.label_from_vacuum_wave(vacuum, args.sampling_A, args.pixel_size_A, cell_px)

@@ -2,10 +2,11 @@
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
-from test_train import CFG, make_domain
+from test_train import CFG, LR, make_domain
 
 from emsim.learning import batch, train
 from emsim.learning.models import FORMAT_VERSION, load_model
@@ -20,10 +21,10 @@ def domains(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(domains, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    return out, train.pretrain(domains["a"], out, CFG, seed=0)
+    return out, train.pretrain(domains["a"], out, CFG, LR, seed=0)
 
 
-CFG_BATCH = {k: v for k, v in CFG.items() if k not in ("lr", "device")} | {"epochs": 2}
+CFG_BATCH = replace(CFG, device="auto", epochs=2)
 
 
 def transfers(pretrained_path, dataset, tmp_path, seeds=(0, 1), freezes=("encoder", "none")):
@@ -62,7 +63,7 @@ def test_batch_gives_each_model_the_weights_it_gets_alone(domains, pretrained, t
     alone = tmp_path / "alone.pt"
     spec = models[3]
     train.transfer(
-        spec["pretrained"], spec["datasets"][0], alone, {**CFG_BATCH, "lr": spec["lr"]}, spec["freeze"], 4, spec["seed"]
+        spec["pretrained"], spec["datasets"][0], alone, CFG_BATCH, spec["lr"], spec["freeze"], 4, spec["seed"]
     )
     assert same(weights(alone), weights(spec["path"]))
     losses = [[(r["train_loss"], r["val_loss"]) for r in load_model(f)[1]["history"]] for f in (alone, spec["path"])]
@@ -101,12 +102,12 @@ def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_pa
     models = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0,))
     fit = train._fit
 
-    def killed_after_first_epoch(run, model, tr, val, out, cfg, seed, device, on_epoch_end, *method):
+    def killed_after_first_epoch(run, model, tr, val, out, training, lr, seed, device, on_epoch_end, *method):
         def kill(epoch, record):
             if str(out).endswith("none_seed0.pt"):
                 raise KeyboardInterrupt
 
-        return fit(run, model, tr, val, out, cfg, seed, device, kill, *method)
+        return fit(run, model, tr, val, out, training, lr, seed, device, kill, *method)
 
     monkeypatch.setattr(train, "_fit", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
@@ -116,7 +117,7 @@ def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_pa
     entries = batch.train_batch(models, CFG_BATCH, tmp_path / "r.json", device="cpu")
     assert [e["kept"] for e in entries] == [True, False]
     alone = tmp_path / "alone.pt"
-    train.transfer(pretrained[0], domains["b"], alone, {**CFG_BATCH, "lr": 1e-3}, "none", 4, 0)
+    train.transfer(pretrained[0], domains["b"], alone, CFG_BATCH, 1e-3, "none", 4, 0)
     assert same(weights(alone), weights(tmp_path / "none_seed0.pt"))
 
 
@@ -131,7 +132,7 @@ def test_gpu_switches_on_cpu_bf16_compile_fused_stay_close_to_fp32_eager(domains
     for name, switch in (("bf16", {"amp": True}), ("fused", {"fused": True}), ("compile", {"compile": True})):
         (tmp_path / name).mkdir()
         specs = transfers(pretrained[0], domains["b"], tmp_path / name, seeds=(0,), freezes=("encoder",))
-        batch.train_batch(specs, CFG_BATCH | switch, tmp_path / f"{name}.json", device="cpu")
+        batch.train_batch(specs, replace(CFG_BATCH, **switch), tmp_path / f"{name}.json", device="cpu")
         history = load_model(specs[0]["path"])[1]["history"]
         for a, b in zip(reference, history):
             assert abs(a["train_loss"] - b["train_loss"]) < 0.02 and abs(a["val_loss"] - b["val_loss"]) < 0.02, name

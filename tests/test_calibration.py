@@ -1,12 +1,15 @@
 """Zero-defocus calibration: the minimum-contrast plane of a known phase object, fast and full search."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.fft as sfft
 
 from emsim.simulation import calibration, optics
+from emsim.study.settings import Microscope
 
-MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
+MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=0.0, focal_spread_A=0.0, angular_spread_mrad=0.0)
 
 
 def _phase_object_at(defocus_A: float, n: int = 128, sampling: float = 0.2) -> np.ndarray:
@@ -35,7 +38,7 @@ def test_a_bracket_that_misses_the_minimum_falls_back_to_the_full_search():
 
 def test_focal_spread_envelope_crops_the_grid_without_moving_the_minimum():
     wave = _phase_object_at(25.0, n=256, sampling=0.1)
-    with_spread = MICROSCOPE | {"focal_spread_A": 10.0}
+    with_spread = replace(MICROSCOPE, focal_spread_A=10.0)
     spectrum, sampling = calibration._lens_limited_spectrum(wave, 0.1, with_spread)
     assert spectrum.shape[0] < 256 and sampling > 0.1
     assert calibration.zero_defocus_A(wave, 0.1, with_spread, depth_A=40.0) == pytest.approx(25.0, abs=0.2)

@@ -22,10 +22,10 @@ def test_range_sweep_expands_into_domains_sharing_one_structure_set(study):
     study["domains"] = {"df{mean_nm}": {"structure_set": "au", "defocus": {"mean_nm": {"range": [-25, 25, 5]}}}}
     study["image"]["padding_A"] = 9.6  # the lens's reach at 25 nm defocus
     loaded = config.load(study)
-    assert list(loaded["domains"]) == [f"df{v}" for v in range(-25, 30, 5)]
-    assert {d["structure_set"] for d in loaded["domains"].values()} == {"au"}
-    assert loaded["domains"]["df-10"]["defocus"]["mean_nm"] == -10
-    assert loaded["domains"]["df-10"]["sweep"] == {"mean_nm": -10}
+    assert list(loaded.domains) == [f"df{v}" for v in range(-25, 30, 5)]
+    assert {d["structure_set"] for d in loaded.domains.values()} == {"au"}
+    assert loaded.domains["df-10"]["defocus"]["mean_nm"] == -10
+    assert loaded.domains["df-10"]["sweep"] == {"mean_nm": -10}
 
 
 def test_labelled_values_and_product_of_sweeps(study):
@@ -42,18 +42,18 @@ def test_labelled_values_and_product_of_sweeps(study):
     study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
     study["experiments"] = {}
     loaded = config.load(study)
-    assert list(loaded["structure_sets"]) == ["Au_fcc_s", "Au_fcc_l", "Fe_bcc_s", "Fe_bcc_l"]
-    assert loaded["structure_sets"]["Fe_bcc_l"]["particles"]["radius_A"] == [7, 8]
-    assert list(loaded["domains"]) == ["x_Au_fcc_s", "x_Fe_bcc_l"]
+    assert list(loaded.structure_sets) == ["Au_fcc_s", "Au_fcc_l", "Fe_bcc_s", "Fe_bcc_l"]
+    assert loaded.structure_sets["Fe_bcc_l"]["particles"]["radius_A"] == [7, 8]
+    assert list(loaded.domains) == ["x_Au_fcc_s", "x_Fe_bcc_l"]
 
 
 def test_defaults_are_filled(study):
     loaded = config.load(study)
-    assert loaded["structure_sets"]["au"]["particles"]["orientation"] == "zone_axis"
-    assert loaded["training"]["lr_decay"] == 0.99
-    assert loaded["resources"]["training"]["gpu"] == 1
-    assert optics.cell_A(loaded["image"]) == pytest.approx(25.6 + 2 * 4.8)
-    assert "cell_A" not in loaded["image"]  # checks do not write into the config
+    assert loaded.structure_sets["au"]["particles"]["orientation"] == "zone_axis"
+    assert loaded.training.lr_decay == 0.99
+    assert loaded.resources["training"]["gpu"] == 1
+    assert optics.cell_A(loaded.image) == pytest.approx(25.6 + 2 * 4.8)
+    assert not hasattr(loaded.image, "cell_A")  # checks do not write into the config
 
 
 def _edit(study, path, value):
@@ -152,7 +152,7 @@ def test_normalized_slices_ignore_key_order():
 
 def test_seed_study_grid_has_10854_models_sharing_pretraining():
     study = config.load(ROOT / "config/paper.yaml")
-    assert len(study["domains"]) == 11 + 5 + 18
+    assert len(study.domains) == 11 + 5 + 18
     grids = experiments.expand(study)
     counts = {
         name: {stage: sum(m.stage == stage for m in exp.models) for stage in experiments.STAGES}
@@ -234,13 +234,13 @@ def test_whole_number_floats_become_integers(study):
     study["structure_sets"]["au"]["particles"]["count"] = [1.0, 1]
     loaded = config.load(study)
     values = [
-        loaded["image"]["size_px"],
-        loaded["simulation"]["shard_size"],
-        loaded["structure_sets"]["au"]["n_structures"],
-        loaded["training"]["epochs"],
-        loaded["splits"]["train"],
-        loaded["experiments"]["defocus"]["transfer_sizes"][0],
-        loaded["structure_sets"]["au"]["particles"]["count"][0],
+        loaded.image.size_px,
+        loaded.simulation.shard_size,
+        loaded.structure_sets["au"]["n_structures"],
+        loaded.training.epochs,
+        loaded.splits["train"],
+        loaded.experiments["defocus"]["transfer_sizes"][0],
+        loaded.structure_sets["au"]["particles"]["count"][0],
     ]
     assert all(type(v) is int for v in values)
     assert all("_n2_" in m.path for m in experiments.all_models(loaded).values() if m.stage == "transfer")
@@ -251,7 +251,7 @@ def test_limits_can_be_raised_deliberately(study):
     with pytest.raises(ConfigError, match="100000 jobs|limits.max_jobs = 100000"):
         config.load(copy.deepcopy(study))
     study["limits"] = {"max_jobs": 1_000_000}
-    assert config.load(study)["structure_sets"]["au"]["n_structures"] == 400_000
+    assert config.load(study).structure_sets["au"]["n_structures"] == 400_000
 
 
 def test_unet_multiple_matches_the_model():
@@ -272,7 +272,7 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
         study["domains"]["df{mean_nm}"][kind] = {}
         (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(study))
         loaded = config.load(tmp_path / folder / "study.yaml")
-        assert Path(loaded["extensions"][0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
+        assert Path(loaded.extensions[0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
     from emsim.simulation import shifts
 
     assert {"shift_one", "shift_two"} <= set(shifts.SHIFTS)

@@ -36,17 +36,18 @@ def study():
 
 def _dataset(study, shards: list[list[int]], directory) -> dict:
     directory.mkdir(exist_ok=True)
-    spec, paths = study["structure_sets"]["au"], []
+    spec, paths = study.structure_sets["au"], []
     for k, indices in enumerate(shards):
-        scenes = structures.build_structure_set(spec, optics.cell_A(study["image"]), indices)
+        scenes = structures.build_structure_set(spec, optics.cell_A(study.image), indices)
         shard = simulate.simulate_shard(
             scenes,
             indices,
-            study["simulation"],
-            study["microscope"],
-            study["image"],
+            study.simulation,
+            study.microscope.energy_eV,
+            study.image,
             config.set_labels(study, "au"),
             seed=spec["seed"],
+            microscope=study.microscope,
         )
         paths.append(directory / f"shard{k}.h5")
         shard.save(paths[-1], {"structure_set": "au"})

@@ -1,5 +1,7 @@
 """Labels from the particle-in-vacuum wave and from the projected potential (real abTEM), projected-atom masks."""
 
+from dataclasses import replace
+
 import ase
 import numpy as np
 import pytest
@@ -8,10 +10,22 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from emsim.simulation import labels, simulate
+from emsim.study.settings import Labels, Simulation
 
 CELL_A = 40.0
-SIM = {"sampling_A": 0.1, "slice_thickness_A": 2.0, "frozen_phonons": 1, "phonon_sigma_A": 0.1, "device": "cpu"}
-MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
+SIM = Simulation(
+    sampling_A=0.1,
+    slice_thickness_A=2.0,
+    frozen_phonons=1,
+    phonon_sigma_A=0.1,
+    device="cpu",
+    shard_size=1,
+    calibrate_zero_defocus=False,
+    zero_defocus_search_A=(-200.0, 200.0),
+)
+LABELS = Labels(
+    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +35,7 @@ def particle():
     positions = (crystal.positions - crystal.positions.mean(0)) @ Rotation.random(random_state=1).as_matrix().T
     positions = positions[np.linalg.norm(positions, axis=1) < 16.0] + [CELL_A / 2, CELL_A / 2, 17.0]
     atoms = ase.Atoms(f"Au{len(positions)}", positions=positions, cell=[CELL_A, CELL_A, 34.0], pbc=(True, True, False))
-    return atoms, simulate.vacuum_exit_wave(atoms, SIM, MICROSCOPE)
+    return atoms, simulate.vacuum_exit_wave(atoms, SIM, 300e3)
 
 
 def iou(a, b):
@@ -40,14 +54,16 @@ def test_label_is_solid_and_matches_projected_atoms(particle):
 def test_potential_label_follows_the_outline_at_least_as_closely_as_the_phase_label(particle):
     atoms, wave = particle
     outline = labels.projected_atom_mask(atoms.positions, CELL_A, 200, radius_A=1.5)
-    phase = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="phase").astype(bool)
-    potential = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="potential").astype(bool)
+    phase = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, LABELS).astype(bool)
+    potential = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, replace(LABELS, method="potential")).astype(bool)
     assert np.array_equal(ndimage.binary_fill_holes(potential), potential)
     assert iou(potential, outline) >= 0.8 and iou(potential, outline) >= iou(phase, outline) - 0.02
-    atoms_label = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="atoms", blur_A=0.4).astype(bool)
+    atoms_label = labels.label(wave, atoms, SIM, 300e3, 0.2, 200, replace(LABELS, method="atoms", blur_A=0.4)).astype(
+        bool
+    )
     assert iou(atoms_label, ndimage.binary_fill_holes(outline)) >= 0.95 > iou(potential, outline)
     with pytest.raises(ValueError, match="labels.method"):
-        labels.label(wave, atoms, SIM, 300e3, 0.2, 200, method="outline")
+        labels.label(wave, atoms, SIM, 300e3, 0.2, 200, replace(LABELS, method="outline"))
 
 
 def test_label_fills_holes_across_the_periodic_edge():

@@ -1,18 +1,21 @@
 """Transfer methods on tiny synthetic domains (64 px, width 0.125, CPU) and their study config."""
 
+from dataclasses import asdict, replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_train import CFG, make_domain
+from test_train import CFG, LR, make_domain
 
 from emsim import data
 from emsim.learning import methods, train
 from emsim.learning.models import UNet, load_model
 from emsim.study import config, experiments
 from emsim.study import methods as specs
+from emsim.study.settings import EarlyStopping, Training
 
-CFG2 = {**CFG, "epochs": 2}
+CFG2 = replace(CFG, epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def domains(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(domains, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=0)
+    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=0)
     return out
 
 
@@ -41,7 +44,7 @@ def lora_params(model, rank) -> int:
 
 
 def resolved(entry, epochs=2):
-    return specs.resolve(entry, "m", epochs, CFG["width"])
+    return specs.resolve(entry, "m", epochs, CFG.width)
 
 
 EXPECTED_GROUPS = {  # method -> block groups whose pretrained weights change in a 2-epoch run
@@ -57,7 +60,9 @@ EXPECTED_GROUPS = {  # method -> block groups whose pretrained weights change in
 def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path, name):
     method = resolved({"method": name, "rank": 2} if name == "lora" else name)
     out = tmp_path / "t.pt"
-    meta = train.transfer(pretrained, domains["b"], out, {**CFG2, "epochs": 2}, "encoder", 6, seed=1, method=method)
+    meta = train.transfer(
+        pretrained, domains["b"], out, replace(CFG2, epochs=2), LR, "encoder", 6, seed=1, method=method
+    )
     before, after = load_model(pretrained)[0], load_model(out)[0]
     sizes = group_sizes(before)
     changed = {
@@ -91,7 +96,9 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
 
 def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(domains, pretrained, tmp_path):
     out = tmp_path / "adabn.pt"
-    meta = train.transfer(pretrained, domains["b"], out, {**CFG, "batch_size": 8}, "none", 6, seed=1, method="adabn")
+    meta = train.transfer(
+        pretrained, domains["b"], out, replace(CFG, batch_size=8), LR, "none", 6, seed=1, method="adabn"
+    )
     before, after = load_model(pretrained)[0].state_dict(), load_model(out)[0]
     state = after.state_dict()
     differing = {k for k in before if not torch.equal(before[k], state[k])}
@@ -149,9 +156,9 @@ def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):
     assert [len(method.trainable_groups(e)) for e in range(14)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     spec = resolved({"method": "gradual", "start": "decoder", "every": 1}, 6)
     meta = train.transfer(
-        pretrained, domains["b"], tmp_path / "g.pt", {**CFG, "epochs": 6}, "none", 4, seed=1, method=spec
+        pretrained, domains["b"], tmp_path / "g.pt", replace(CFG, epochs=6), LR, "none", 4, seed=1, method=spec
     )
-    sizes = group_sizes(UNet(CFG["width"]))
+    sizes = group_sizes(UNet(CFG.width))
     cumulative = [sum(sizes[g] for g in specs.GROUPS[: k + 2]) for k in range(6)]
     assert [r["trainable_params"] for r in meta["history"]] == cumulative
 
@@ -167,10 +174,10 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
         raise Killed
 
     with pytest.raises(Killed):
-        train.transfer(pretrained, domains["b"], out, CFG2, "none", 4, seed=1, method=spec, on_epoch_end=kill)
+        train.transfer(pretrained, domains["b"], out, CFG2, LR, "none", 4, seed=1, method=spec, on_epoch_end=kill)
     groups = torch.load(f"{out}.ckpt", weights_only=True)["optimizer"]["param_groups"]
-    assert [g["lr"] for g in groups] == pytest.approx([CFG["lr"] * 0.25**i for i in range(len(specs.GROUPS))])
-    names = [n for n, _ in UNet(CFG["width"]).named_parameters()]
+    assert [g["lr"] for g in groups] == pytest.approx([LR * 0.25**i for i in range(len(specs.GROUPS))])
+    names = [n for n, _ in UNet(CFG.width).named_parameters()]
     tensors = [sum(methods._group_of(n) == g for n in names) for g in specs.GROUPS]
     assert [len(g["params"]) for g in groups] == tensors and all(tensors)
 
@@ -180,8 +187,8 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
 )
 def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_path, method):
     spec = resolved(method, 3 if method != "gradual" else 6)
-    cfg = {**CFG, "epochs": 3 if method != "gradual" else 6}
-    train.transfer(pretrained, domains["b"], tmp_path / "full.pt", cfg, "encoder", 4, seed=2, method=spec)
+    cfg = replace(CFG, epochs=3 if method != "gradual" else 6)
+    train.transfer(pretrained, domains["b"], tmp_path / "full.pt", cfg, LR, "encoder", 4, seed=2, method=spec)
 
     class Killed(Exception):
         pass
@@ -192,13 +199,14 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.transfer(pretrained, domains["b"], resumed, cfg, "encoder", 4, seed=2, method=spec, on_epoch_end=kill)
+        train.transfer(pretrained, domains["b"], resumed, cfg, LR, "encoder", 4, seed=2, method=spec, on_epoch_end=kill)
     epochs = []
     train.transfer(
         pretrained,
         domains["b"],
         resumed,
         cfg,
+        LR,
         "encoder",
         4,
         seed=2,
@@ -211,18 +219,20 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
 
 
 def test_early_stopping_stops_where_the_history_says(domains, tmp_path):
-    cfg = {**CFG, "epochs": 5, "early_stopping": {"patience": 2, "min_delta": 100.0}}  # only epoch 1 improves
-    meta = train.pretrain(domains["b"], tmp_path / "p.pt", cfg, seed=0)
+    cfg = replace(CFG, epochs=5, early_stopping=EarlyStopping(patience=2, min_delta=100.0))  # only epoch 1 improves
+    meta = train.pretrain(domains["b"], tmp_path / "p.pt", cfg, LR, seed=0)
     assert [r["epoch"] for r in meta["history"]] == [1, 2, 3]
     assert meta["stopped_early_after"] == 3
     losses = [r["val_loss"] for r in meta["history"]]
     assert meta["best_epoch"] == 1 + losses.index(min(losses))  # selection still takes the lowest loss
     assert (
-        train.pretrain(domains["b"], tmp_path / "q.pt", {**cfg, "early_stopping": None}, seed=0)["stopped_early_after"]
+        train.pretrain(domains["b"], tmp_path / "q.pt", replace(cfg, early_stopping=None), LR, seed=0)[
+            "stopped_early_after"
+        ]
         is None
     )
     with pytest.raises(ValueError, match="early_stopping"):
-        train.resolve_cfg({**cfg, "early_stopping": {"patience": 0}})
+        Training.from_dict({**asdict(cfg), "early_stopping": {"patience": 0}})
 
 
 def study(methods_list, epochs=6):

@@ -7,6 +7,7 @@ import scipy.fft as sfft
 from ase.cluster import FaceCenteredCubic
 
 from emsim.simulation import optics
+from emsim.study.settings import Microscope
 
 ENERGY_EV = 300e3
 SAMPLING_A = 0.1
@@ -56,11 +57,12 @@ def test_image_matches_abtem_ctf(exit_wave, params):
         phi12_rad=params.get("phi12", 0.0),
         C30_A=params.get("Cs", 0.0),
     )
-    microscope = {
-        "energy_eV": ENERGY_EV,
-        "focal_spread_A": params.get("focal_spread", 0.0),
-        "angular_spread_mrad": params.get("angular_spread", 0.0),
-    }
+    microscope = Microscope(
+        energy_eV=ENERGY_EV,
+        Cs_A=params.get("Cs", 0.0),
+        focal_spread_A=params.get("focal_spread", 0.0),
+        angular_spread_mrad=params.get("angular_spread", 0.0),
+    )
     image = optics.image_from_waves(sfft.fft2(exit_wave), SAMPLING_A, aberrations, microscope, 0.2, 128)
     assert image.dtype == np.float32 and image.shape == (128, 128)
     assert reference.std() > 0.01
@@ -86,7 +88,7 @@ def test_scherzer_defocus_and_dark_atoms():
     x = (np.arange(128) - 64) * 0.2
     bump = 0.1 * np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 0.6**2))
     waves = sfft.fft2(np.exp(1j * bump).astype(np.complex64))
-    microscope = {"energy_eV": ENERGY_EV, "Cs_A": 1.2e7, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
+    microscope = Microscope(energy_eV=ENERGY_EV, Cs_A=1.2e7, focal_spread_A=0.0, angular_spread_mrad=0.0)
     under = optics.image_from_waves(
         waves, 0.2, optics.Aberrations.from_microscope(microscope, defocus), microscope, 0.4, 64
     )
@@ -123,7 +125,7 @@ def test_astigmatism_elongates_thon_rings_along_phi12():
         waves,
         sampling,
         aberrations,
-        {"energy_eV": ENERGY_EV, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0},
+        Microscope(energy_eV=ENERGY_EV, Cs_A=0.0, focal_spread_A=0.0, angular_spread_mrad=0.0),
         0.4,
         256,
     )
@@ -142,7 +144,7 @@ def test_astigmatism_elongates_thon_rings_along_phi12():
 
 def test_vacuum_images_to_one():
     waves = sfft.fft2(np.ones((2, 64, 64), np.complex64))
-    microscope = {"energy_eV": ENERGY_EV, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.5}
+    microscope = Microscope(energy_eV=ENERGY_EV, Cs_A=1.2e7, focal_spread_A=10.0, angular_spread_mrad=0.5)
     aberrations = optics.Aberrations.from_microscope(microscope, 100.0, C12_A=20.0)
     image = optics.image_from_waves(waves, 0.1, aberrations, microscope, 0.2, 32)
     np.testing.assert_allclose(image, 1.0, atol=1e-5)

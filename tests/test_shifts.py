@@ -5,8 +5,9 @@ import pytest
 
 from emsim.simulation import domains, optics, shifts
 from emsim.simulation.simulate import ShardWaves
+from emsim.study.settings import Image, Microscope
 
-MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 0.0, "focal_spread_A": 0.0, "angular_spread_mrad": 0.0}
+MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=0.0, focal_spread_A=0.0, angular_spread_mrad=0.0)
 SAMPLING_A = 0.2
 SIZE = 256
 
@@ -25,8 +26,8 @@ def carbon_like_waves(seed=0) -> ShardWaves:
 
 
 def render(domain: dict, seed=0) -> np.ndarray:
-    params = {"image": {"pixel_size_A": SAMPLING_A, "size_px": SIZE, "padding_A": 0.0}, "microscope": MICROSCOPE}
-    image, _ = domains.render_image(carbon_like_waves(seed), 0, domain, params, np.random.default_rng(1))
+    image_cfg = Image(size_px=SIZE, pixel_size_A=SAMPLING_A, padding_A=0.0)
+    image, _ = domains.render_image(carbon_like_waves(seed), 0, domain, MICROSCOPE, image_cfg, np.random.default_rng(1))
     return image
 
 
@@ -39,7 +40,7 @@ def effective_defocus_A(power: np.ndarray, angle_deg: float, width_deg: float = 
 
     Angles follow the project's convention: from array axis 0 towards axis 1.
     """
-    lam = optics.wavelength_A(MICROSCOPE["energy_eV"])
+    lam = optics.wavelength_A(MICROSCOPE.energy_eV)
     k0 = np.fft.fftfreq(SIZE, SAMPLING_A)[:, None]
     k1 = np.fft.fftfreq(SIZE, SAMPLING_A)[None, :]
     k = np.hypot(k0, k1)

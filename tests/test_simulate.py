@@ -1,5 +1,7 @@
 """Multislice exit waves (real abTEM) of tiny scenes, frozen phonons, shards on disk."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -7,20 +9,25 @@ import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
 from emsim.simulation import optics, simulate, structures
+from emsim.study.settings import Image, Labels, Microscope, Simulation
 
 CELL_A = 25.6
-SIM = {
-    "sampling_A": 0.2,
-    "slice_thickness_A": 2.0,
-    "frozen_phonons": 2,
-    "phonon_sigma_A": 0.1,
-    "device": "cpu",
-    "calibrate_zero_defocus": False,
-    "zero_defocus_search_A": [-200.0, 200.0],
-}
-MICROSCOPE = {"energy_eV": 300e3, "Cs_A": 1.2e7, "focal_spread_A": 10.0, "angular_spread_mrad": 0.0}
-IMAGE = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0}
-LABELS = {"threshold_rad": np.pi / 16, "lowpass_sigma_A": 0.5, "closing_A": 1.5, "blur_A": 1.0}
+SIM = Simulation(
+    sampling_A=0.2,
+    slice_thickness_A=2.0,
+    frozen_phonons=2,
+    phonon_sigma_A=0.1,
+    device="cpu",
+    shard_size=2,
+    calibrate_zero_defocus=False,
+    zero_defocus_search_A=(-200.0, 200.0),
+)
+MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=1.2e7, focal_spread_A=10.0, angular_spread_mrad=0.0)
+ENERGY_EV = MICROSCOPE.energy_eV
+IMAGE = Image(size_px=64, pixel_size_A=0.4, padding_A=0.0)
+LABELS = Labels(
+    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
+)
 PARTICLES = {"lattice": "Au_fcc", "radius_A": [6, 7], "count": [1, 1], "min_gap_A": 4}
 SUBSTRATE = {"thickness_A": [8, 10], "density_g_cm3": 2.0}
 
@@ -32,21 +39,21 @@ def scenes():
 
 def test_exit_waves_frozen_phonons(scenes):
     atoms = scenes[0].atoms()
-    waves = simulate.exit_waves(atoms, SIM | {"frozen_phonons": 3}, MICROSCOPE, seed=5)
+    waves = simulate.exit_waves(atoms, replace(SIM, frozen_phonons=3), ENERGY_EV, seed=5)
     assert waves.shape == (3, 128, 128) and waves.dtype == np.complex64
     assert np.abs(waves[0] - waves[1]).max() > 0.01  # configurations differ
-    assert simulate.exit_waves(atoms, SIM | {"frozen_phonons": 3}, MICROSCOPE, seed=5).tobytes() == waves.tobytes()
-    assert not np.array_equal(simulate.exit_waves(atoms, SIM | {"frozen_phonons": 3}, MICROSCOPE, seed=6), waves)
+    assert simulate.exit_waves(atoms, replace(SIM, frozen_phonons=3), ENERGY_EV, seed=5).tobytes() == waves.tobytes()
+    assert not np.array_equal(simulate.exit_waves(atoms, replace(SIM, frozen_phonons=3), ENERGY_EV, seed=6), waves)
 
 
 def test_scene_waves_share_one_multislice(scenes):
-    static = SIM | {"frozen_phonons": 1, "phonon_sigma_A": 0.0}
+    static = replace(SIM, frozen_phonons=1, phonon_sigma_A=0.0)
     scene = scenes[0]
-    full, vacuum, offset_A = simulate.scene_exit_waves(scene, static, MICROSCOPE, seed=0)
+    full, vacuum, offset_A = simulate.scene_exit_waves(scene, static, ENERGY_EV, seed=0)
     particles = scene.particle_atoms()
     assert offset_A == pytest.approx(scene.cell_A[2] - particles.cell[2, 2])
-    np.testing.assert_array_equal(vacuum, simulate.vacuum_exit_wave(particles, static, MICROSCOPE))
-    direct = simulate.exit_waves(scene.atoms(), static, MICROSCOPE, seed=0)
+    np.testing.assert_array_equal(vacuum, simulate.vacuum_exit_wave(particles, static, ENERGY_EV))
+    direct = simulate.exit_waves(scene.atoms(), static, ENERGY_EV, seed=0)
     assert full.shape == direct.shape == (1, 128, 128)
     # two-stage and one-stage multislice differ only by where the slice boundaries fall
     assert np.corrcoef(np.abs(full[0]).ravel(), np.abs(direct[0]).ravel())[0, 1] > 0.99
@@ -54,23 +61,23 @@ def test_scene_waves_share_one_multislice(scenes):
 
 def test_negative_C10_undoes_vacuum_propagation(scenes):
     """The sign ``simulate_shard`` uses to refer waves back to the particles' exit plane."""
-    static = SIM | {"frozen_phonons": 1, "phonon_sigma_A": 0.0}
+    static = replace(SIM, frozen_phonons=1, phonon_sigma_A=0.0)
     particles = scenes[0].particle_atoms()
     deeper = particles.copy()
     deeper.cell[2, 2] += 20.0
-    near = sfft.fft2(simulate.vacuum_exit_wave(particles, static, MICROSCOPE))
-    far = sfft.fft2(simulate.vacuum_exit_wave(deeper, static, MICROSCOPE))
+    near = sfft.fft2(simulate.vacuum_exit_wave(particles, static, ENERGY_EV))
+    far = sfft.fft2(simulate.vacuum_exit_wave(deeper, static, ENERGY_EV))
     grid = optics.k_grid(near.shape, 0.2)
     strong = np.abs(near) > 1e-2 * np.abs(near).max()
     for C10_A, expected in ((-20.0, True), (20.0, False)):
-        back = far * optics.ctf(grid, optics.Aberrations(C10_A=C10_A), MICROSCOPE["energy_eV"])
+        back = far * optics.ctf(grid, optics.Aberrations(C10_A=C10_A), ENERGY_EV)
         residual = np.abs(np.angle(back[strong] / near[strong])).max()
         assert (residual < 0.02) == expected
 
 
 def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
-    sim = SIM | {"calibrate_zero_defocus": True}
-    shard = simulate.simulate_shard(scenes, [0, 1], sim, MICROSCOPE, IMAGE, LABELS, seed=11)
+    sim = replace(SIM, calibrate_zero_defocus=True)
+    shard = simulate.simulate_shard(scenes, [0, 1], sim, ENERGY_EV, IMAGE, LABELS, seed=11, microscope=MICROSCOPE)
     assert shard.waves.shape == (2, 2, 128, 128) and shard.waves.dtype == np.complex64
     assert shard.labels.shape == (2, 64, 64) and shard.labels.dtype == np.uint8
     assert 0 < shard.labels.mean() < 0.5
@@ -80,8 +87,8 @@ def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
         shard.sampling_A,
         optics.Aberrations.from_microscope(MICROSCOPE, 100.0),
         MICROSCOPE,
-        IMAGE["pixel_size_A"],
-        IMAGE["size_px"],
+        IMAGE.pixel_size_A,
+        IMAGE.size_px,
     )
     assert image.mean() == pytest.approx(1.0, abs=0.05)
 
@@ -96,24 +103,24 @@ def test_simulate_shard_round_trip_and_reproducible(scenes, tmp_path):
         assert f.attrs["structure_set"] == "au" and '"emsim"' in f.attrs["provenance"]
         assert "Fourier" in f["waves"].attrs["convention"]
 
-    again = simulate.simulate_shard(scenes, [0, 1], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
+    again = simulate.simulate_shard(scenes, [0, 1], SIM, ENERGY_EV, IMAGE, LABELS, seed=11)
     assert again.waves.tobytes() == shard.waves.tobytes()
     assert np.all(np.isnan(again.zero_defocus_A))
-    other = simulate.simulate_shard(scenes[:1], [0], SIM, MICROSCOPE, IMAGE, LABELS, seed=12)
+    other = simulate.simulate_shard(scenes[:1], [0], SIM, ENERGY_EV, IMAGE, LABELS, seed=12)
     assert not np.array_equal(other.waves[0], shard.waves[0])
 
 
 def test_waves_depend_on_the_structure_index_not_the_shard(scenes):
-    both = simulate.simulate_shard(scenes, [4, 5], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
-    alone = simulate.simulate_shard(scenes[1:], [5], SIM, MICROSCOPE, IMAGE, LABELS, seed=11)
+    both = simulate.simulate_shard(scenes, [4, 5], SIM, ENERGY_EV, IMAGE, LABELS, seed=11)
+    alone = simulate.simulate_shard(scenes[1:], [5], SIM, ENERGY_EV, IMAGE, LABELS, seed=11)
     assert alone.waves[0].tobytes() == both.waves[1].tobytes()
     assert alone.labels[0].tobytes() == both.labels[1].tobytes()
 
 
 def test_vacuum_wave_is_the_static_particles(scenes):
     scene = scenes[0]
-    _, vacuum, _ = simulate.scene_exit_waves(scene, SIM, MICROSCOPE, seed=3)
-    static = simulate.vacuum_exit_wave(scene.particle_atoms(), SIM, MICROSCOPE)
+    _, vacuum, _ = simulate.scene_exit_waves(scene, SIM, ENERGY_EV, seed=3)
+    static = simulate.vacuum_exit_wave(scene.particle_atoms(), SIM, ENERGY_EV)
     np.testing.assert_array_equal(vacuum, static)
 
 
@@ -122,15 +129,15 @@ def test_padding_keeps_the_window_free_of_wrapped_detail():
     window, against a 20 A padding: with the padding covering the lens's reach (about 10 A here,
     ``emsim.simulation.optics.delocalisation_A``) the window no longer changes."""
     particle = structures.nanoparticle(structures.LATTICES["Au_fcc"], 6.0, 0, np.random.default_rng(0))
-    microscope = MICROSCOPE | {"Cs_A": 0.0}
+    microscope = replace(MICROSCOPE, Cs_A=0.0)
 
     def window(padding_A: float) -> np.ndarray:
-        image = {"size_px": 48, "pixel_size_A": 0.4, "padding_A": padding_A}
+        image = Image(size_px=48, pixel_size_A=0.4, padding_A=padding_A)
         cell_A = optics.cell_A(image)
         atoms = particle.copy()
         atoms.set_cell([cell_A, cell_A, 20.0])
         atoms.center()
-        waves = sfft.fft2(simulate.exit_waves(atoms, SIM | {"frozen_phonons": 1, "phonon_sigma_A": 0.0}, microscope, 0))
+        waves = sfft.fft2(simulate.exit_waves(atoms, replace(SIM, frozen_phonons=1, phonon_sigma_A=0.0), ENERGY_EV, 0))
         intensity = optics.image_from_waves(
             waves, 0.2, optics.Aberrations(C10_A=-200.0), microscope, 0.4, optics.cell_px(image)
         )
@@ -153,20 +160,20 @@ def test_load_rejects_other_files(tmp_path):
 @pytest.mark.skipif(abtem_backend.cp is not None, reason="CuPy is installed")
 def test_gpu_without_cupy_is_an_error(scenes):
     with pytest.raises(RuntimeError, match="simulation.device='gpu'"):
-        simulate.exit_waves(scenes[0].atoms(), SIM | {"device": "gpu"}, MICROSCOPE, seed=0)
+        simulate.exit_waves(scenes[0].atoms(), replace(SIM, device="gpu"), ENERGY_EV, seed=0)
 
 
 def test_bad_configuration_is_named(scenes):
     atoms = scenes[0].atoms()
     with pytest.raises(ValueError, match="simulation.device"):
-        simulate.simulate_shard(scenes, [0, 1], SIM | {"device": "tpu"}, MICROSCOPE, IMAGE, LABELS, seed=0)
+        simulate.simulate_shard(scenes, [0, 1], replace(SIM, device="tpu"), ENERGY_EV, IMAGE, LABELS, seed=0)
     with pytest.raises(ValueError, match="simulation.sampling_A"):
-        simulate.exit_waves(atoms, SIM | {"sampling_A": 0.3}, MICROSCOPE, seed=0)
+        simulate.exit_waves(atoms, replace(SIM, sampling_A=0.3), ENERGY_EV, seed=0)
     with pytest.raises(ValueError, match="simulation.phonon_sigma_A"):
-        simulate.exit_waves(atoms, SIM | {"phonon_sigma_A": {"C": 0.1}}, MICROSCOPE, seed=0)
+        simulate.exit_waves(atoms, replace(SIM, phonon_sigma_A={"C": 0.1}), ENERGY_EV, seed=0)
     with pytest.raises(ValueError, match="image.size_px"):
         simulate.simulate_shard(
-            scenes, [0, 1], SIM, MICROSCOPE, {"size_px": 32, "pixel_size_A": 0.4, "padding_A": 0.0}, LABELS, seed=0
+            scenes, [0, 1], SIM, ENERGY_EV, Image(size_px=32, pixel_size_A=0.4, padding_A=0.0), LABELS, seed=0
         )
 
 

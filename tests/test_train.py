@@ -2,6 +2,7 @@
 
 import logging
 import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +13,32 @@ from emsim import data
 from emsim.learning import evaluate, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
-from emsim.study import experiments
+from emsim.study import config, experiments, schema
+from emsim.study.settings import Training
 
 SIZE_PX = 64
+
+
 # one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
 # augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
-CFG = {
-    "width": 0.125,
-    "epochs": 3,
-    "batch_size": 4,
-    "lr": 3e-3,
-    "lr_decay": 0.9,
-    "amp": False,
-    "channels_last": False,
-    "compile": False,
-    "device": "cpu",
-    "augmentation": "random",
-}
+def training(**keys) -> Training:
+    """The training block ``keys`` with the schema's defaults for the keys it lacks."""
+    defaults = {k: v["default"] for k, v in schema.load()["properties"]["training"]["properties"].items()}
+    return Training.from_dict(defaults | keys)
+
+
+CFG = training(
+    width=0.125,
+    epochs=3,
+    batch_size=4,
+    lr_decay=0.9,
+    amp=False,
+    channels_last=False,
+    compile=False,
+    device="cpu",
+    augmentation="random",
+)
+LR = 3e-3
 
 
 def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
@@ -63,23 +73,23 @@ def domains(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(domains, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    return out, train.pretrain(domains["a"], out, CFG, seed=0)
+    return out, train.pretrain(domains["a"], out, CFG, LR, seed=0)
 
 
 def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
     out = tmp_path / "model.pt"
-    meta = train.pretrain(domains["a"], out, {**CFG, "epochs": 6}, seed=3, size=12)
+    meta = train.pretrain(domains["a"], out, replace(CFG, epochs=6), LR, seed=3, size=12)
     history = meta["history"]
     assert [r["epoch"] for r in history] == list(range(1, 7))
     assert history[0]["val_loss"] > 0.6 > 2 * meta["best_val_loss"]  # ln 2 = 0.69: chance
     assert history[-1]["train_loss"] < 0.4 * history[0]["train_loss"]
-    assert history[1]["lr"] == pytest.approx(CFG["lr"] * CFG["lr_decay"])
+    assert history[1]["lr"] == pytest.approx(LR * CFG.lr_decay)
     assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
     assert meta["best_epoch"] == 1 + int(np.argmin([r["val_loss"] for r in history]))
     assert (meta["train_size"], meta["val_size"], meta["source_domain"]) == (12, 4, "a")
     assert meta["trainable_params"] == meta["total_params"]
     model, saved = load_model(out)
-    assert saved["history"] == history and saved["config"]["lr"] == CFG["lr"]
+    assert saved["history"] == history and saved["config"]["lr"] == LR
     assert not (tmp_path / "model.pt.ckpt").exists()
     # the saved weights are the best-validation ones
     images, labels = data.read_split(domains["a"], "val")
@@ -95,10 +105,10 @@ def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tm
     other_epoch = train._epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
     assert torch.equal(order, again[0]) and not torch.equal(order, other_epoch[0])
     meta = train.pretrain(
-        domains["a"], tmp_path / "m.pt", {**CFG, "epochs": 2, "augmentation": "dihedral8"}, seed=0, size=3
+        domains["a"], tmp_path / "m.pt", replace(CFG, epochs=2, augmentation="dihedral8"), LR, seed=0, size=3
     )
     assert [r["images_seen"] for r in meta["history"]] == [24, 48]
-    meta = train.pretrain(domains["a"], tmp_path / "r.pt", {**CFG, "epochs": 2}, seed=0, size=3)
+    meta = train.pretrain(domains["a"], tmp_path / "r.pt", replace(CFG, epochs=2), LR, seed=0, size=3)
     assert [r["images_seen"] for r in meta["history"]] == [3, 6]
 
 
@@ -115,9 +125,9 @@ def test_random_augmentation_draws_as_before_dihedral8_existed():
 
 @pytest.mark.parametrize("augmentation, size", [("random", None), ("dihedral8", 3)])
 def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augmentation, size):
-    cfg = {**CFG, "augmentation": augmentation}
+    cfg = replace(CFG, augmentation=augmentation)
     full = tmp_path / "full.pt"
-    meta_full = train.pretrain(domains["a"], full, cfg, seed=5, size=size)
+    meta_full = train.pretrain(domains["a"], full, cfg, LR, seed=5, size=size)
 
     class Killed(Exception):
         pass
@@ -128,11 +138,11 @@ def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augment
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.pretrain(domains["a"], resumed, cfg, seed=5, size=size, on_epoch_end=kill_after_first_epoch)
+        train.pretrain(domains["a"], resumed, cfg, LR, seed=5, size=size, on_epoch_end=kill_after_first_epoch)
     assert not resumed.exists() and (tmp_path / "resumed.pt.ckpt").exists()
     epochs_run = []
     meta_resumed = train.pretrain(
-        domains["a"], resumed, cfg, seed=5, size=size, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        domains["a"], resumed, cfg, LR, seed=5, size=size, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
     )
     assert epochs_run == [2, 3]
     assert not (tmp_path / "resumed.pt.ckpt").exists()
@@ -150,15 +160,20 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=1, on_epoch_end=stop)
+        train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=1, on_epoch_end=stop)
     epochs_run = []
     with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
         train.pretrain(
-            domains["a"], out, {**CFG, "epochs": 1}, seed=2, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+            domains["a"],
+            out,
+            replace(CFG, epochs=1),
+            LR,
+            seed=2,
+            on_epoch_end=lambda epoch, record: epochs_run.append(epoch),
         )
     assert epochs_run == [1] and "ignoring checkpoint" in caplog.text
     Path(f"{out}.ckpt").write_bytes(b"truncated")
-    train.pretrain(domains["a"], out, {**CFG, "epochs": 1}, seed=2)
+    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=2)
     assert "ignoring unreadable checkpoint" in caplog.text and not Path(f"{out}.ckpt").exists()
 
 
@@ -170,16 +185,18 @@ def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.pretrain(dataset, out, CFG, seed=1, on_epoch_end=stop)
+        train.pretrain(dataset, out, CFG, LR, seed=1, on_epoch_end=stop)
     assert Path(f"{out}.ckpt").exists()
     make_domain(dataset, "d", n_train=6, seed=2)  # rebuilt: same path, sizes and domain
     epochs_run = []
     with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
-        meta = train.pretrain(dataset, out, CFG, seed=1, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+        meta = train.pretrain(
+            dataset, out, CFG, LR, seed=1, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        )
     assert epochs_run == [1, 2, 3]
     assert f"discarded checkpoint {out}.ckpt: the content of input(s) {dataset} changed" in caplog.text
     fresh = tmp_path / "fresh.pt"
-    assert train.pretrain(dataset, fresh, CFG, seed=1)["inputs"] == meta["inputs"]
+    assert train.pretrain(dataset, fresh, CFG, LR, seed=1)["inputs"] == meta["inputs"]
     a, b = load_model(out)[0].state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -189,25 +206,25 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
     model, meta = load_model(pretrained[0])
     save_model(source, model, meta=meta)
     out = tmp_path / "t.pt"
-    cfg = {**CFG, "epochs": 2}
+    cfg = replace(CFG, epochs=2)
 
     def stop(epoch, record):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0, on_epoch_end=stop)
+        train.transfer(source, domains["b"], out, cfg, LR, "encoder", 4, seed=0, on_epoch_end=stop)
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
     with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
-        train.transfer(source, domains["b"], out, cfg, "encoder", 4, seed=0)
+        train.transfer(source, domains["b"], out, cfg, LR, "encoder", 4, seed=0)
     assert f"the content of input(s) {source} changed" in caplog.text
 
 
 def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
     states = []
     for i, seed in enumerate((7, 7, 8)):
-        train.pretrain(domains["a"], tmp_path / f"{i}.pt", {**CFG, "epochs": 1}, seed=seed)
+        train.pretrain(domains["a"], tmp_path / f"{i}.pt", replace(CFG, epochs=1), LR, seed=seed)
         states.append(load_model(tmp_path / f"{i}.pt")[0].state_dict())
     key = "encoder.conv1.weight"
     assert torch.equal(states[0][key], states[1][key])
@@ -216,7 +233,7 @@ def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
 
 def test_divergence_raises(domains, tmp_path):
     with pytest.raises(train.TrainingDiverged, match=r"pretrain diverged at epoch \d+, step \d+"):
-        train.pretrain(domains["a"], tmp_path / "m.pt", {**CFG, "lr": 1e10}, seed=0)
+        train.pretrain(domains["a"], tmp_path / "m.pt", CFG, 1e10, seed=0)
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -227,7 +244,7 @@ def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
     dataset = tmp_path / "nan.h5"
     data.write_dataset(dataset, images, labels, {"structure_index": np.arange(16)}, splits, {"domain": "nan"})
     with pytest.raises(ValueError, match=r"nan.h5: the train split has non-finite pixels"):
-        train.pretrain(dataset, tmp_path / "m.pt", CFG, seed=0)
+        train.pretrain(dataset, tmp_path / "m.pt", CFG, LR, seed=0)
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -238,7 +255,7 @@ def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
 def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, frozen, trained):
     source, source_meta = pretrained
     out = tmp_path / "t.pt"
-    meta = train.transfer(source, domains["b"], out, {**CFG, "epochs": 2}, part, 4, seed=1)
+    meta = train.transfer(source, domains["b"], out, replace(CFG, epochs=2), LR, part, 4, seed=1)
     before, after = load_model(source)[0], load_model(out)[0]
     frozen_before = before.get_submodule(frozen).state_dict()  # includes BN running statistics
     frozen_after = after.get_submodule(frozen).state_dict()
@@ -258,7 +275,7 @@ def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp
 
 def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_path):
     out = tmp_path / "t.pt"
-    train.transfer(pretrained[0], domains["b"], out, {**CFG, "epochs": 1}, "none", 6, seed=1)
+    train.transfer(pretrained[0], domains["b"], out, replace(CFG, epochs=1), LR, "none", 6, seed=1)
     before, after = load_model(pretrained[0])[0].state_dict(), load_model(out)[0].state_dict()
     for part in ("encoder.", "decoder."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part))
@@ -266,30 +283,30 @@ def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_p
 
 def test_transfer_rejects_bad_size_freeze_and_width(domains, pretrained, tmp_path):
     with pytest.raises(ValueError, match="size = 7 .* 0..6"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, "encoder", 7, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, "encoder", 7, seed=0)
     with pytest.raises(ValueError, match="freeze part 'head'"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, "head", 4, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, "head", 4, seed=0)
     with pytest.raises(ValueError, match="width"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", {**CFG, "width": 0.25}, "none", 4, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", replace(CFG, width=0.25), LR, "none", 4, seed=0)
 
 
 def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
-    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt", {**CFG, "epochs": 1}, seed=0)
+    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt", replace(CFG, epochs=1), LR, seed=0)
     assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
     assert meta["domains"] == ["a", "b"]
     assert (meta["target_domain"], meta["source_domain"]) == ("a", "b")
     with pytest.raises(ValueError, match="mix = 17 .* 0..16"):
-        train.baseline((domains["a"], domains["b"]), (17, 1), tmp_path / "c.pt", CFG, seed=0)
+        train.baseline((domains["a"], domains["b"]), (17, 1), tmp_path / "c.pt", CFG, LR, seed=0)
     with pytest.raises(ValueError, match="mix = 7 .* 0..6"):
-        train.baseline((domains["a"], domains["b"]), (1, 7), tmp_path / "c.pt", CFG, seed=0)
+        train.baseline((domains["a"], domains["b"]), (1, 7), tmp_path / "c.pt", CFG, LR, seed=0)
 
 
 def test_cfg_is_validated():
-    with pytest.raises(ValueError, match="unknown training key.*'epoch'"):
-        train.resolve_cfg({"lr": 1e-3, "epoch": 3})
-    with pytest.raises(ValueError, match="'lr'"):
-        train.resolve_cfg({"epochs": 3})
-    assert train.resolve_cfg({"lr": 1e-3})["batch_size"] == 16
+    with pytest.raises(ValueError, match="unknown key.*training.epoch\\b"):
+        Training.from_dict({**asdict(CFG), "epoch": 3})
+    with pytest.raises(ValueError, match="missing key.*training.lr_decay"):
+        Training.from_dict({k: v for k, v in asdict(CFG).items() if k != "lr_decay"})
+    assert training().batch_size == 16
 
 
 def test_dihedral_gives_the_8_symmetries_and_matches_labels():
@@ -303,10 +320,11 @@ def test_dihedral_gives_the_8_symmetries_and_matches_labels():
 
 
 def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
-    study = {
-        "domains": {"a": {}, "b": {}},
-        "training": {"epochs": 1, "width": 0.125},
-        "experiments": {
+    study = replace(
+        config.load("config/test.yaml"),
+        domains={"a": {}, "b": {}},
+        training=replace(CFG, epochs=1),
+        experiments={
             "x": {
                 "domains": ["a", "b"],
                 "sources": ["b"],
@@ -318,14 +336,15 @@ def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
                 "baseline": {"mixtures": [[5, 2]], "lrs": [2e-3]},
             }
         },
-    }
+    )
     [spec] = [m for m in experiments.expand(study)["x"].models if m.stage == "baseline"]
     paths = {experiments.dataset_path(name): domains[name] for name in ("a", "b")}
     meta = train.baseline(
         [paths[p] for p in spec.datasets],
         spec.mix,
         tmp_path / "b.pt",
-        {**CFG, "epochs": 1, "lr": spec.lr},
+        replace(CFG, epochs=1),
+        spec.lr,
         seed=spec.seed,
     )
     assert (meta["target_domain"], meta["source_domain"]) == (spec.tags["target"], spec.tags["source"])
@@ -335,16 +354,16 @@ def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
 
 
 def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp_path):
-    cfg = {**CFG, "epochs": 2, "loss": "softmax_cross_entropy"}
-    meta = train.pretrain(domains["a"], tmp_path / "m.pt", cfg, seed=0, size=8)
+    cfg = replace(CFG, epochs=2, loss="softmax_cross_entropy")
+    meta = train.pretrain(domains["a"], tmp_path / "m.pt", cfg, LR, seed=0, size=8)
     history = meta["history"]
     assert all(0 < r["train_loss"] < 1 and 0 < r["val_loss"] < 1 for r in history)
     assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
     model = load_model(tmp_path / "m.pt")[0]
     val = evaluate.load_split(domains["a"], "val", torch.device("cpu"))
     assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"], rel=1e-4)
-    with pytest.raises(ValueError, match="'loss' must be one of"):
-        train.resolve_cfg({"lr": 1e-3, "loss": "dice"})
-    with pytest.raises(ValueError, match="'augmentation' must be one of"):
-        train.resolve_cfg({"lr": 1e-3, "augmentation": "none"})
+    with pytest.raises(ValueError, match="training.loss: 'dice' is not one of"):
+        training(loss="dice")
+    with pytest.raises(ValueError, match="training.augmentation: 'none' is not one of"):
+        Training.from_dict({**asdict(CFG), "augmentation": "none"})
     assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))

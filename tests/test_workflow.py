@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_train import training
 
 from emsim import data
 from emsim.learning import train
@@ -205,7 +206,9 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     weights, meta = load_model(model)
     assert len(meta["history"]) == 8 and not ckpt.exists()
     fresh = tmp_path / "fresh.pt"
-    train.pretrain(rerun_dir / "results/datasets/df-10.h5", fresh, meta["config"], seed=meta["seed"], device="cpu")
+    settings = {k: v for k, v in meta["config"].items() if k != "lr"}
+    dataset = rerun_dir / "results/datasets/df-10.h5"
+    train.pretrain(dataset, fresh, training(**settings), meta["config"]["lr"], seed=meta["seed"], device="cpu")
     a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

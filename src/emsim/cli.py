@@ -68,8 +68,8 @@ def _check(args) -> int:
 
     study = config.load(args.config)
     print(f"{args.config}: valid")
-    print(f"structure sets ({len(study['structure_sets'])}): {', '.join(study['structure_sets'])}")
-    print(f"domains ({len(study['domains'])}): {', '.join(study['domains'])}")
+    print(f"structure sets ({len(study.structure_sets)}): {', '.join(study.structure_sets)}")
+    print(f"domains ({len(study.domains)}): {', '.join(study.domains)}")
     for name, exp in experiments.expand(study).items():
         counts = Counter(m.stage for m in exp.models)
         print(f"experiment {name}: " + ", ".join(f"{counts[s]} {s}" for s in experiments.STAGES))

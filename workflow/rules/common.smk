@@ -20,22 +20,22 @@ CONDA_ENV = "../../envs/emsim.yaml"
 
 def threads_of(kind):
     """Threads of one kind of rule (config block `resources`)."""
-    return STUDY["resources"][kind]["threads"]
+    return STUDY.resources[kind]["threads"]
 
 
 def resources_of(kind, **override):
     """Memory, runtime and GPUs of one kind of rule (config block `resources`), with overrides."""
-    return {k: v for k, v in STUDY["resources"][kind].items() if k != "threads"} | override
+    return {k: v for k, v in STUDY.resources[kind].items() if k != "threads"} | override
 
 
 def simulation_gpu():
     """GPUs of a simulation job: one when the study simulates on the GPU."""
-    return 1 if STUDY["simulation"]["device"] == "gpu" else 0
+    return 1 if STUDY.simulation.device == "gpu" else 0
 
 
 def n_shards(set_name):
-    spec = STUDY["structure_sets"][set_name]
-    return -(-spec["n_structures"] // STUDY["simulation"]["shard_size"])
+    spec = STUDY.structure_sets[set_name]
+    return -(-spec["n_structures"] // STUDY.simulation.shard_size)
 
 
 def shard_paths(template, set_name):
@@ -70,7 +70,7 @@ def batch_params(pattern):
 
 def batch_runtime(pattern):
     """Resource function: a batch job's minutes, resources.training.runtime per model."""
-    return lambda wc: STUDY["resources"]["training"]["runtime"] * len(batch_of(pattern, wc))
+    return lambda wc: STUDY.resources["training"]["runtime"] * len(batch_of(pattern, wc))
 
 
 MODEL_FIELDS = [f.name for f in dataclasses.fields(emsim_experiments.ModelSpec) if f.name != "tags"]

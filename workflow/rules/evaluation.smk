@@ -23,6 +23,6 @@ rule evaluate:
         models=lambda wc: [m.path for m in evaluation_group(wc)],
         tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
-        device=STUDY["training"]["device"],
+        device=STUDY.training.device,
     script:
         "../scripts/evaluate.py"

@@ -48,6 +48,6 @@ rule report_figures:
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
         domain_values=series_values,
         parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
-        device=STUDY["training"]["device"],
+        device=STUDY.training.device,
     script:
         "../scripts/report_figures.py"

@@ -3,9 +3,7 @@
 # Exit waves depend on the beam energy only, unless the zero-defocus calibration (which images
 # the particles in vacuum) needs the whole microscope.
 EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
-    STUDY["microscope"]
-    if STUDY["simulation"]["calibrate_zero_defocus"]
-    else {"energy_eV": STUDY["microscope"]["energy_eV"]}
+    STUDY.microscope if STUDY.simulation.calibrate_zero_defocus else {"energy_eV": STUDY.microscope.energy_eV}
 )
 
 
@@ -23,8 +21,8 @@ rule structures:
         runtime=30,
     params:
         spec=lambda wc: emsim_config.scene_spec(STUDY, wc.set),
-        cell_A=emsim_optics.cell_A(STUDY["image"]),
-        shard_size=STUDY["simulation"]["shard_size"],
+        cell_A=emsim_optics.cell_A(STUDY.image),
+        shard_size=STUDY.simulation.shard_size,
     script:
         "../scripts/structures.py"
 
@@ -41,9 +39,9 @@ rule fftw_wisdom:
     resources:
         gpu=simulation_gpu(),
     params:
-        simulation=emsim_config.normalized(STUDY["simulation"]),
+        simulation=emsim_config.normalized(STUDY.simulation),
         microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY["image"]),
+        image=emsim_config.normalized(STUDY.image),
     script:
         "../scripts/fftw_wisdom.py"
 
@@ -64,18 +62,18 @@ rule exit_waves:
     resources:
         **resources_of("simulation", gpu=simulation_gpu()),
     params:
-        simulation=emsim_config.normalized(STUDY["simulation"]),
+        simulation=emsim_config.normalized(STUDY.simulation),
         microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY["image"]),
+        image=emsim_config.normalized(STUDY.image),
         labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
-        seed=lambda wc: STUDY["structure_sets"][wc.set]["seed"],
+        seed=lambda wc: STUDY.structure_sets[wc.set]["seed"],
     script:
         "../scripts/exit_waves.py"
 
 
 rule domain_dataset:
     input:
-        lambda wc: shard_paths(paths.EXIT_WAVES, STUDY["domains"][wc.domain]["structure_set"]),
+        lambda wc: shard_paths(paths.EXIT_WAVES, STUDY.domains[wc.domain]["structure_set"]),
     output:
         paths.DATASET,
     log:

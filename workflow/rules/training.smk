@@ -2,7 +2,7 @@
 # One job trains one batch of models sharing their inputs (emsim.study.experiments.batches); its
 # declared output is the batch record, the model files are written beside it (emsim.learning.batch).
 
-TRAINING = {k: v for k, v in emsim_config.normalized(STUDY["training"]).items() if k != "models_per_job"}
+TRAINING = emsim_config.normalized(STUDY.training)
 
 
 rule pretrain:

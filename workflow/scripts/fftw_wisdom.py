@@ -2,7 +2,10 @@
 
 from emsim import io
 from emsim.simulation import simulate
+from emsim.study.settings import Image, Simulation
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params
-simulate.plan_fftw(p.simulation, p.microscope, p.image, snakemake.output[0])
+simulate.plan_fftw(
+    Simulation.from_dict(p.simulation), p.microscope["energy_eV"], Image.from_dict(p.image), snakemake.output[0]
+)

@@ -1,13 +1,18 @@
 """Snakemake adapter: one training batch (pretraining, transfer or single-stage baselines)."""
 
+import dataclasses
+
 import torch
 
 from emsim import io
 from emsim.learning import batch
+from emsim.study.settings import Training
 
 io.log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 torch.backends.cudnn.benchmark = True  # fixed image sizes: let cuDNN pick its fastest kernels
-cfg = dict(snakemake.params.training)
-device = cfg.pop("device", "auto")
-batch.train_batch(snakemake.params.models, cfg, snakemake.output[0], device=device)
+training = Training.from_dict(snakemake.params.training)
+# where the job trains is not part of a model's identity: its files record device auto
+batch.train_batch(
+    snakemake.params.models, dataclasses.replace(training, device="auto"), snakemake.output[0], device=training.device
+)

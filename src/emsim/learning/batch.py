@@ -16,6 +16,7 @@ is only written when all succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import torch
 
 from emsim import io
 from emsim.learning import train
+from emsim.study.settings import Training
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +37,9 @@ class BatchFailed(RuntimeError):
 
 
 def train_batch(
-    models: Sequence[Mapping], cfg: dict, record: str | os.PathLike, device: str | torch.device | None = None
+    models: Sequence[Mapping], training: Training, record: str | os.PathLike, device: str | torch.device | None = None
 ) -> list[dict]:
-    """Train ``models`` (each with training config ``cfg`` and its own ``lr``) one after another
+    """Train ``models`` (each with the ``training`` settings and its own ``lr``) one after another
     in this process; write ``record`` (JSON: each model's path, best validation loss, whether it
     was kept from before, training and wall seconds) atomically. Returns the record's entries."""
     entries, failures = [], []
@@ -46,7 +48,7 @@ def train_batch(
             logger.info("batch model %d/%d: %s", i, len(models), spec["path"])
             started = time.perf_counter()
             try:
-                meta, kept = _train_one(spec, cfg, device)
+                meta, kept = _train_one(spec, training, device)
             except Exception as error:  # noqa: BLE001 - one failed model must not stop its siblings
                 logger.exception("%s failed", spec["path"])
                 failures.append(f"{spec['path']}: {error}")
@@ -62,26 +64,27 @@ def train_batch(
             )
     if failures:
         raise BatchFailed(f"{len(failures)} of {len(models)} models failed:\n" + "\n".join(failures))
+    shared = {k: v for k, v in sorted(dataclasses.asdict(training).items()) if k not in ("models_per_job", "device")}
     with io.atomic_path(record) as tmp:
         with open(tmp, "w") as f:
-            json.dump({"models": entries, "provenance": io.provenance(cfg)}, f, indent=1)
+            json.dump({"models": entries, "provenance": io.provenance(shared)}, f, indent=1)
     return entries
 
 
-def _train_one(spec: Mapping, cfg: dict, device) -> tuple[dict, bool]:
+def _train_one(spec: Mapping, training: Training, device) -> tuple[dict, bool]:
     """Train one grid point -> (model meta, whether an existing file was kept)."""
     path = spec["path"]
     before = os.stat(path).st_mtime_ns if os.path.exists(path) else None
-    model_cfg = {**cfg, "lr": spec["lr"]}
-    stage, datasets = spec["stage"], spec["datasets"]
+    stage, datasets, lr = spec["stage"], spec["datasets"], spec["lr"]
     if stage == "pretrain":
-        meta = train.pretrain(datasets[0], path, model_cfg, seed=spec["seed"], device=device, size=spec.get("size"))
+        meta = train.pretrain(datasets[0], path, training, lr, seed=spec["seed"], device=device, size=spec.get("size"))
     elif stage == "transfer":
         meta = train.transfer(
             spec["pretrained"],
             datasets[0],
             path,
-            model_cfg,
+            training,
+            lr,
             freeze=spec["freeze"],
             size=spec["size"],
             seed=spec["seed"],
@@ -89,7 +92,7 @@ def _train_one(spec: Mapping, cfg: dict, device) -> tuple[dict, bool]:
             method=spec["method"],
         )
     elif stage == "baseline":
-        meta = train.baseline(tuple(datasets), tuple(spec["mix"]), path, model_cfg, seed=spec["seed"], device=device)
+        meta = train.baseline(tuple(datasets), tuple(spec["mix"]), path, training, lr, seed=spec["seed"], device=device)
     else:
         raise ValueError(f"{path}: unknown stage {stage!r}; allowed: {list(train.STAGES)}")
     return meta, before is not None and os.stat(path).st_mtime_ns == before

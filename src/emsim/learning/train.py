@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,7 +56,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ from emsim.learning.methods import Method
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import FORMAT_VERSION, UNet, count_parameters, load_model, resolve_device, save_model
 from emsim.study import methods as method_specs
-from emsim.study import schema as study_schema
+from emsim.study.settings import EarlyStopping, Training
 
 logger = logging.getLogger(__name__)
 
@@ -81,34 +81,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the message names stage, epoch and step."""
 
 
-def _cfg_schema() -> dict:
-    """The study schema's ``training`` block without the workflow's ``models_per_job``, with ``lr`` required."""
-    schema = study_schema.load()
-    training = schema["properties"]["training"]
-    del training["properties"]["models_per_job"], training["default"]
-    training["properties"]["lr"] = schema["$defs"]["lr"]
-    training["required"] = ["lr"]
-    return training
-
-
-CFG_SCHEMA = _cfg_schema()
-
-
-def resolve_cfg(cfg: dict) -> dict:
-    """Training config checked against :data:`CFG_SCHEMA` (the study's ``training`` block plus ``lr``),
-    with its defaults filled in; a bad or unknown key -> ValueError naming it."""
-    cfg = copy.deepcopy(cfg)
-    error = jsonschema.exceptions.best_match(study_schema.Validator(CFG_SCHEMA).iter_errors(cfg))
-    if error is None:
-        return cfg
-    allowed = sorted(CFG_SCHEMA["properties"])
-    if error.validator == "additionalProperties":
-        raise ValueError(f"unknown training key(s) {sorted(set(cfg) - set(allowed))}; allowed: {allowed}")
-    if error.validator == "required":
-        raise ValueError(f"training key {error.message}")
-    key = error.absolute_path[0]
-    detail = f"must be one of {error.validator_value}" if error.validator == "enum" else f"is invalid: {error.message}"
-    raise ValueError(f"training key {key!r} {detail}, got {cfg[key]!r}")
+def model_config(training: Training, lr: float) -> dict:
+    """What a model file records of its training (``config`` in its meta, part of its identity): the
+    ``training`` block without the workflow's ``models_per_job``, plus ``lr``."""
+    config = {k: v for k, v in dataclasses.asdict(training).items() if k != "models_per_job"}
+    return dict(sorted({**config, "lr": lr}.items()))
 
 
 def loss_sum(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -205,7 +182,8 @@ def mean_loss(
 def pretrain(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
-    cfg: dict,
+    training: Training,
+    lr: float,
     seed: int,
     device: str | torch.device | None = None,
     *,
@@ -213,13 +191,12 @@ def pretrain(
     on_epoch_end: EpochCallback | None = None,
 ) -> dict:
     """Train a randomly initialised U-Net on the train split of one domain (its first ``size``
-    images if given), selecting on that domain's val split. Returns the model meta."""
-    cfg = resolve_cfg(cfg)
+    images if given), selecting on that domain's val split; initial learning rate ``lr``. Returns the model meta."""
     images, labels = _read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     domain = data.domain_name(dataset)
     val = _read_split(dataset, "val")
-    model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
+    model = UNet(training.width, generator=torch.Generator().manual_seed(seed))
     run = {
         "stage": "pretrain",
         "dataset": str(dataset),
@@ -229,14 +206,15 @@ def pretrain(
         "seeds": {"init": seed, "data": seed},
         "inputs": {str(dataset): _digest(images, labels, *val)},
     }
-    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end)
+    return _fit(run, model, (images, labels), val, out, training, lr, seed, device, on_epoch_end)
 
 
 def transfer(
     pretrained: str | os.PathLike | None,
     dataset: str | os.PathLike,
     out: str | os.PathLike,
-    cfg: dict,
+    training: Training,
+    lr: float,
     freeze: str,
     size: int,
     seed: int,
@@ -250,21 +228,20 @@ def transfer(
     shuffle order and augmentation) with a transfer ``method`` (a name or a method dict,
     :mod:`emsim.learning.methods`; ``finetune`` with ``freeze`` in {encoder, decoder, none});
     ``scratch`` ignores ``pretrained`` and starts from the random init of ``seed``. Selection on
-    the target's val split. Returns the model meta."""
-    cfg = resolve_cfg(cfg)
-    spec = method_specs.resolve(method, "method", int(cfg["epochs"]), float(cfg["width"]))
+    the target's val split; initial learning rate ``lr``. Returns the model meta."""
+    spec = method_specs.resolve(method, "method", int(training.epochs), float(training.width))
     images, labels = _read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     val = _read_split(dataset, "val")
     inputs = {str(dataset): _digest(images, labels, *val)}
     if spec["name"] == "scratch":
-        model, source_meta = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed)), {}
+        model, source_meta = UNet(training.width, generator=torch.Generator().manual_seed(seed)), {}
         pretrained = None
     else:
         model, source_meta = load_model(pretrained)
-        if model.config["width"] != float(cfg["width"]):
+        if model.config["width"] != float(training.width):
             raise ValueError(
-                f"training key 'width' = {cfg['width']} differs from the width "
+                f"training.width = {training.width} differs from the width "
                 f"{model.config['width']} of the pretrained model {pretrained}"
             )
         inputs[str(pretrained)] = digest(*(t.cpu().numpy() for t in model.state_dict().values()))
@@ -286,14 +263,15 @@ def transfer(
         "inputs": inputs,
     }
     method_ = Method(spec, freeze, seed)
-    return _fit(run, model, (images, labels), val, out, cfg, seed, device, on_epoch_end, method_)
+    return _fit(run, model, (images, labels), val, out, training, lr, seed, device, on_epoch_end, method_)
 
 
 def baseline(
     datasets: Sequence[str | os.PathLike],
     mix: Sequence[int],
     out: str | os.PathLike,
-    cfg: dict,
+    training: Training,
+    lr: float,
     seed: int,
     device: str | torch.device | None = None,
     *,
@@ -306,7 +284,6 @@ def baseline(
     ``datasets[0]`` is the TARGET domain and ``datasets[1]`` the source: ``mix`` = (target
     images, source images), so ``mix[0]`` plays the role of a transfer run's ``size``
     (the grid's pairs, :mod:`emsim.study.experiments`, are tagged the same way)."""
-    cfg = resolve_cfg(cfg)
     if len(datasets) != 2 or len(mix) != 2:
         raise ValueError(f"baseline needs 2 datasets and a 2-element mix, got {datasets}, {mix}")
     if sum(mix) < 1:
@@ -317,7 +294,7 @@ def baseline(
         val.append(_read_split(path, "val"))
         inputs[str(path)] = _digest(*train[-1], *val[-1])
     domains = [data.domain_name(path) for path in datasets]
-    model = UNet(cfg["width"], generator=torch.Generator().manual_seed(seed))
+    model = UNet(training.width, generator=torch.Generator().manual_seed(seed))
     run = {
         "stage": "baseline",
         "datasets": [str(p) for p in datasets],
@@ -328,7 +305,9 @@ def baseline(
         "seeds": {"init": seed, "data": seed},
         "inputs": inputs,
     }
-    return _fit(run, model, _concat(train, datasets), _concat(val, datasets), out, cfg, seed, device, on_epoch_end)
+    return _fit(
+        run, model, _concat(train, datasets), _concat(val, datasets), out, training, lr, seed, device, on_epoch_end
+    )
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -453,7 +432,8 @@ def _fit(
     train,
     val,
     out,
-    cfg: dict,
+    training: Training,
+    lr: float,
     seed: int,
     device,
     on_epoch_end: EpochCallback | None,
@@ -463,13 +443,19 @@ def _fit(
     (default: everything trains) sets up the model, its parameter groups and each epoch's trainable set."""
     stage, out = run["stage"], Path(out)
     method = method or Method({"name": "scratch"})
-    device = resolve_device(device if device is not None else cfg["device"])
-    amp = _switch(cfg["amp"], device)
-    channels_last = bool(cfg["channels_last"])
+    device = resolve_device(device if device is not None else training.device)
+    amp = _switch(training.amp, device)
+    channels_last = bool(training.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
-    run = {**run, "config": cfg, "seed": int(seed), "train_size": len(train_x), "val_size": len(val_x)}
+    run = {
+        **run,
+        "config": model_config(training, lr),
+        "seed": int(seed),
+        "train_size": len(train_x),
+        "val_size": len(val_x),
+    }
     if _SHARED.get() is not None and (meta := _finished(out, run)) is not None:
         logger.info("%s: kept %s (same run, same inputs)", stage, out)
         return meta
@@ -477,25 +463,25 @@ def _fit(
         torch.cuda.reset_peak_memory_stats(device)
     model.to(device, memory_format=memory_format)
     model.train()
-    method.setup(model, train_x, cfg["batch_size"], channels_last)
+    method.setup(model, train_x, training.batch_size, channels_last)
     model.to(device, memory_format=memory_format)  # adapters made by the method
-    optimizer = torch.optim.Adam(method.param_groups(model), lr=cfg["lr"], fused=_switch(cfg["fused"], device))
-    net = torch.compile(model) if cfg["compile"] else model
-    step = make_train_step(net, optimizer, amp, cfg["loss"])
+    optimizer = torch.optim.Adam(method.param_groups(model), lr=lr, fused=_switch(training.fused, device))
+    net = torch.compile(model) if training.compile else model
+    step = make_train_step(net, optimizer, amp, training.loss)
 
     ckpt_path = Path(f"{out}.ckpt")
     history, best = _resume(ckpt_path, run, device, model, optimizer)
-    for epoch in range(len(history), cfg["epochs"] if method.trains else 0):
-        if _stopped_at(history, cfg["early_stopping"]) is not None:
+    for epoch in range(len(history), training.epochs if method.trains else 0):
+        if _stopped_at(history, training.early_stopping) is not None:
             break
         start = time.perf_counter()
-        lr = cfg["lr"] * cfg["lr_decay"] ** epoch
+        epoch_lr = lr * training.lr_decay**epoch
         for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+            group["lr"] = epoch_lr * group["lr_scale"]
         method.set_epoch(model, epoch)
-        order, ops = _epoch_order(seed, stage, epoch, len(train_x), cfg["augmentation"], device)
-        train_loss = _train_loss(step, train_x, train_y, order, ops, cfg, stage, epoch)
-        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last, cfg["loss"])
+        order, ops = _epoch_order(seed, stage, epoch, len(train_x), training.augmentation, device)
+        train_loss = _train_loss(step, train_x, train_y, order, ops, training, stage, epoch)
+        val_loss = mean_loss(net, val_x, val_y, training.batch_size, amp, channels_last, training.loss)
         _check_loss(val_loss, stage, epoch + 1, "validation")
         if val_loss < best["val_loss"]:
             best = {"epoch": epoch + 1, "val_loss": val_loss, "state_dict": copy.deepcopy(model.state_dict())}
@@ -504,7 +490,7 @@ def _fit(
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "lr": lr,
+            "lr": epoch_lr,
             "images_seen": images_seen,
             "trainable_params": count_parameters(model, trainable_only=True),
             "time_s": time.perf_counter() - start,
@@ -514,35 +500,35 @@ def _fit(
             "%s epoch %d/%d: train %.4f val %.4f lr %.3g (%.1f s)",
             stage,
             epoch + 1,
-            cfg["epochs"],
+            training.epochs,
             train_loss,
             val_loss,
-            lr,
+            epoch_lr,
             record["time_s"],
         )
         _save_checkpoint(ckpt_path, run, model, optimizer, history, best)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     if best["state_dict"] is None:  # no epoch ran (adabn): the adapted model is the result
-        val_loss = mean_loss(net, val_x, val_y, cfg["batch_size"], amp, channels_last, cfg["loss"])
+        val_loss = mean_loss(net, val_x, val_y, training.batch_size, amp, channels_last, training.loss)
         best = {"epoch": 0, "val_loss": val_loss, "state_dict": copy.deepcopy(model.state_dict())}
-    meta = _save_best(out, model, run, history, best, device, train[0], method)
+    meta = _save_best(out, model, run, history, best, device, train[0], method, training.early_stopping)
     ckpt_path.unlink(missing_ok=True)
     return meta
 
 
-def _stopped_at(history: list, stopping: dict | None) -> int | None:
+def _stopped_at(history: list, stopping: EarlyStopping | None) -> int | None:
     """The epoch after which early stopping ends training: ``patience`` epochs in a row without a
     val loss below the best so far minus ``min_delta``; None if it has not (or is off)."""
     if stopping is None:
         return None
     best, waited = math.inf, 0
     for record in history:
-        if record["val_loss"] < best - float(stopping["min_delta"]):
+        if record["val_loss"] < best - float(stopping.min_delta):
             best, waited = record["val_loss"], 0
         else:
             waited += 1
-        if waited >= int(stopping["patience"]):
+        if waited >= int(stopping.patience):
             return record["epoch"]
     return None
 
@@ -592,14 +578,15 @@ def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple
     return state["history"], state["best"]
 
 
-def _train_loss(step, train_x, train_y, order, ops, cfg: dict, stage: str, epoch: int) -> float:
+def _train_loss(step, train_x, train_y, order, ops, training: Training, stage: str, epoch: int) -> float:
     """One epoch of training steps; its mean training loss (offset removed), every step checked."""
-    losses = train_epoch(step, train_x, train_y, order, ops, cfg["batch_size"], bool(cfg["channels_last"]))
+    batch_size = training.batch_size
+    losses = train_epoch(step, train_x, train_y, order, ops, batch_size, bool(training.channels_last))
     losses = losses.tolist()  # the epoch's only device sync; names the first bad step
     for i, loss in enumerate(losses, 1):
         _check_loss(loss, stage, epoch + 1, f"step {i}")
-    sizes = [min(cfg["batch_size"], len(order) - s) for s in range(0, len(order), cfg["batch_size"])]
-    return float(np.dot(losses, sizes) / len(order)) - loss_offset(cfg["loss"])
+    sizes = [min(batch_size, len(order) - s) for s in range(0, len(order), batch_size)]
+    return float(np.dot(losses, sizes) / len(order)) - loss_offset(training.loss)
 
 
 def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: list, best: dict) -> None:
@@ -618,7 +605,15 @@ def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: lis
 
 
 def _save_best(
-    out: Path, model: UNet, run: dict, history: list, best: dict, device, train_images, method: Method
+    out: Path,
+    model: UNet,
+    run: dict,
+    history: list,
+    best: dict,
+    device,
+    train_images,
+    method: Method,
+    stopping: EarlyStopping | None,
 ) -> dict:
     """Write the best epoch's weights (as a plain U-Net: LoRA merged) with the run's metadata to
     ``out``; return the metadata. Cost: ``trainable_params`` (the most any epoch trained),
@@ -631,7 +626,7 @@ def _save_best(
         "history": history,
         "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"],
-        "stopped_early_after": _stopped_at(history, run["config"]["early_stopping"]),
+        "stopped_early_after": _stopped_at(history, stopping),
         "train_time_s": sum(r["time_s"] for r in history),
         "images_seen": history[-1]["images_seen"] if history else 0,
         "peak_memory_MB": peak,

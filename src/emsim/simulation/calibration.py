@@ -22,6 +22,7 @@ import scipy.fft as sfft
 from scipy import optimize
 
 from emsim.simulation import optics
+from emsim.study.settings import Microscope
 
 ENVELOPE_CUTOFF = 1e-3
 MARGIN_A = 10.0
@@ -35,13 +36,13 @@ class CalibrationError(ValueError):
 def zero_defocus_A(
     vacuum_wave: np.ndarray,
     sampling_A: float,
-    microscope: dict,
+    microscope: Microscope,
     search_A: tuple[float, float] = (-200.0, 200.0),
     depth_A: float | None = None,
 ) -> float:
     """Defocus [A] of minimum image variance of a real-space (G, G) particle-in-vacuum wave.
 
-    ``microscope`` gives energy_eV, Cs_A, focal_spread_A and angular_spread_mrad; ``depth_A`` is
+    ``microscope`` is the lens the wave is imaged through; ``depth_A`` is
     the depth of the particle cell above the wave's reference plane (the search starts there).
     A minimum within ``TOLERANCE_A`` of either end of ``search_A`` raises :class:`CalibrationError`.
     """
@@ -67,11 +68,11 @@ def zero_defocus_A(
     return best
 
 
-def _variance_at(spectrum: np.ndarray, sampling_A: float, microscope: dict):
+def _variance_at(spectrum: np.ndarray, sampling_A: float, microscope: Microscope):
     """``variance(defocus_A)``: variance of the image intensity of ``spectrum`` through the lens."""
     grid = optics.k_grid(spectrum.shape, sampling_A)
-    energy_eV = microscope["energy_eV"]
-    envelopes = microscope["focal_spread_A"], microscope["angular_spread_mrad"]
+    energy_eV = microscope.energy_eV
+    envelopes = microscope.focal_spread_A, microscope.angular_spread_mrad
     if not envelopes[1]:  # defocus enters only the phase: apply the rest once
         spectrum = spectrum * optics.ctf(
             grid, optics.Aberrations.from_microscope(microscope, 0.0), energy_eV, *envelopes
@@ -98,7 +99,7 @@ def _bounded_minimum(function, lo: float, hi: float) -> float:
     return float(result.x)
 
 
-def _lens_limited_spectrum(wave: np.ndarray, sampling_A: float, microscope: dict) -> tuple[np.ndarray, float]:
+def _lens_limited_spectrum(wave: np.ndarray, sampling_A: float, microscope: Microscope) -> tuple[np.ndarray, float]:
     """Spectrum of ``wave`` (unnormalised, scaled so that ifft2 gives the wave) cropped to the
     smallest fast FFT size holding every frequency that is nonzero and that the temporal
     envelope passes above ``ENVELOPE_CUTOFF``; and the matching real-space sampling [A]."""
@@ -107,9 +108,9 @@ def _lens_limited_spectrum(wave: np.ndarray, sampling_A: float, microscope: dict
     index = np.abs(np.fft.fftfreq(n, 1.0 / n)).astype(int)
     nonzero = np.abs(spectrum) > 1e-6 * np.abs(spectrum).max()
     reach = max(index[nonzero.any(axis=1)].max(), index[nonzero.any(axis=0)].max())
-    focal_spread_A = microscope["focal_spread_A"]
+    focal_spread_A = microscope.focal_spread_A
     if focal_spread_A > 0:
-        lam = optics.wavelength_A(microscope["energy_eV"])
+        lam = optics.wavelength_A(microscope.energy_eV)
         k_max = np.sqrt(2 * np.sqrt(np.log(1 / ENVELOPE_CUTOFF)) / (np.pi * lam * focal_spread_A))
         reach = min(reach, int(np.ceil(k_max * n * sampling_A)))
     size = min(sfft.next_fast_len(2 * reach + 2), n)

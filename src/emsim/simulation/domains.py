@@ -20,17 +20,17 @@ from emsim import data, io
 from emsim.simulation import optics, shifts
 from emsim.simulation.simulate import ShardWaves
 from emsim.study import config
+from emsim.study.settings import Image, Microscope
 
 log = logging.getLogger(__name__)
 
 
-def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng):
+def render_image(waves: ShardWaves, index: int, domain: dict, microscope: Microscope, image_cfg: Image, rng):
     """One image of structure ``index`` of a shard under a domain's shifts; returns (image, metadata)."""
-    image_cfg, microscope = params["image"], params["microscope"]
     zero_defocus_A = float(waves.zero_defocus_A[index])
     zero_defocus_A = zero_defocus_A if np.isfinite(zero_defocus_A) else 0.0
-    context = {"pixel_size_A": image_cfg["pixel_size_A"], "zero_defocus_A": zero_defocus_A}
-    aberrations: dict = {"C30_A": microscope["Cs_A"]}
+    context = {"pixel_size_A": image_cfg.pixel_size_A, "zero_defocus_A": zero_defocus_A}
+    aberrations: dict = {"C30_A": microscope.Cs_A}
     metadata: dict = {"zero_defocus_A": zero_defocus_A}
     for kind, kind_params in shifts.ordered(domain, "optics"):
         aberrations, values = kind.apply(aberrations, kind_params, rng, context)
@@ -40,20 +40,22 @@ def render_image(waves: ShardWaves, index: int, domain: dict, params: dict, rng)
         waves.sampling_A,
         optics.Aberrations(**aberrations),
         microscope,
-        image_cfg["pixel_size_A"],
+        image_cfg.pixel_size_A,
         optics.cell_px(image_cfg),
     )
     for kind, kind_params in shifts.ordered(domain, "detector"):
         image, values = kind.apply(image, kind_params, rng, context)
         metadata |= values
-    return np.asarray(optics.crop_window(image, image_cfg["size_px"]), np.float32), metadata
+    return np.asarray(optics.crop_window(image, image_cfg.size_px), np.float32), metadata
 
 
 def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str | Path) -> None:
-    """Render every image of a domain from its structure set's shards and write the dataset."""
+    """Render every image of a domain from its structure set's shards and write the dataset
+    (``params``: :func:`emsim.study.config.domain_slice`, recorded in the file)."""
     for path in params.get("extensions", []):
         config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
+    microscope, image_cfg = Microscope.from_dict(params["microscope"]), Image.from_dict(params["image"])
     n_images = sum(splits.values())
     images, labels, rows = [], [], []
     for path in shard_paths:  # one shard's waves in memory at a time
@@ -65,7 +67,7 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
             if index == n_images:
                 break
             rng = np.random.default_rng([seed, index])
-            image, metadata = render_image(shard, local, domain, params, rng)
+            image, metadata = render_image(shard, local, domain, microscope, image_cfg, rng)
             images.append(image)
             labels.append(shard.labels[local])
             rows.append({"structure_index": index, "seed": seed, **metadata})

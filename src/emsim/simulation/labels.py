@@ -23,6 +23,7 @@ from abtem.core.energy import energy2sigma
 from scipy import ndimage
 
 from emsim.simulation import optics
+from emsim.study.settings import Labels, Simulation
 
 METHODS = ("phase", "potential", "atoms")
 
@@ -30,42 +31,46 @@ METHODS = ("phase", "potential", "atoms")
 def label(
     vacuum_wave: np.ndarray,
     particles,
-    sim: dict,
+    sim: Simulation,
     energy_eV: float,
     pixel_size_A: float,
     size_px: int,
-    method: str = "phase",
-    threshold_rad: float = np.pi / 16,
-    lowpass_sigma_A: float = 0.5,
-    closing_A: float = 1.5,
-    blur_A: float = 1.0,
-    atom_radius_A: float = 1.5,
+    labels: Labels,
 ) -> np.ndarray:
-    """Particle mask (size_px, size_px) uint8 of one scene by ``method`` (see module docstring):
+    """Particle mask (size_px, size_px) uint8 of one scene by ``labels.method`` (see module docstring):
     ``vacuum_wave`` (G, G) is the static particle-in-vacuum exit wave, ``particles`` the ASE atoms
-    that made it; the other keywords are the config's ``labels`` keys."""
-    if method == "phase":
+    that made it."""
+    if labels.method == "phase":
         return label_from_vacuum_wave(
-            vacuum_wave, sim["sampling_A"], pixel_size_A, size_px, threshold_rad, lowpass_sigma_A, closing_A, blur_A
+            vacuum_wave,
+            sim.sampling_A,
+            pixel_size_A,
+            size_px,
+            labels.threshold_rad,
+            labels.lowpass_sigma_A,
+            labels.closing_A,
+            labels.blur_A,
         )
-    if method == "potential":
-        phase = _potential_phase(particles, sim, energy_eV, pixel_size_A, size_px, lowpass_sigma_A)
-        return mask_from_phase(phase, pixel_size_A, threshold_rad, closing_A, blur_A)
-    if method == "atoms":
-        outline = projected_atom_mask(particles.positions, particles.cell[0, 0], size_px, atom_radius_A)
-        return solid_mask(outline, pixel_size_A, closing_A, blur_A)
-    raise ValueError(f"labels.method: {method!r}; allowed: {', '.join(METHODS)}")
+    if labels.method == "potential":
+        phase = _potential_phase(particles, sim, energy_eV, pixel_size_A, size_px, labels.lowpass_sigma_A)
+        return mask_from_phase(phase, pixel_size_A, labels.threshold_rad, labels.closing_A, labels.blur_A)
+    if labels.method == "atoms":
+        outline = projected_atom_mask(particles.positions, particles.cell[0, 0], size_px, labels.atom_radius_A)
+        return solid_mask(outline, pixel_size_A, labels.closing_A, labels.blur_A)
+    raise ValueError(f"labels.method: {labels.method!r}; allowed: {', '.join(METHODS)}")
 
 
-def _potential_phase(particles, sim: dict, energy_eV: float, pixel_size_A: float, size_px: int, lowpass_sigma_A: float):
+def _potential_phase(
+    particles, sim: Simulation, energy_eV: float, pixel_size_A: float, size_px: int, lowpass_sigma_A: float
+):
     """sigma_e V_proj of static ``particles`` (abTEM potential, the multislice's sampling and
     slicing), low-passed and resampled to (size_px, size_px) like the exit-wave phase."""
-    gpts = int(round(particles.cell[0, 0] / sim["sampling_A"]))
+    gpts = int(round(particles.cell[0, 0] / sim.sampling_A))
     with abtem.config.set({"device": "cpu", "diagnostics.progress_bar": False}):
-        potential = abtem.Potential(particles, gpts=gpts, slice_thickness=sim["slice_thickness_A"])
+        potential = abtem.Potential(particles, gpts=gpts, slice_thickness=sim.slice_thickness_A)
         projected = np.asarray(potential.project().compute().array, np.float64)
-    optics.check_extent(projected.shape, sim["sampling_A"], pixel_size_A, size_px)
-    return _lowpass_resample(energy2sigma(energy_eV) * projected, sim["sampling_A"], lowpass_sigma_A, size_px).real
+    optics.check_extent(projected.shape, sim.sampling_A, pixel_size_A, size_px)
+    return _lowpass_resample(energy2sigma(energy_eV) * projected, sim.sampling_A, lowpass_sigma_A, size_px).real
 
 
 def label_from_vacuum_wave(

@@ -15,6 +15,8 @@ import numpy as np
 import scipy.constants as const
 import scipy.fft as sfft
 
+from emsim.study.settings import Image, Microscope
+
 
 def wavelength_A(energy_eV: float) -> float:
     """Relativistic electron wavelength [A] at kinetic energy ``energy_eV``."""
@@ -50,10 +52,10 @@ class Aberrations:
 
     @classmethod
     def from_microscope(
-        cls, microscope: dict, defocus_A: float, C12_A: float = 0.0, phi12_rad: float = 0.0
+        cls, microscope: Microscope, defocus_A: float, C12_A: float = 0.0, phi12_rad: float = 0.0
     ) -> Aberrations:
         """Aberrations of ``microscope`` (its ``Cs_A``) at ``defocus_A`` (positive = underfocus)."""
-        return cls(C10_A=-defocus_A, C12_A=C12_A, phi12_rad=phi12_rad, C30_A=microscope["Cs_A"])
+        return cls(C10_A=-defocus_A, C12_A=C12_A, phi12_rad=phi12_rad, C30_A=microscope.Cs_A)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def image_from_waves(
     fourier_waves: np.ndarray,
     sampling_A: float,
     aberrations: Aberrations,
-    microscope: dict,
+    microscope: Microscope,
     pixel_size_A: float,
     size_px: int,
 ) -> np.ndarray:
@@ -149,9 +151,9 @@ def image_from_waves(
     transfer = ctf(
         k_grid(shape, sampling_A),
         aberrations,
-        microscope["energy_eV"],
-        microscope["focal_spread_A"],
-        microscope["angular_spread_mrad"],
+        microscope.energy_eV,
+        microscope.focal_spread_A,
+        microscope.angular_spread_mrad,
     )
     intensity = np.zeros(shape, np.float32)
     for wave in fourier_waves:
@@ -161,16 +163,16 @@ def image_from_waves(
     return fourier_downsample(intensity, size_px)
 
 
-def cell_A(image: dict) -> float:
+def cell_A(image: Image) -> float:
     """Side [A] of the simulated square cell: the image window (``size_px`` x ``pixel_size_A``)
     plus ``padding_A`` on every side. The window is cut from the cell's centre after the CTF, so
     that detail the lens moves by up to ``padding_A`` does not wrap around the periodic cell."""
-    return image["size_px"] * image["pixel_size_A"] + 2 * image["padding_A"]
+    return image.size_px * image.pixel_size_A + 2 * image.padding_A
 
 
-def cell_px(image: dict) -> int:
+def cell_px(image: Image) -> int:
     """Pixels across the padded cell at the image pixel size."""
-    return int(round(cell_A(image) / image["pixel_size_A"]))
+    return int(round(cell_A(image) / image.pixel_size_A))
 
 
 def crop_window(image: np.ndarray, size_px: int) -> np.ndarray:

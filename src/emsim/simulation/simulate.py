@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import abtem
@@ -23,10 +23,14 @@ from abtem.core import backend as abtem_backend
 from emsim.io import atomic_path, reading
 from emsim.simulation import calibration, optics, phonons
 from emsim.simulation import labels as labels_mod
+from emsim.study.settings import Image, Labels, Microscope, Simulation
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu")
+PLAN_LABELS = Labels(
+    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
+)  # labels of plan_fftw's synthetic scene (discarded; no FFTW plan of the multislice depends on them)
 WAVES_CONVENTION = (
     "Fourier space: scipy.fft.fft2 of the real-space exit wave (vacuum = 1), unnormalised, "
     "unshifted (k = 0 at [0, 0]); propagated to the particles' exit plane; "
@@ -34,18 +38,18 @@ WAVES_CONVENTION = (
 )
 
 
-def exit_waves(atoms, sim: dict, microscope: dict, seed: int) -> np.ndarray:
-    """Real-space exit waves (P, G, G) complex64 of ``atoms`` with P = sim["frozen_phonons"]
-    configurations (FrozenPhonons, sigma per element, ``seed``); G = cell / sim["sampling_A"]."""
-    return np.stack([_multislice(config, sim, microscope) for config in _phonon_configs(atoms, sim, seed)])
+def exit_waves(atoms, sim: Simulation, energy_eV: float, seed: int) -> np.ndarray:
+    """Real-space exit waves (P, G, G) complex64 of ``atoms`` at beam energy ``energy_eV`` with
+    P = sim.frozen_phonons configurations (FrozenPhonons, sigma per element, ``seed``); G = cell / sim.sampling_A."""
+    return np.stack([_multislice(config, sim, energy_eV) for config in _phonon_configs(atoms, sim, seed)])
 
 
-def vacuum_exit_wave(atoms, sim: dict, microscope: dict) -> np.ndarray:
+def vacuum_exit_wave(atoms, sim: Simulation, energy_eV: float) -> np.ndarray:
     """Real-space exit wave (G, G) complex64 of static ``atoms`` (no phonons): the particles in vacuum."""
-    return _multislice(atoms, sim, microscope)
+    return _multislice(atoms, sim, energy_eV)
 
 
-def scene_exit_waves(scene, sim: dict, microscope: dict, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def scene_exit_waves(scene, sim: Simulation, energy_eV: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Full-scene exit waves (P, G, G), static particle-in-vacuum exit wave (G, G) and their
     exit-plane distance [A], real space, complex64.
 
@@ -56,23 +60,23 @@ def scene_exit_waves(scene, sim: dict, microscope: dict, seed: int) -> tuple[np.
     particles = scene.particle_atoms()
     vacuum_plane_A = float(particles.cell[2, 2])
     offset_A = float(scene.cell_A[2]) - vacuum_plane_A
-    vacuum = vacuum_exit_wave(particles, sim, microscope)
+    vacuum = vacuum_exit_wave(particles, sim, energy_eV)
     substrate_z = scene.positions_A[~scene.is_particle, 2]
     if len(particles) == 0 or len(substrate_z) == 0 or substrate_z.min() < vacuum_plane_A:
-        return exit_waves(scene.atoms(), sim, microscope, seed), vacuum, offset_A
+        return exit_waves(scene.atoms(), sim, energy_eV, seed), vacuum, offset_A
     full = []
     for config in _phonon_configs(scene.atoms(), sim, seed):
         top = _slab(config[scene.is_particle], 0.0, vacuum_plane_A)
         bottom = _slab(config[~scene.is_particle], vacuum_plane_A, scene.cell_A[2])
-        waves = _multislice(top, sim, microscope, as_waves=True)
-        full.append(_multislice(bottom, sim, microscope, incident=waves))
+        waves = _multislice(top, sim, energy_eV, as_waves=True)
+        full.append(_multislice(bottom, sim, energy_eV, incident=waves))
     return np.stack(full), vacuum, offset_A
 
 
 def _phonon_configs(atoms, sim, seed):
-    """sim["frozen_phonons"] displaced copies of ``atoms`` (abTEM FrozenPhonons, sigma per element)."""
-    sigmas = phonons.sigmas_A(atoms.get_chemical_symbols(), sim["phonon_sigma_A"])
-    return abtem.FrozenPhonons(atoms, sim["frozen_phonons"], sigmas=sigmas, seed=seed)
+    """sim.frozen_phonons displaced copies of ``atoms`` (abTEM FrozenPhonons, sigma per element)."""
+    sigmas = phonons.sigmas_A(atoms.get_chemical_symbols(), sim.phonon_sigma_A)
+    return abtem.FrozenPhonons(atoms, sim.frozen_phonons, sigmas=sigmas, seed=seed)
 
 
 def _slab(atoms, z_min_A: float, z_max_A: float):
@@ -84,15 +88,15 @@ def _slab(atoms, z_min_A: float, z_max_A: float):
     return atoms
 
 
-def _multislice(atoms, sim, microscope, incident=None, as_waves: bool = False):
+def _multislice(atoms, sim: Simulation, energy_eV: float, incident=None, as_waves: bool = False):
     """abTEM multislice of static ``atoms`` (a plane wave, or ``incident`` Waves, enters at z = 0):
     (G, G) complex64 numpy array, or the abTEM Waves if ``as_waves``."""
-    gpts = grid_points(atoms.cell[0, 0], sim["sampling_A"])
-    device = check_device(sim["device"])
+    gpts = grid_points(atoms.cell[0, 0], sim.sampling_A)
+    device = check_device(sim.device)
     with abtem.config.set({"device": device, "fft": "fftw", "diagnostics.progress_bar": False}):
-        potential = abtem.Potential(atoms, gpts=gpts, slice_thickness=sim["slice_thickness_A"], device=device)
+        potential = abtem.Potential(atoms, gpts=gpts, slice_thickness=sim.slice_thickness_A, device=device)
         if incident is None:
-            plane_wave = abtem.PlaneWave(energy=microscope["energy_eV"], device=device)
+            plane_wave = abtem.PlaneWave(energy=energy_eV, device=device)
             waves = plane_wave.multislice(potential, lazy=False)
         else:
             waves = incident.multislice(potential)
@@ -115,7 +119,7 @@ def grid_points(cell_A: float, sampling_A: float) -> int:
 
 
 def check_device(device: str) -> str:
-    """Validate sim["device"]; "gpu" needs a working CuPy (abTEM would fall back to CPU silently)."""
+    """Validate simulation.device; "gpu" needs a working CuPy (abTEM would fall back to CPU silently)."""
     if device not in DEVICES:
         raise ValueError(f"simulation.device={device!r}; allowed: {', '.join(DEVICES)}")
     if device == "gpu":
@@ -199,12 +203,13 @@ class ShardWaves:
 def simulate_shard(
     scenes: list,
     indices: list[int],
-    sim: dict,
-    microscope: dict,
-    image: dict,
-    labels: dict,
+    sim: Simulation,
+    energy_eV: float,
+    image: Image,
+    labels: Labels,
     seed: int,
     *,
+    microscope: Microscope | None = None,
     wisdom_path: str | Path | None = None,
 ) -> ShardWaves:
     """Full-scene exit waves (Fourier space), labels and zero defocus of each scene.
@@ -216,9 +221,13 @@ def simulate_shard(
     ``scene.particle_atoms()``'s cell, where the vacuum wave leaves): they are propagated back
     from the bottom of the scene, so defocus 0 is focus just below the particles for every
     structure, whatever its substrate thickness, and ``zero_defocus_A`` applies to them as is.
+    The waves depend on the beam energy ``energy_eV`` only; the calibration (``sim.calibrate_zero_defocus``)
+    images through the lens of ``microscope``, required then.
     With ``wisdom_path``, FFTW wisdom is loaded before and, if the file did not exist, saved after.
     """
-    check_device(sim["device"])
+    check_device(sim.device)
+    if sim.calibrate_zero_defocus and microscope is None:
+        raise ValueError("simulation.calibrate_zero_defocus needs the microscope (its lens)")
     cell_A = optics.cell_A(image)
     cell_px = optics.cell_px(image)
     for index, scene in zip(indices, scenes):
@@ -227,20 +236,18 @@ def simulate_shard(
                 f"structure {index}: cell {scene.cell_A[:2]} A != image.size_px x image.pixel_size_A "
                 f"+ 2 image.padding_A = {cell_A} A"
             )
-    gpts = grid_points(cell_A, sim["sampling_A"])
-    grid = optics.k_grid((gpts, gpts), sim["sampling_A"])
+    gpts = grid_points(cell_A, sim.sampling_A)
+    grid = optics.k_grid((gpts, gpts), sim.sampling_A)
     had_wisdom = wisdom_path is not None and load_fftw_wisdom(wisdom_path)
     waves, masks, zero_defocus = [], [], []
     for index, scene in zip(indices, scenes):
         start = time.perf_counter()
         phonon_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        full, vacuum, offset_A = scene_exit_waves(scene, sim, microscope, phonon_seed)
-        back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), microscope["energy_eV"])
+        full, vacuum, offset_A = scene_exit_waves(scene, sim, energy_eV, phonon_seed)
+        back = optics.ctf(grid, optics.Aberrations(C10_A=-offset_A), energy_eV)
         waves.append(sfft.fft2(full, overwrite_x=True) * back)
-        mask = labels_mod.label(
-            vacuum, scene.particle_atoms(), sim, microscope["energy_eV"], image["pixel_size_A"], cell_px, **labels
-        )
-        masks.append(optics.crop_window(mask, image["size_px"]))
+        mask = labels_mod.label(vacuum, scene.particle_atoms(), sim, energy_eV, image.pixel_size_A, cell_px, labels)
+        masks.append(optics.crop_window(mask, image.size_px))
         zero_defocus.append(_zero_defocus_A(vacuum, scene, sim, microscope, index))
         log.info("structure %d simulated in %.2f s", index, time.perf_counter() - start)
     if wisdom_path is not None and not had_wisdom:
@@ -249,20 +256,20 @@ def simulate_shard(
         waves=np.stack(waves).astype(np.complex64, copy=False),
         labels=np.stack(masks),
         zero_defocus_A=np.asarray(zero_defocus, np.float32),
-        sampling_A=float(sim["sampling_A"]),
+        sampling_A=float(sim.sampling_A),
     )
 
 
-def _zero_defocus_A(vacuum, scene, sim: dict, microscope: dict, index: int) -> float:
+def _zero_defocus_A(vacuum, scene, sim: Simulation, microscope: Microscope | None, index: int) -> float:
     """The structure's calibrated zero defocus, nan when calibration is off."""
-    if not sim["calibrate_zero_defocus"]:
+    if not sim.calibrate_zero_defocus:
         return np.nan
     try:
         return calibration.zero_defocus_A(
             vacuum,
-            sim["sampling_A"],
+            sim.sampling_A,
             microscope,
-            sim["zero_defocus_search_A"],
+            sim.zero_defocus_search_A,
             depth_A=float(scene.particle_atoms().cell[2, 2]),
         )
     except calibration.CalibrationError as error:
@@ -271,7 +278,7 @@ def _zero_defocus_A(vacuum, scene, sim: dict, microscope: dict, index: int) -> f
         ) from None
 
 
-def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> None:
+def plan_fftw(sim: Simulation, energy_eV: float, image: Image, path: str | Path) -> None:
     """Measure FFTW plans for this grid on a small synthetic scene and save them as wisdom.
 
     Every exit-wave job loads this file first, so all jobs use the same plans and the same
@@ -282,5 +289,5 @@ def plan_fftw(sim: dict, microscope: dict, image: dict, path: str | Path) -> Non
     particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
     substrate = {"thickness_A": [10.0, 10.0]}
     scene = structures.build_scene(particles, substrate, optics.cell_A(image), np.random.default_rng(0))
-    sim = {**sim, "calibrate_zero_defocus": False, "phonon_sigma_A": 0.0}
-    simulate_shard([scene], [0], sim, microscope, image, {}, seed=0, wisdom_path=path)
+    sim = replace(sim, calibrate_zero_defocus=False, phonon_sigma_A=0.0)
+    simulate_shard([scene], [0], sim, energy_eV, image, PLAN_LABELS, seed=0, wisdom_path=path)

@@ -16,6 +16,7 @@ Every error raises :class:`ConfigError` naming the key, before any job runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import importlib.util
 import itertools
@@ -31,7 +32,7 @@ import numpy as np
 import yaml
 
 from emsim.simulation import optics, phonons, shifts, structures
-from emsim.study import methods
+from emsim.study import methods, settings
 from emsim.study import schema as study_schema
 
 
@@ -50,8 +51,8 @@ def domain_schema() -> dict:
     return {"type": "object", "additionalProperties": False, "required": ["structure_set"], "properties": properties}
 
 
-def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
-    """Validated study config with defaults filled and sweeps expanded.
+def load(source: str | Path | dict, base_dir: str | Path | None = None) -> settings.Study:
+    """Validated study config with defaults filled and sweeps expanded, as a typed, frozen Study.
 
     The result has ``structure_sets`` and ``domains`` as name -> expanded entry (each domain
     entry gains ``sweep``: the swept values that made it).
@@ -71,7 +72,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
     _check_names(study["experiments"], "experiments")
     study["structure_sets"] = _expand_block(study["structure_sets"], "structure_sets", study["limits"])
     set_schema = copy.deepcopy(structures.STRUCTURE_SET_SCHEMA)
-    set_schema["properties"]["labels"] = _without_defaults(
+    set_schema["properties"]["labels"] = settings.without_defaults(
         study_schema.load()["properties"]["labels"]
     )  # the set's overrides
     for name, spec in study["structure_sets"].items():
@@ -87,6 +88,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> dict:
                 f"domains.{name}.structure_set: {domain['structure_set']!r} is not a structure set; "
                 f"defined: {', '.join(study['structure_sets'])}"
             )
+    study = settings.Study.from_dict(study)
     _check_image(study)
     _check_particles_fit(study)
     _check_phonons(study)
@@ -115,63 +117,63 @@ def load_extension(path: str | Path) -> None:
         raise ConfigError(f"extensions: {path} failed to load: {error!r}") from error
 
 
-def domain_seed(study: dict, name: str) -> int:
+def domain_seed(study: settings.Study, name: str) -> int:
     """Seed of a domain's random draws: its ``seed`` key, else from the study seed and its name."""
-    domain = study["domains"][name]
+    domain = study.domains[name]
     if "seed" in domain:
         return int(domain["seed"])
-    return int(zlib.crc32(name.encode()) ^ (study["seed"] * 0x9E3779B1)) & 0x7FFFFFFF
+    return int(zlib.crc32(name.encode()) ^ (study.seed * 0x9E3779B1)) & 0x7FFFFFFF
 
 
-def domain_slice(study: dict, name: str) -> dict:
+def domain_slice(study: settings.Study, name: str) -> dict:
     """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
-    domain = study["domains"][name]
+    domain = study.domains[name]
     params = {
         "name": name,
         "domain": domain,
         "seed": domain_seed(study, name),
-        "microscope": study["microscope"],
-        "image": study["image"],
-        "splits": study["splits"],
+        "microscope": study.microscope,
+        "image": study.image,
+        "splits": study.splits,
     }
     if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain if key in shifts.SHIFTS):
-        params["extensions"] = list(study["extensions"])
+        params["extensions"] = list(study.extensions)
     return normalized(params)
 
 
-def scene_spec(study: dict, name: str) -> dict:
+def scene_spec(study: settings.Study, name: str) -> dict:
     """What the scenes of structure set ``name`` depend on: the set without its ``labels`` (Snakemake params)."""
-    return normalized({k: v for k, v in study["structure_sets"][name].items() if k != "labels"})
+    return normalized({k: v for k, v in study.structure_sets[name].items() if k != "labels"})
 
 
-def set_labels(study: dict, name: str) -> dict:
+def set_labels(study: settings.Study, name: str) -> settings.Labels:
     """Label settings of structure set ``name``: the study's ``labels`` with the set's overrides."""
-    return {**study["labels"], **study["structure_sets"][name].get("labels", {})}
+    return dataclasses.replace(study.labels, **study.structure_sets[name].get("labels", {}))
 
 
-def domain_values(study: dict, names: list[str]) -> dict:
+def domain_values(study: settings.Study, names: list[str]) -> dict:
     """The swept value that distinguishes each domain (for plots): a number, a label or the name."""
     values = {}
     for name in names:
-        sweep = study["domains"][name]["sweep"]
+        sweep = study.domains[name]["sweep"]
         values[name] = next(iter(sweep.values())) if len(sweep) == 1 else name
     return values
 
 
-def sweep_label(study: dict, names: list[str]) -> str:
+def sweep_label(study: settings.Study, names: list[str]) -> str:
     """Axis label for a series: the swept key shared by its domains (e.g. ``mean_nm``), else ``domain``."""
-    keys = {key for name in names for key in study["domains"][name]["sweep"]}
+    keys = {key for name in names for key in study.domains[name]["sweep"]}
     return keys.pop() if len(keys) == 1 else "domain"
 
 
 def normalized(value):
-    """``value`` with mapping keys sorted recursively: a stable repr for Snakemake params."""
-    return json.loads(json.dumps(value, sort_keys=True))
+    """``value`` (dataclasses as dicts) with mapping keys sorted recursively: a stable repr for Snakemake params."""
+    return json.loads(json.dumps(value, sort_keys=True, default=dataclasses.asdict))
 
 
-def match_domains(study: dict, patterns: list[str], key: str) -> list[str]:
+def match_domains(study: settings.Study, patterns: list[str], key: str) -> list[str]:
     """Domain names matching names or glob patterns, in config order; an unmatched pattern is an error."""
-    names = list(study["domains"])
+    names = list(study.domains)
     found = []
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
@@ -201,13 +203,6 @@ def _read(source) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the study config must be a mapping")
     return data
-
-
-def _without_defaults(schema):
-    """A copy of ``schema`` with every ``default`` removed (for blocks that override others)."""
-    if isinstance(schema, dict):
-        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
-    return schema
 
 
 def _validate(instance: dict, schema: dict, where: str) -> None:
@@ -358,23 +353,23 @@ def _check_ranges(spec: dict, where: str) -> None:
             raise ConfigError(f"{where}.{block}.{key}: min {low} is larger than max {high}")
 
 
-def _check_image(study: dict) -> None:
-    image, sampling = study["image"], study["simulation"]["sampling_A"]
-    for key, length in (("pixel_size_A", image["pixel_size_A"]), ("padding_A", image["padding_A"])):
+def _check_image(study: settings.Study) -> None:
+    image, sampling = study.image, study.simulation.sampling_A
+    for key, length in (("pixel_size_A", image.pixel_size_A), ("padding_A", image.padding_A)):
         ratio = length / sampling
         if (length and ratio < 1 - 1e-9) or abs(ratio - round(ratio)) > 1e-6:
             raise ConfigError(f"image.{key}: {length} must be a whole multiple of simulation.sampling_A = {sampling}")
-    ratio = image["padding_A"] / image["pixel_size_A"]
+    ratio = image.padding_A / image.pixel_size_A
     if abs(ratio - round(ratio)) > 1e-6:
         raise ConfigError(
-            f"image.padding_A: {image['padding_A']} must be a whole multiple of image.pixel_size_A = {image['pixel_size_A']}"
+            f"image.padding_A: {image.padding_A} must be a whole multiple of image.pixel_size_A = {image.pixel_size_A}"
         )
 
 
-def _check_particles_fit(study: dict) -> None:
+def _check_particles_fit(study: settings.Study) -> None:
     """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)."""
-    cell_A = optics.cell_A(study["image"])
-    for name, spec in study["structure_sets"].items():
+    cell_A = optics.cell_A(study.image)
+    for name, spec in study.structure_sets.items():
         particles = spec["particles"]
         if 2 * particles["radius_A"][1] + particles["min_gap_A"] > cell_A:
             raise ConfigError(
@@ -388,17 +383,17 @@ def _check_particles_fit(study: dict) -> None:
             raise ConfigError(f"structure_sets.{name}: {error}") from None
 
 
-def _check_phonons(study: dict) -> None:
+def _check_phonons(study: settings.Study) -> None:
     """Every element of every structure set (and the carbon substrate) has a phonon sigma."""
-    for name, spec in study["structure_sets"].items():
+    for name, spec in study.structure_sets.items():
         symbols = [*structures.LATTICES[spec["particles"]["lattice"]].symbols, "C"]
         try:
-            phonons.sigmas_A(symbols, study["simulation"]["phonon_sigma_A"])
+            phonons.sigmas_A(symbols, study.simulation.phonon_sigma_A)
         except ValueError as error:
             raise ConfigError(f"{error} (structure_sets.{name})") from None
 
 
-def _check_delocalisation(study: dict) -> None:
+def _check_delocalisation(study: settings.Study) -> None:
     """Reject a padding smaller than the delocalisation of any domain's lens (see ``emsim.simulation.optics``).
 
     Evaluated at the information limit (temporal envelope exp(-2)), capped at the band limit of the
@@ -406,22 +401,22 @@ def _check_delocalisation(study: dict) -> None:
     within. The defocus is measured from the particles' calibrated plane; without the
     calibration the particles' largest diameter is added (the reference is then their exit plane).
     """
-    microscope, image, sim = study["microscope"], study["image"], study["simulation"]
+    microscope, image, sim = study.microscope, study.image, study.simulation
     k_max = min(
-        optics.information_limit_k(microscope["energy_eV"], microscope["focal_spread_A"]),
-        1.0 / (3.0 * sim["sampling_A"]),
+        optics.information_limit_k(microscope.energy_eV, microscope.focal_spread_A),
+        1.0 / (3.0 * sim.sampling_A),
     )
-    for name, domain in study["domains"].items():
+    for name, domain in study.domains.items():
         defocus_A = _largest_defocus_A(domain)
-        if not sim["calibrate_zero_defocus"]:
-            defocus_A += 2 * study["structure_sets"][domain["structure_set"]]["particles"]["radius_A"][1]
-        reach_A = optics.delocalisation_A(k_max, defocus_A, microscope["Cs_A"], microscope["energy_eV"])
-        if reach_A > image["padding_A"] + 1e-9:
-            needed = np.ceil(reach_A / image["pixel_size_A"]) * image["pixel_size_A"]
+        if not sim.calibrate_zero_defocus:
+            defocus_A += 2 * study.structure_sets[domain["structure_set"]]["particles"]["radius_A"][1]
+        reach_A = optics.delocalisation_A(k_max, defocus_A, microscope.Cs_A, microscope.energy_eV)
+        if reach_A > image.padding_A + 1e-9:
+            needed = np.ceil(reach_A / image.pixel_size_A) * image.pixel_size_A
             raise ConfigError(
-                f"image.padding_A: {image['padding_A']:g} A is less than the {reach_A:.1f} A by which the lens of "
+                f"image.padding_A: {image.padding_A:g} A is less than the {reach_A:.1f} A by which the lens of "
                 f"domain {name!r} moves detail (defocus up to {defocus_A:.0f} A, microscope.Cs_A = "
-                f"{microscope['Cs_A']:g}, information limit {1 / k_max:.2f} A from microscope.focal_spread_A); "
+                f"{microscope.Cs_A:g}, information limit {1 / k_max:.2f} A from microscope.focal_spread_A); "
                 f"set image.padding_A >= {needed:g} (a multiple of image.pixel_size_A), or reduce the defocus or Cs"
             )
 
@@ -439,9 +434,9 @@ def _largest_defocus_A(domain: dict, draws: int = 1000) -> float:
     return float(np.quantile(values, 0.99))
 
 
-def _check_splits(study: dict) -> None:
-    needed = sum(study["splits"].values())
-    for name, spec in study["structure_sets"].items():
+def _check_splits(study: settings.Study) -> None:
+    needed = sum(study.splits.values())
+    for name, spec in study.structure_sets.items():
         if spec["n_structures"] < needed:
             raise ConfigError(
                 f"structure_sets.{name}.n_structures: {spec['n_structures']} structures are too few for the "
@@ -477,11 +472,11 @@ def _check_size_px(study: dict) -> None:
         raise ConfigError(f"image.size_px: {size} is larger than limits.max_size_px = {limit}")
 
 
-def _check_experiments(study: dict) -> None:
+def _check_experiments(study: settings.Study) -> None:
     """Config errors of the experiments block (sizes larger than the train split, bad names)."""
-    train = study["splits"]["train"]
-    epochs, width = study["training"]["epochs"], study["training"]["width"]
-    for name, spec in study["experiments"].items():
+    train = study.splits["train"]
+    epochs, width = study.training.epochs, study.training.width
+    for name, spec in study.experiments.items():
         key = f"experiments.{name}"
         series = match_domains(study, spec["domains"], f"{key}.domains")
         for list_key in ("sources", "targets"):
@@ -511,13 +506,13 @@ def _check_experiments(study: dict) -> None:
                 )
 
 
-def _check_sizes(study: dict) -> None:
+def _check_sizes(study: settings.Study) -> None:
     """Estimated job count and file sizes against ``limits`` (before Snakemake builds its DAG)."""
-    limits, sim, image = study["limits"], study["simulation"], study["image"]
-    gpts = int(round(optics.cell_A(image) / sim["sampling_A"]))
-    wave_bytes = float(sim["frozen_phonons"]) * gpts**2 * 8  # complex64
-    dataset_bytes = float(sum(study["splits"].values())) * image["size_px"] ** 2 * 5  # float32 image + uint8 label
-    for key, size in (("simulation.shard_size", sim["shard_size"] * wave_bytes), ("image.size_px", dataset_bytes)):
+    limits, sim, image = study.limits, study.simulation, study.image
+    gpts = int(round(optics.cell_A(image) / sim.sampling_A))
+    wave_bytes = float(sim.frozen_phonons) * gpts**2 * 8  # complex64
+    dataset_bytes = float(sum(study.splits.values())) * image.size_px**2 * 5  # float32 image + uint8 label
+    for key, size in (("simulation.shard_size", sim.shard_size * wave_bytes), ("image.size_px", dataset_bytes)):
         if size > limits["max_file_GB"] * 1e9:
             what = "exit-wave shard" if key.startswith("simulation") else "domain dataset"
             raise ConfigError(
@@ -525,11 +520,11 @@ def _check_sizes(study: dict) -> None:
                 f"limits.max_file_GB = {limits['max_file_GB']}"
             )
     jobs = {
-        f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim["shard_size"])
-        for name, spec in study["structure_sets"].items()
+        f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim.shard_size)
+        for name, spec in study.structure_sets.items()
     }
-    jobs["domains"] = len(study["domains"])
-    for name, spec in study["experiments"].items():
+    jobs["domains"] = len(study.domains)
+    for name, spec in study.experiments.items():
         jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
     total = sum(jobs.values())
     if total > limits["max_jobs"]:
@@ -540,7 +535,7 @@ def _check_sizes(study: dict) -> None:
         )
 
 
-def _experiment_jobs(study: dict, spec: dict, key: str) -> int:
+def _experiment_jobs(study: settings.Study, spec: dict, key: str) -> int:
     """Models plus evaluation groups of one experiment, counted without expanding its grid."""
     sources = match_domains(study, spec["sources"], f"{key}.sources")
     targets = match_domains(study, spec.get("targets", spec["domains"]), f"{key}.targets")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from emsim.study import config as config_module
 from emsim.study import methods as method_specs
 from emsim.study.paths import baseline_path, batch_path, dataset_path, pretrain_path, transfer_path
+from emsim.study.settings import Study
 
 STAGES = ("pretrain", "transfer", "baseline")
 
@@ -63,20 +64,20 @@ class Experiment:
         return [m for group in self.groups.values() for m in group]
 
 
-def expand(study: dict) -> dict[str, Experiment]:
+def expand(study: Study) -> dict[str, Experiment]:
     """Every experiment of a validated study, grid expanded."""
-    return {name: _expand_one(study, name, spec) for name, spec in study["experiments"].items()}
+    return {name: _expand_one(study, name, spec) for name, spec in study.experiments.items()}
 
 
-def all_models(study: dict) -> dict[str, ModelSpec]:
+def all_models(study: Study) -> dict[str, ModelSpec]:
     """Every distinct model file of the study (pretraining shared across experiments)."""
     return {m.path: m for exp in expand(study).values() for m in exp.models}
 
 
-def batches(study: dict, experiments: dict[str, Experiment] | None = None) -> dict[str, list[ModelSpec]]:
+def batches(study: Study, experiments: dict[str, Experiment] | None = None) -> dict[str, list[ModelSpec]]:
     """Every training batch of the study: batch record path -> its models (each model in one batch)."""
     experiments = expand(study) if experiments is None else experiments
-    per_job = study["training"]["models_per_job"]
+    per_job = study.training.models_per_job
     groups: dict[str, dict[str, ModelSpec]] = {}
     for exp in experiments.values():
         for group, models in exp.groups.items():
@@ -94,7 +95,7 @@ def batches(study: dict, experiments: dict[str, Experiment] | None = None) -> di
     return out
 
 
-def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
+def _expand_one(study: Study, name: str, spec: dict) -> Experiment:
     key = f"experiments.{name}"
     series = config_module.match_domains(study, spec["domains"], f"{key}.domains")
     sources = config_module.match_domains(study, spec["sources"], f"{key}.sources")
@@ -117,10 +118,10 @@ def _expand_one(study: dict, name: str, spec: dict) -> Experiment:
             for lr in lrs
             for seed in seeds
         ]
-    training = study["training"]
+    training = study.training
     variants = []  # (method, freeze) pairs: finetune crossed with the freeze list
     for i, entry in enumerate(spec["methods"]):
-        method = method_specs.resolve(entry, f"{key}.methods[{i}]", training["epochs"], training["width"])
+        method = method_specs.resolve(entry, f"{key}.methods[{i}]", training.epochs, training.width)
         variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
     for source, target in pairs:
         groups[f"transfer/{source}/{target}"] = [

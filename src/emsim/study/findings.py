@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emsim.study.settings import Study
+
 TRANSFER = "transfer"
 STUDY_METRIC = "study_loss"
 STUDY_OFFSET = 0.3133  # ln(1 + e^-1), subtracted by the article from every loss it reports
@@ -240,12 +242,12 @@ def markdown(results: dict[str, list[dict]]) -> str:
 # ---------------------------------------------------------------- domain facts
 
 
-def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
+def domain_facts(study: Study, domains: list[str]) -> pd.DataFrame:
     """Defocus (nm), dose (e/A^2) and lattice of each domain of a loaded study config."""
     rows = {}
     for name in domains:
-        domain = study["domains"][name]
-        particles = study["structure_sets"][domain["structure_set"]]["particles"]
+        domain = study.domains[name]
+        particles = study.structure_sets[domain["structure_set"]]["particles"]
         rows[name] = {
             "defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
             "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
@@ -254,7 +256,7 @@ def domain_facts(study: dict, domains: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
 
 
-def report_findings(report_dir: str | Path, study: dict, metric: str = "ce") -> dict[str, list[dict]]:
+def report_findings(report_dir: str | Path, study: Study, metric: str = "ce") -> dict[str, list[dict]]:
     """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``."""
     from emsim.study import experiments
 

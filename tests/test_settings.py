@@ -1,0 +1,57 @@
+"""Typed config blocks (emsim.study.settings): the same keys as the schema, built only from complete blocks."""
+
+import dataclasses
+
+import pytest
+
+from emsim.study import config, settings
+from emsim.study import schema as study_schema
+
+BLOCKS = [
+    settings.Microscope,
+    settings.Simulation,
+    settings.Image,
+    settings.Labels,
+    settings.EarlyStopping,
+    settings.Training,
+    settings.Study,
+]
+
+
+@pytest.mark.parametrize("cls", BLOCKS, ids=lambda cls: cls.__name__)
+def test_fields_are_the_schema_keys(cls):
+    block = study_schema.load()
+    for key in filter(None, cls.BLOCK.split(".")):
+        block = block["properties"][key]
+    block = next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block)
+    assert [f.name for f in dataclasses.fields(cls)] == list(block["properties"])
+    assert all(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls)
+    )
+
+
+def test_load_returns_frozen_typed_blocks_that_give_back_the_dicts():
+    study = config.load("config/test.yaml")
+    assert isinstance(study.training, settings.Training) and study.image.size_px == 64
+    assert study.simulation.zero_defocus_search_A == (-200.0, 200.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        study.image.size_px = 128
+    block = config.normalized(study.simulation)
+    assert (
+        block["zero_defocus_search_A"] == [-200.0, 200.0] and settings.Simulation.from_dict(block) == study.simulation
+    )
+
+
+def test_from_dict_names_the_missing_unknown_or_invalid_key():
+    image = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0}
+    with pytest.raises(ValueError, match=r"image: missing key\(s\) image.padding_A"):
+        settings.Image.from_dict({"size_px": 64, "pixel_size_A": 0.4})
+    with pytest.raises(ValueError, match=r"image: unknown key\(s\) image.pixel_A"):
+        settings.Image.from_dict(image | {"pixel_A": 0.4})
+    with pytest.raises(ValueError, match="image.size_px: 16 is less than the minimum of 32"):
+        settings.Image.from_dict(image | {"size_px": 16})
+    training = dataclasses.asdict(config.load("config/test.yaml").training)
+    with pytest.raises(ValueError, match="training.early_stopping.patience: 0 is less than the minimum"):
+        settings.Training.from_dict(training | {"early_stopping": {"patience": 0, "min_delta": 0.0}})
+    stopping = settings.Training.from_dict(training | {"early_stopping": {"patience": 2, "min_delta": 0.1}})
+    assert stopping.early_stopping == settings.EarlyStopping(patience=2, min_delta=0.1)
