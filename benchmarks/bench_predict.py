@@ -3,14 +3,18 @@ ONNX Runtime, on the CPU (tiles batched; standardisation, padding and tiling don
 for all members).
 
 Times :func:`emsim.predict.tiled_probability` on a synthetic frame with random-weight models of
-the given width (speed does not depend on the weights)::
+the given width (speed does not depend on the weights), after a warm-up on one row of tiles; each
+row ends with the 1-minute load average (the machine may be shared). ``--members 1`` skips the
+ensemble::
 
     python benchmarks/bench_predict.py --size 4096 --width 0.25
+    python benchmarks/bench_predict.py --size 4096 --width 1 --members 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ def onnx_forward(session):
 
 
 def seconds(forward, frame: np.ndarray, args) -> float:
-    tiled_probability(forward, frame[: args.tile, : args.tile], args.tile, args.batch)  # warm-up
+    tiled_probability(forward, frame[: args.tile, : args.tile * args.batch], args.tile, args.batch)  # warm-up
     start = time.perf_counter()
     for _ in range(args.repeats):
         tiled_probability(forward, frame, args.tile, args.batch)
@@ -56,7 +60,8 @@ def main() -> None:
         f"{args.size}x{args.size} px, tiles {args.tile} px in batches of {args.batch}, "
         f"width {args.width}"
     )
-    print(f"{'engine':<12} {'models':>6} {'s/frame':>9} {'frames/s':>9}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min; the machine may be shared)")
+    print(f"{'engine':<12} {'models':>6} {'s/frame':>9} {'frames/s':>9} {'load':>5}")
     with tempfile.TemporaryDirectory() as folder:
         paths = []
         for seed in range(args.members):
@@ -71,7 +76,7 @@ def main() -> None:
                 ("onnxruntime", onnx_forward(onnx_session(onnx_path, args.threads))),
             ):
                 s = seconds(forward, frame, args)
-                print(f"{engine:<12} {members:>6} {s:>9.2f} {1 / s:>9.3f}", flush=True)
+                print(f"{engine:<12} {members:>6} {s:>9.2f} {1 / s:>9.3f} {os.getloadavg()[0]:>5.2f}", flush=True)
 
 
 if __name__ == "__main__":
