@@ -4,9 +4,9 @@ for all members).
 
 Times :func:`emsim.predict.tiled_probability` on a synthetic frame with random-weight models of
 the given width (speed does not depend on the weights), after a warm-up on one row of tiles. Each
-row gives wall and CPU seconds (all threads) per frame and ends with the 1-minute load average: on
-a shared machine CPU seconds / threads is the wall time it would take alone. ``--members 1``
-skips the ensemble::
+row gives wall and CPU seconds (all threads) per frame and ends with the 1-minute load average:
+on a shared machine, CPU seconds / threads bounds from below the wall time it would take alone.
+``--members 1`` skips the ensemble::
 
     python benchmarks/bench_predict.py --size 4096 --width 0.25
     python benchmarks/bench_predict.py --size 4096 --width 1 --members 1
