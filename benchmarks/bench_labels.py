@@ -64,16 +64,7 @@ def main() -> None:
     from emsim.simulation import labels, simulate, structures
     from emsim.study.settings import Labels, Simulation
 
-    sim = Simulation(
-        sampling_A=args.sampling_A,
-        slice_thickness_A=2.0,
-        frozen_phonons=1,
-        phonon_sigma_A=0.0,
-        device="cpu",
-        shard_size=1,
-        calibrate_zero_defocus=False,
-        zero_defocus_search_A=(-200.0, 200.0),
-    )
+    sim = Simulation.with_defaults(sampling_A=args.sampling_A, phonon_sigma_A=0.0, calibrate_zero_defocus=False)
     energy_eV = 300e3
     pixel_A = args.pixel_size_A
     print(

@@ -3,14 +3,19 @@ ONNX Runtime, on the CPU (tiles batched; standardisation, padding and tiling don
 for all members).
 
 Times :func:`emsim.predict.tiled_probability` on a synthetic frame with random-weight models of
-the given width (speed does not depend on the weights)::
+the given width (speed does not depend on the weights), after a warm-up on one row of tiles. Each
+row gives wall and CPU seconds (all threads) per frame and ends with the 1-minute load average:
+on a shared machine, CPU seconds / threads bounds from below the wall time it would take alone.
+``--members 1`` skips the ensemble::
 
     python benchmarks/bench_predict.py --size 4096 --width 0.25
+    python benchmarks/bench_predict.py --size 4096 --width 1 --members 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +35,13 @@ def onnx_forward(session):
     return forward
 
 
-def seconds(forward, frame: np.ndarray, args) -> float:
-    tiled_probability(forward, frame[: args.tile, : args.tile], args.tile, args.batch)  # warm-up
-    start = time.perf_counter()
+def seconds(forward, frame: np.ndarray, args) -> tuple[float, float]:
+    """Wall and CPU (all threads) seconds per frame."""
+    tiled_probability(forward, frame[: args.tile, : args.tile * args.batch], args.tile, args.batch)  # warm-up
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.repeats):
         tiled_probability(forward, frame, args.tile, args.batch)
-    return (time.perf_counter() - start) / args.repeats
+    return (time.perf_counter() - start) / args.repeats, (time.process_time() - cpu) / args.repeats
 
 
 def main() -> None:
@@ -56,7 +62,8 @@ def main() -> None:
         f"{args.size}x{args.size} px, tiles {args.tile} px in batches of {args.batch}, "
         f"width {args.width}"
     )
-    print(f"{'engine':<12} {'models':>6} {'s/frame':>9} {'frames/s':>9}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min; the machine may be shared)")
+    print(f"{'engine':<12} {'models':>6} {'s/frame':>9} {'frames/s':>9} {'cpu s':>7} {'load':>5}")
     with tempfile.TemporaryDirectory() as folder:
         paths = []
         for seed in range(args.members):
@@ -70,8 +77,11 @@ def main() -> None:
                 ("pytorch", torch_forward(ensemble)),
                 ("onnxruntime", onnx_forward(onnx_session(onnx_path, args.threads))),
             ):
-                s = seconds(forward, frame, args)
-                print(f"{engine:<12} {members:>6} {s:>9.2f} {1 / s:>9.3f}", flush=True)
+                s, cpu = seconds(forward, frame, args)
+                print(
+                    f"{engine:<12} {members:>6} {s:>9.2f} {1 / s:>9.3f} {cpu:>7.1f} {os.getloadavg()[0]:>5.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -50,15 +50,8 @@ def main() -> None:
         print(f"FFTW wisdom loaded: {simulate.load_fftw_wisdom(args.wisdom)}")
     image = Image(size_px=args.size_px, pixel_size_A=args.pixel_size_A, padding_A=args.padding_A)
     cell_A, cell_px = optics.cell_A(image), optics.cell_px(image)
-    sim = Simulation(
-        sampling_A=args.sampling_A,
-        slice_thickness_A=2.0,
-        frozen_phonons=args.phonons,
-        phonon_sigma_A="room_temperature",
-        device=args.device,
-        shard_size=1,
-        calibrate_zero_defocus=True,
-        zero_defocus_search_A=(-200.0, 200.0),
+    sim = Simulation.with_defaults(
+        sampling_A=args.sampling_A, frozen_phonons=args.phonons, device=args.device, calibrate_zero_defocus=True
     )
     microscope = Microscope(energy_eV=300e3, Cs_A=0.0, focal_spread_A=10.0, angular_spread_mrad=0.0)
     spec = {

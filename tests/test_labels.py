@@ -13,16 +13,7 @@ from emsim.simulation import labels, simulate
 from emsim.study.settings import Labels, Simulation
 
 CELL_A = 40.0
-SIM = Simulation(
-    sampling_A=0.1,
-    slice_thickness_A=2.0,
-    frozen_phonons=1,
-    phonon_sigma_A=0.1,
-    device="cpu",
-    shard_size=1,
-    calibrate_zero_defocus=False,
-    zero_defocus_search_A=(-200.0, 200.0),
-)
+SIM = Simulation.with_defaults(sampling_A=0.1, phonon_sigma_A=0.1, shard_size=1, calibrate_zero_defocus=False)
 LABELS = Labels(
     method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
 )

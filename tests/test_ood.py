@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from test_evaluate import disc_images
-from test_train import training
 
 from emsim import data
 from emsim.learning import evaluate, ood, train
 from emsim.learning.models import UNet, save_model
+from emsim.study.settings import Training
 
 
 def make_domain(path, domain: str, contrast: float, dose: float, n: int = 24) -> str:
@@ -46,7 +46,9 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     make_domain(results / "datasets" / "mid.h5", "mid", 0.5, 8.0)
     make_domain(results / "datasets" / "far.h5", "far", 0.5, 1.0)
     path = results / "models" / "pretrain" / "near.pt"
-    meta = train.pretrain(near, path, training(width=0.125, epochs=1, batch_size=2, device="cpu"), 1e-3, seed=0)
+    meta = train.pretrain(
+        near, path, Training.with_defaults(width=0.125, epochs=1, batch_size=2, device="cpu"), 1e-3, seed=0
+    )
     assert meta["input_reference"]["pixel_size_A"] == 0.4 and len(meta["input_reference"]["feature_std"]) == 5
     old = results / "models" / "old.pt"  # trained before the description existed
     save_model(

@@ -313,4 +313,6 @@ def test_bad_images_fail_alone_and_cli_status(model_path, tmp_path, capsys):
     assert "smaller than the model's minimum 32 px" in rows[3]["message"]
     assert "nan.npy: image contains NaN" in rows[4]["message"]
     assert not (tmp_path / "out" / "stack_001_mask.png").exists()
-    assert capsys.readouterr().out.splitlines()[-1].startswith("2 ok, 4 failed")
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1].startswith("2 ok, 4 failed")
+    assert "%|" not in captured.err  # no progress bar when stderr is not a terminal

@@ -24,6 +24,7 @@ def test_fields_are_the_schema_keys(cls):
     for key in filter(None, cls.BLOCK.split(".")):
         block = block["properties"][key]
     block = next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block)
+    assert cls._block_schema() == block
     assert [f.name for f in dataclasses.fields(cls)] == list(block["properties"])
     assert all(
         f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls)
@@ -55,3 +56,12 @@ def test_from_dict_names_the_missing_unknown_or_invalid_key():
         settings.Training.from_dict(training | {"early_stopping": {"patience": 0, "min_delta": 0.0}})
     stopping = settings.Training.from_dict(training | {"early_stopping": {"patience": 2, "min_delta": 0.1}})
     assert stopping.early_stopping == settings.EarlyStopping(patience=2, min_delta=0.1)
+
+
+def test_with_defaults_fills_the_schema_defaults():
+    assert settings.Simulation.with_defaults(shard_size=3).shard_size == 3
+    assert settings.Labels.with_defaults() == settings.Labels.from_dict(
+        {k: v["default"] for k, v in study_schema.load()["properties"]["labels"]["properties"].items()}
+    )
+    with pytest.raises(ValueError, match="image.size_px: 16 is less than the minimum"):
+        settings.Image.with_defaults(size_px=16)

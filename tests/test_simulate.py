@@ -12,15 +12,8 @@ from emsim.simulation import optics, simulate, structures
 from emsim.study.settings import Image, Labels, Microscope, Simulation
 
 CELL_A = 25.6
-SIM = Simulation(
-    sampling_A=0.2,
-    slice_thickness_A=2.0,
-    frozen_phonons=2,
-    phonon_sigma_A=0.1,
-    device="cpu",
-    shard_size=2,
-    calibrate_zero_defocus=False,
-    zero_defocus_search_A=(-200.0, 200.0),
+SIM = Simulation.with_defaults(
+    sampling_A=0.2, frozen_phonons=2, phonon_sigma_A=0.1, shard_size=2, calibrate_zero_defocus=False
 )
 MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=1.2e7, focal_spread_A=10.0, angular_spread_mrad=0.0)
 ENERGY_EV = MICROSCOPE.energy_eV

@@ -13,7 +13,7 @@ from emsim import data
 from emsim.learning import evaluate, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
-from emsim.study import config, experiments, schema
+from emsim.study import config, experiments
 from emsim.study.settings import Training
 
 SIZE_PX = 64
@@ -21,13 +21,7 @@ SIZE_PX = 64
 
 # one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
 # augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
-def training(**keys) -> Training:
-    """The training block ``keys`` with the schema's defaults for the keys it lacks."""
-    defaults = {k: v["default"] for k, v in schema.load()["properties"]["training"]["properties"].items()}
-    return Training.from_dict(defaults | keys)
-
-
-CFG = training(
+CFG = Training.with_defaults(
     width=0.125,
     epochs=3,
     batch_size=4,
@@ -306,7 +300,7 @@ def test_cfg_is_validated():
         Training.from_dict({**asdict(CFG), "epoch": 3})
     with pytest.raises(ValueError, match="missing key.*training.lr_decay"):
         Training.from_dict({k: v for k, v in asdict(CFG).items() if k != "lr_decay"})
-    assert training().batch_size == 16
+    assert Training.with_defaults().batch_size == 16
 
 
 def test_dihedral_gives_the_8_symmetries_and_matches_labels():
@@ -363,7 +357,7 @@ def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp
     val = evaluate.load_split(domains["a"], "val", torch.device("cpu"))
     assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="training.loss: 'dice' is not one of"):
-        training(loss="dice")
+        Training.with_defaults(loss="dice")
     with pytest.raises(ValueError, match="training.augmentation: 'none' is not one of"):
         Training.from_dict({**asdict(CFG), "augmentation": "none"})
     assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))

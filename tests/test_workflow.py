@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_train import training
 
 from emsim import data
 from emsim.learning import train
 from emsim.learning.models import load_model
 from emsim.study import config, experiments
+from emsim.study.settings import Training
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
@@ -208,7 +208,9 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     fresh = tmp_path / "fresh.pt"
     settings = {k: v for k, v in meta["config"].items() if k != "lr"}
     dataset = rerun_dir / "results/datasets/df-10.h5"
-    train.pretrain(dataset, fresh, training(**settings), meta["config"]["lr"], seed=meta["seed"], device="cpu")
+    train.pretrain(
+        dataset, fresh, Training.with_defaults(**settings), meta["config"]["lr"], seed=meta["seed"], device="cpu"
+    )
     a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

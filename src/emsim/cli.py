@@ -78,17 +78,22 @@ def _check(args) -> int:
 
 def _info(args) -> int:
     from emsim import data, io
+    from emsim.progress import bar
 
     attrs = data.read_attrs(args.file)
     meta = data.read_meta(args.file)
     with data.open_dataset(args.file) as f, io.reading(args.file, "dataset"):
         shape = f["images"].shape
         splits = {name: len(f[f"splits/{name}"]) for name in data.SPLITS}
-        images = f["images"][()]
-        labels = f["labels"][()]
+        sums = np.zeros(3)  # counts, squared counts, particle pixels: one image in memory at a time
+        for i in bar(range(shape[0]), "info", "image"):
+            image = f["images"][i].astype(np.float64)
+            sums += image.sum(), np.square(image).sum(), f["labels"][i].sum()
+    mean, squares, fraction = sums / np.prod(shape)
+    std = np.sqrt(max(squares - mean**2, 0.0))
     print(f"{args.file}: domain {attrs['domain']}")
-    print(f"  images {shape[0]} x {shape[1]} x {shape[2]} px, counts mean {images.mean():.4g}, std {images.std():.4g}")
-    print(f"  labels: particle fraction {labels.mean():.3f}")
+    print(f"  images {shape[0]} x {shape[1]} x {shape[2]} px, counts mean {mean:.4g}, std {std:.4g}")
+    print(f"  labels: particle fraction {fraction:.3f}")
     print("  splits: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
     for key, values in meta.items():
         values = np.asarray(values, float)
@@ -125,7 +130,7 @@ def _predict(args) -> int:
         batch_tiles=args.batch,
         pixel_size_A=args.pixel_size,
         ood_threshold=args.ood_threshold,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:

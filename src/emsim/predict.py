@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from emsim import data
 from emsim.io import atomic_path, provenance
 from emsim.learning import ood
 from emsim.learning.models import DOWNSAMPLING, load_model, pad_to_multiple, resolve_device
+from emsim.progress import bar
 from emsim.readers import read_images
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def predict_files(
     paths); ``status`` is ``ok`` or ``error`` with a ``message`` naming the file. A bad input is
     reported and skipped; bad models raise ValueError before any input is read.
     ``pixel_size_A`` applies to inputs whose file records none; ``ood_threshold`` replaces the
-    models' own."""
+    models' own; ``progress`` shows a bar over the inputs when stderr is a terminal."""
     if tile_px < DOWNSAMPLING or tile_px % DOWNSAMPLING:
         raise ValueError(f"tile_px must be a positive multiple of {DOWNSAMPLING}, got {tile_px}")
     if batch_tiles < 1:
@@ -176,7 +176,7 @@ def predict_files(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, used_stems = [], set()
-    for source in tqdm(inputs, desc="predict", unit="file", disable=not progress):
+    for source in bar(inputs, "predict", show=progress):
         try:
             images, file_px = read_images(source)
         except ValueError as error:

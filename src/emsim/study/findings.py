@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emsim.progress import bar
 from emsim.study.settings import Study
 
 TRANSFER = "transfer"
@@ -256,13 +257,16 @@ def domain_facts(study: Study, domains: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
 
 
-def report_findings(report_dir: str | Path, study: Study, metric: str = "ce") -> dict[str, list[dict]]:
-    """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``."""
+def report_findings(
+    report_dir: str | Path, study: Study, metric: str = "ce", progress: bool = False
+) -> dict[str, list[dict]]:
+    """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``
+    (``progress``: a bar over them when stderr is a terminal)."""
     from emsim.study import experiments
 
     expanded = experiments.expand(study)
     results = {}
-    for path in sorted(Path(report_dir).glob("*/models.parquet")):
+    for path in bar(sorted(Path(report_dir).glob("*/models.parquet")), "findings", "experiment", progress):
         name = path.parent.name
         if name not in expanded:
             raise ValueError(
@@ -451,14 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.study:
             results = {
-                name: findings(table, facts, STUDY_METRIC) for name, (table, facts) in load_study(args.study).items()
+                name: findings(table, facts, STUDY_METRIC)
+                for name, (table, facts) in bar(load_study(args.study).items(), "findings", "experiment")
             }
         else:
             if not args.configfile:
                 parser.error("REPORT_DIR needs --configfile (the study config of the run)")
             from emsim.study import config
 
-            results = report_findings(args.report_dir, config.load(args.configfile), args.metric)
+            results = report_findings(args.report_dir, config.load(args.configfile), args.metric, progress=True)
     except (ValueError, OSError, pickle.UnpicklingError) as error:
         print(f"emsim.study.findings: {error}", file=sys.stderr)
         return 2

@@ -26,12 +26,23 @@ class _Block:
     BLOCK: ClassVar[str]  # the block's dotted key in the study config ("" for the whole study)
 
     @classmethod
-    def schema(cls) -> dict:
-        """The block's schema, without defaults (of an optional block: its object alternative)."""
+    def _block_schema(cls) -> dict:
+        """The block's schema as written (of an optional block: its object alternative)."""
         block = study_schema.load()
         for key in filter(None, cls.BLOCK.split(".")):
             block = block["properties"][key]
-        return without_defaults(next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block))
+        return next((s for s in block.get("oneOf", []) if s.get("type") == "object"), block)
+
+    @classmethod
+    def schema(cls) -> dict:
+        """The block's schema without defaults."""
+        return without_defaults(cls._block_schema())
+
+    @classmethod
+    def with_defaults(cls, **values):
+        """The block from ``values`` and the schema's defaults for the keys they lack."""
+        properties = cls._block_schema()["properties"]
+        return cls.from_dict({k: p["default"] for k, p in properties.items() if "default" in p} | values)
 
     @classmethod
     def from_dict(cls, block: Mapping):

@@ -1,0 +1,17 @@
+"""Progress bars for long command-line work: on stderr, and only when stderr is a terminal (logs
+and pipes get none)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def bar(items: Iterable[T], desc: str, unit: str = "file", show: bool = True) -> Iterable[T]:
+    """``items`` with a tqdm bar named ``desc`` when ``show`` and stderr is a terminal."""
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, disable=not (show and sys.stderr.isatty()))
