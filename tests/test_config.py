@@ -276,3 +276,9 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
     from emsim.simulation import shifts
 
     assert {"shift_one", "shift_two"} <= set(shifts.SHIFTS)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    study = config.load(path)
+    assert study.domains and study.experiments

@@ -11,9 +11,9 @@ from emsim.learning.models import UNet, save_model
 from emsim.study.settings import Training
 
 
-def make_domain(path, domain: str, contrast: float, dose: float, n: int = 24) -> str:
+def make_domain(path, domain: str, contrast: float, dose: float, n: int = 6) -> str:
     images, labels = disc_images(np.random.default_rng(len(domain)), n, 64, contrast, dose)
-    splits = {"train": np.arange(16), "val": np.arange(16, 20), "test": np.arange(20, 24)}
+    splits = {"train": np.arange(2), "val": np.arange(2, 4), "test": np.arange(4, 6)}
     data.write_dataset(
         path,
         images,
@@ -27,17 +27,16 @@ def make_domain(path, domain: str, contrast: float, dose: float, n: int = 24) ->
 
 def test_score_grows_with_the_shift():
     rng = np.random.default_rng(0)
-    model = UNet(width=0.125, generator=torch.Generator().manual_seed(0)).train()
     train_images, _ = disc_images(rng, 16, 64, contrast=0.5, dose=40.0)
-    ref = ood.reference(model, train_images, 0.4)
-    assert ref["pixel_size_A"] == 0.4 and ref["size_px"] == 64 and model.training
-    channels = [len(m) for m in ref["feature_mean"][0]]
-    assert len(ref["feature_mean"]) == 5 and channels == [model.encoder.out_channels[0]] * 2
-    scores = [ood.scores(model, disc_images(rng, 4, 64, 0.5, dose)[0], ref).mean() for dose in (40.0, 10.0, 2.0)]
+    ref = ood.reference(train_images, 0.4)
+    assert ref["pixel_size_A"] == 0.4 and ref["size_px"] == 64
+    scores = [
+        np.mean([ood.score(image, ref) for image in disc_images(rng, 4, 64, 0.5, dose)[0]])
+        for dose in (40.0, 10.0, 2.0)
+    ]
     assert scores[0] < ood.DEFAULT_THRESHOLD and scores[0] < scores[1] < scores[2]
     big = np.tile(disc_images(rng, 1, 64, 0.5, 40.0)[0][0], (3, 4))  # tiled at training size
-    assert ood.tiles(big, 64).shape == (12, 64, 64)
-    assert ood.score(model, big, ref) < ood.DEFAULT_THRESHOLD
+    assert ood.score(big, ref) < ood.DEFAULT_THRESHOLD
 
 
 def test_training_records_the_description_and_study_ranks_domains(tmp_path, capsys):
@@ -49,7 +48,10 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     meta = train.pretrain(
         near, path, Training.with_defaults(width=0.125, epochs=1, batch_size=2, device="cpu"), 1e-3, seed=0
     )
-    assert meta["input_reference"]["pixel_size_A"] == 0.4 and len(meta["input_reference"]["feature_std"]) == 5
+    assert (
+        meta["input_reference"]["pixel_size_A"] == 0.4
+        and len(meta["input_reference"]["spectrum_mean"]) == ood.SPECTRUM_BINS
+    )
     old = results / "models" / "old.pt"  # trained before the description existed
     save_model(
         old,
@@ -58,7 +60,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     )
     datasets = {d: str(results / "datasets" / f"{d}.h5") for d in ("near", "mid", "far")}
     records = evaluate.evaluate_models(
-        [{"path": str(p), "tags": {"target": "near"}} for p in (path, old)], datasets, "cpu"
+        [{"path": str(p), "tags": {"target": "near", "stage": "pretrain"}} for p in (path, old)], datasets, "cpu"
     )
     evaluate.write_evaluation(records, results / "evaluation" / "x" / "pretrain.json")
     found = ood.study_scores(results)
@@ -67,8 +69,16 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     assert by_domain["near"]["score"] < by_domain["mid"]["score"] < by_domain["far"]["score"]
     assert found["rho_domains"] is None or -1 <= found["rho_domains"] <= 1
     assert set(found["rho_per_model"]) == {str(path), str(old)} and -1 <= found["rho_median"] <= 1
-    assert ood.main([str(results), "-o", str(tmp_path / "ood.json")]) == 0
-    assert "Spearman rho" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
+    own = np.mean([p["loss"] for p in found["pairs"] if p["domain"] == "near"])  # both models pretrained on near
+    gaps = {p["domain"]: [] for p in found["pairs"]}
+    for p in found["pairs"]:
+        gaps[p["domain"]].append(p["shift_gap"])
+    assert gaps["near"] == pytest.approx([p["loss"] - own for p in found["pairs"] if p["domain"] == "near"])
+    assert gaps["mid"] == gaps["far"] == [None, None]  # no model pretrained on them
+    assert found["rho_gap_median"] is None  # one gapped domain per model: nothing to rank
+    assert ood.main([str(results), "-o", str(tmp_path / "ood.json"), "--figure", str(tmp_path / "ood")]) == 0
+    assert (tmp_path / "ood.png").stat().st_size > 0
+    assert "score vs shift gap" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
     with pytest.raises(ValueError, match="no evaluation files"):
         ood.study_scores(tmp_path / "empty")
 
@@ -80,3 +90,13 @@ def test_calibrated_threshold_separates_degraded_pairs():
     ]
     assert ood._calibrate(pairs, 1.5) == pytest.approx(2.5)
     assert ood._calibrate(pairs[:2], 1.5) is None
+
+
+def test_rank_correlation_per_model():
+    pairs = [
+        {"model": m, "score": s, "loss": loss}
+        for m, rows in {"a": [(1.0, 0.1), (2.0, 0.2), (3.0, 0.3)], "b": [(1.0, 0.3), (2.0, 0.2), (3.0, 0.1)]}.items()
+        for s, loss in rows
+    ]
+    assert ood._rho_per_model(pairs, "loss") == pytest.approx({"a": 1.0, "b": -1.0})
+    assert ood._median([1.0, None, 0.0]) == 0.5 and ood._median([None]) is None

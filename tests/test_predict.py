@@ -17,7 +17,7 @@ from test_evaluate import disc_images
 from emsim.cli import main
 from emsim.data import standardize
 from emsim.learning import ood
-from emsim.learning.models import UNet, load_model, save_model
+from emsim.learning.models import UNet, save_model
 from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images
 
@@ -213,10 +213,9 @@ def test_ensemble_members_must_match(model_path, tmp_path):
 def calibrated_model(tmp_path_factory):
     """A model whose meta records its training pixel size (0.4 Å) and input description."""
     images, _ = disc_images(np.random.default_rng(0), 32, 64, contrast=0.5, dose=40.0)
-    path = train_discs(tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0)
-    model, meta = load_model(path)
-    save_model(path, model, meta={**meta, "input_reference": ood.reference(model, images, 0.4)})
-    return path
+    return train_discs(
+        tmp_path_factory.mktemp("calibrated") / "m.pt", seed=0, meta={"input_reference": ood.reference(images, 0.4)}
+    )
 
 
 def test_pixel_size_resampling_and_ood_flag(calibrated_model, tmp_path):

@@ -164,13 +164,9 @@ def predict_files(
         raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
     patterns = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     ensemble, metas, paths = load_ensemble(patterns, resolve_device(device))
-    described = [
-        (member, meta["input_reference"])
-        for member, meta in zip(ensemble.members, metas)
-        if "feature_mean" in meta.get("input_reference", {})
-    ]
-    if ood_threshold is None and described:
-        ood_threshold = float(np.mean([ref["threshold"] for _, ref in described]))
+    references = [meta["input_reference"] for meta in metas if meta.get("input_reference")]
+    if ood_threshold is None and references:
+        ood_threshold = float(np.mean([r["threshold"] for r in references]))
     forward = torch_forward(ensemble)
     model_px = model_pixel_size(metas[0])
     out_dir = Path(out_dir)
@@ -189,7 +185,7 @@ def predict_files(
             name = stem if len(images) == 1 else f"{stem}_{index:03d}"
             try:
                 row = segment(
-                    forward, image, file_px or pixel_size_A, model_px, described, tile_px, batch_tiles, where
+                    forward, image, file_px or pixel_size_A, model_px, references, tile_px, batch_tiles, where
                 )
             except ValueError as error:
                 logger.error("%s", error)
@@ -248,13 +244,13 @@ def segment(
     image: np.ndarray,
     pixel_size_A: float | None,
     model_pixel_size_A: float | None,
-    described: list[tuple[torch.nn.Module, dict]],
+    references: list[dict],
     tile_px: int,
     batch_tiles: int,
     where: str,
 ) -> dict:
-    """Probability, uncertainty, mask, particle statistics and OOD score (mean over the
-    ``described`` members, each ``(model, input_reference)``) of one raw image; ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size."""
+    """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
+    ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size."""
     if not np.isfinite(image).all():
         raise ValueError(f"{where}: image contains NaN or infinite values")
     if image.min() == image.max():
@@ -282,7 +278,7 @@ def segment(
     mask = (probability > 0.5).astype(np.uint8)
     components, count = ndimage.label(mask)
     areas = np.bincount(components.ravel())[1:]
-    scores = [ood.score(member, scaled, ref) for member, ref in described]
+    scores = [ood.score(scaled, ref) for ref in references]
     return {
         "height_px": h,
         "width_px": w,

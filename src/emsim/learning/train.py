@@ -634,7 +634,7 @@ def _save_best(
         "trainable_params": max((r["trainable_params"] for r in history), default=0),
         "total_params": count_parameters(plain),
         "device": str(device),
-        "input_reference": ood.describe(run, plain, train_images),
+        "input_reference": ood.describe(run, train_images),
         "provenance": io.provenance(run["config"]),
     }
     save_model(out, plain, meta=meta)

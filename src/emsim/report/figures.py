@@ -387,6 +387,44 @@ def plot_forgetting_vs_gain(table: pd.DataFrame, stem: str | os.PathLike) -> lis
     return save_figure(figure, stem)
 
 
+def plot_ood_check(found: dict, stem: str | os.PathLike) -> list[Path]:
+    """OOD score of every (model, domain) pair of :func:`emsim.learning.ood.study_scores` against
+    its val loss (left) and its shift gap (right), one colour per domain, in-domain pairs ringed,
+    the calibrated threshold dashed."""
+    pairs = found["pairs"]
+    domains = sorted({p["domain"] for p in pairs})
+    colours = {d: matplotlib.colormaps["tab20"](i % 20) for i, d in enumerate(domains)}
+    figure = Figure(figsize=(12, 5), layout="constrained")
+    axes = figure.subplots(1, 2, sharex=True)
+    panels = (
+        ("loss", f"val loss ({CE_LABEL})", "rho_pairs"),
+        ("shift_gap", "shift gap: loss - the domain's own", "rho_gap_pairs"),
+    )
+    for ax, (key, ylabel, rho) in zip(axes, panels):
+        for domain in domains:
+            shown = [p for p in pairs if p["domain"] == domain and p.get(key) is not None]
+            for in_domain, legend in ((False, domain), (True, None)):
+                points = [p for p in shown if (p["domain"] == p["target"]) == in_domain]
+                ax.scatter(
+                    [p["score"] for p in points],
+                    [p[key] for p in points],
+                    color=colours[domain],
+                    edgecolors="black" if in_domain else "none",
+                    s=22,
+                    label=legend,
+                )
+        if found["threshold"] is not None:
+            ax.axvline(found["threshold"], color="0.3", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("OOD score (RMS z of the log power spectrum)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"Spearman rho across pairs {found[rho]:+.2f}" if found[rho] is not None else "", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    figure.suptitle("OOD score vs measured loss (ringed: in-domain; dashed: calibrated threshold)")
+    return save_figure(figure, stem)
+
+
 def plot_gain_vs_scratch(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
     """Median gain over the from-scratch model (same target and size) by transfer size, per
     method; band = interquartile range. Above 0: transfer helped."""
