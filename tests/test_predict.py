@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import struct
 from pathlib import Path
 
 import h5py
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from dm_writer import write_dm
 from PIL import Image
 from scipy import ndimage
 from test_evaluate import disc_images
@@ -266,12 +268,68 @@ def test_emd_pixel_size_from_file(calibrated_model, tmp_path):
         read_images(tmp_path / "broken.emd")
 
 
-def test_dm_pixel_size_from_file():
-    """rosettasciio reads but cannot write DigitalMicrograph files: runs on a real one named by
-    EMSIM_DM_SAMPLE (a .dm3/.dm4 with a calibrated image)."""
+@pytest.mark.parametrize("suffix", [".dm3", ".dm4"])
+def test_dm_pixels_and_pixel_size(tmp_path, suffix):
+    """A DigitalMicrograph file written by tests/dm_writer.py (thumbnail first, as DM writes them): the pixels
+    come back unchanged and unrotated, the X/Y calibration (0.025 nm) as 0.25 Å."""
+    image = np.random.default_rng(9).normal(size=(48, 64)).astype(np.float32)
+    image[0, -1] = 100.0  # top right: a transpose or flip moves it
+    path = write_dm(tmp_path / f"scan{suffix}", image, scale=0.025, units="nm", origin=12.0)
+    data, version = path.read_bytes(), int(suffix[-1])
+    root_length = int.from_bytes(data[4 : 8 if version == 3 else 12], "big")  # file size - 16 (DM3) / 24 (DM4)
+    assert int.from_bytes(data[:4], "big") == version and root_length == len(data) - 8 * (version - 1)
+    [read], pixel_size_A = read_images(path)
+    assert read.dtype == np.float32 and read.shape == (48, 64)
+    np.testing.assert_array_equal(read, image)
+    assert pixel_size_A == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("scale", "units", "pixel_size_A"),
+    [(1.0, "", None), (0.5, "1/nm", None), (2.5e-3, "µm", 25.0), (0.4, "Å", 0.4), ((0.025, 1.0), ("nm", ""), None)],
+)
+def test_dm_units(tmp_path, scale, units, pixel_size_A):
+    """Only a length calibration on both image axes gives a pixel size; an uncalibrated image (DM writes scale 1,
+    no units), a diffraction pattern or a half-calibrated image gives None."""
+    path = write_dm(tmp_path / "image.dm3", np.ones((48, 64), np.int16), scale=scale, units=units)
+    assert read_images(path)[1] == (None if pixel_size_A is None else pytest.approx(pixel_size_A))
+
+
+def test_dm_stack_big_endian_and_non_square_pixels(tmp_path):
+    """A uint16 stack (Z, Y, X) in a big-endian DM3 (old Macs): three images and the Y/X pixel size; pixels
+    that are not square are an error naming the file."""
+    stack = np.arange(3 * 48 * 64, dtype=np.uint16).reshape(3, 48, 64)
+    path = write_dm(
+        tmp_path / "stack.dm3", stack, scale=(0.025, 0.025, 1.0), units=("nm", "nm", "s"), little_endian=False
+    )
+    images, pixel_size_A = read_images(path)
+    np.testing.assert_array_equal(np.stack(images), stack)
+    assert pixel_size_A == pytest.approx(0.25)
+    write_dm(tmp_path / "wide.dm4", stack[0], scale=(0.05, 0.025), units="nm")
+    with pytest.raises(ValueError, match=r"wide.dm4: non-square pixels \(0.25 x 0.5 Å\)"):
+        read_images(tmp_path / "wide.dm4")
+
+
+def test_dm4_tag_lengths(tmp_path):
+    """The writer's DM4 tag lengths, which rosettasciio skips over unread: walking the root group by them alone
+    ends on the 8 zero bytes that close the file, whose size the header holds."""
+    data = write_dm(tmp_path / "scan.dm4", np.zeros((48, 64), np.float32), scale=0.025, units="nm").read_bytes()
+    version, root_length, _ = struct.unpack(">iQi", data[:16])
+    assert version == 4 and root_length == len(data) - 24
+    [n_tags] = struct.unpack(">Q", data[18:26])
+    at = 26
+    for _ in range(n_tags):
+        [name_length] = struct.unpack(">H", data[at + 1 : at + 3])
+        [length] = struct.unpack(">Q", data[at + 3 + name_length : at + 11 + name_length])
+        at += 11 + name_length + length
+    assert data[at:] == bytes(8)
+
+
+def test_dm_real_file():
+    """A real DigitalMicrograph file, if EMSIM_DM_SAMPLE names one (a .dm3/.dm4 with a calibrated image)."""
     sample = os.environ.get("EMSIM_DM_SAMPLE")
     if not sample:
-        pytest.skip("rosettasciio cannot write .dm3/.dm4; set EMSIM_DM_SAMPLE to a real file")
+        pytest.skip("set EMSIM_DM_SAMPLE to a real .dm3/.dm4 file")
     images, pixel_size_A = read_images(sample)
     assert images and images[0].ndim == 2 and pixel_size_A > 0
 

@@ -12,6 +12,7 @@ identical (an alpha channel is dropped); otherwise they are an error.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -95,6 +96,8 @@ def _read_rsciio(path: Path, suffix: str) -> tuple[np.ndarray, float | None]:
     if len(signals) != 1:
         raise ValueError(f"holds {len(signals)} image signals; export the one to segment")
     signal = signals[0]
+    if suffix != ".emd":
+        signal["data"] = _dm_byte_order(signal)
     axes = sorted(signal["axes"], key=lambda a: a.get("index_in_array", 0))[-2:]
     sizes = []
     for axis in axes:
@@ -105,6 +108,17 @@ def _read_rsciio(path: Path, suffix: str) -> tuple[np.ndarray, float | None]:
     if not np.isclose(*sizes, rtol=1e-3):
         raise ValueError(f"non-square pixels ({sizes[0]:g} x {sizes[1]:g} Å) are not supported")
     return signal["data"], sizes[1]
+
+
+def _dm_byte_order(signal: dict) -> np.ndarray:
+    """The pixels of a DM signal in the file's byte order: rosettasciio (0.15) reads them in the machine's order
+    even when the file's tag data are big-endian (DM3 from old Macs), which garbles every pixel."""
+    data = signal["data"]
+    image = signal["original_metadata"].get("ImageList", {}).get("TagGroup0", {}).get("ImageData", {}).get("Data")
+    file_order = image.get("endian") if isinstance(image, dict) else None
+    if file_order in ("big", "little") and file_order != sys.byteorder and data.dtype.isnative:
+        data = data.byteswap()  # same dtype, bytes swapped: the values the file holds
+    return data
 
 
 def _as_images(array: np.ndarray) -> list[np.ndarray]:
