@@ -129,6 +129,12 @@ def test_bad_config_names_the_key(study, path, value, names):
         ("substrate", {"thickness_A": [30, 20]}, "substrate.thickness_A"),
         ("substrate", {"thickness_A": [-5, 20]}, "substrate.thickness_A"),
         ("substrate", {"density_g_cm3": 0}, "substrate.density_g_cm3"),
+        ("substrate", {"density_g_cm3": 3.5}, "substrate.density_g_cm3: 3.5 is greater than the maximum of 3.0"),
+        (
+            "particles",
+            {"lattice": "CdSe_wurtzite", "radius_A": [5, 8], "stacking_faults": [0, 2]},
+            "particles.stacking_faults: up to 2 faults may not fit a 5 A particle",
+        ),
     ],
 )
 def test_bad_structure_set_names_the_key(study, block, value, key):

@@ -312,3 +312,15 @@ def test_substrate_only_scene_and_impossible_density():
     assert len(dense) == round(3.5 / 12.011 * _Nav * 4000e-24)
     with pytest.raises(ValueError, match="substrate.density_g_cm3"):
         S.amorphous_carbon(20.0, 5.0, 6.0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("radius_A", [5.0, 8.0, 12.3])
+def test_stacking_fault_room_checked_at_load_always_fits(radius_A):
+    lattice = S.LATTICES["CdSe_wurtzite"]
+    room = int(np.floor(2 * radius_A / lattice.c_A))
+    particles = {"lattice": "CdSe_wurtzite", "radius_A": [radius_A, radius_A], "stacking_faults": [0, room]}
+    S.check_stacking_faults(particles)  # accepted: every random centre has room
+    for seed in range(30):
+        S._wurtzite_sphere(lattice, radius_A, room, np.random.default_rng(seed))
+    with pytest.raises(ValueError, match="particles.stacking_faults"):
+        S.check_stacking_faults(particles | {"stacking_faults": [0, room + 1]})

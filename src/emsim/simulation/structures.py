@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 VACUUM_MARGIN_A = 2.0
 CONTACT_GAP_A = 2.0
 CARBON_MIN_DISTANCE_A = 1.4
+# Densest substrate the hard-core sampler fills (amorphous_carbon): it failed at 3.4 g/cm3 in a
+# 128 x 128 x 80 A cell and at 3.5 in 60 x 60 x 40 A (the limit falls with cell size); amorphous
+# carbon support films are 1.8-2.3 g/cm3.
+MAX_CARBON_DENSITY_G_CM3 = 3.0
 PLACEMENT_TRIES = 256
 PLACEMENT_RESTARTS = 20
 FILE_FORMAT = "emsim.scenes/1"
@@ -176,7 +180,12 @@ SUBSTRATE_SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "thickness_A": _RANGE | {"default": [20.0, 60.0]},
-        "density_g_cm3": {"type": "number", "exclusiveMinimum": 0, "default": 2.0},
+        "density_g_cm3": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": MAX_CARBON_DENSITY_G_CM3,
+            "default": 2.0,
+        },
     },
     "default": {},
 }
@@ -320,6 +329,21 @@ def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.
         "mistilt_deg": float(tilt_deg),
         "tilt_azimuth_deg": float(azimuth_deg),
     }
+
+
+def check_stacking_faults(particles: dict) -> None:
+    """Raise ValueError if the most stacking faults may not fit the smallest wurtzite particle:
+    faults go on the layers (c/2 apart) within radius/2 of its centre, at least floor(2 r / c)."""
+    lattice = LATTICES[particles["lattice"]]
+    if lattice.kind != "wurtzite":
+        return
+    radius_A, n_faults = particles["radius_A"][0], particles["stacking_faults"][1]
+    room = int(np.floor(2 * radius_A / lattice.c_A))
+    if n_faults > room:
+        raise ValueError(
+            f"particles.stacking_faults: up to {n_faults} faults may not fit a {radius_A:g} A particle "
+            f"(room for {room}); lower particles.stacking_faults or raise the smallest particles.radius_A"
+        )
 
 
 def check_placement(particles: dict, cell_xy_A: float, trials: int = 3) -> None:

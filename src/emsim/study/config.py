@@ -367,7 +367,8 @@ def _check_image(study: settings.Study) -> None:
 
 
 def _check_particles_fit(study: settings.Study) -> None:
-    """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)."""
+    """Reject structure sets whose largest particles cannot be placed in the cell (periodic in x/y)
+    or whose smallest wurtzite particles may have no room for the most stacking faults."""
     cell_A = optics.cell_A(study.image)
     for name, spec in study.structure_sets.items():
         particles = spec["particles"]
@@ -381,6 +382,10 @@ def _check_particles_fit(study: settings.Study) -> None:
             structures.check_placement(particles, cell_A)
         except ValueError as error:
             raise ConfigError(f"structure_sets.{name}: {error}") from None
+        try:
+            structures.check_stacking_faults(particles)
+        except ValueError as error:  # the message starts with its key
+            raise ConfigError(f"structure_sets.{name}.{error}") from None
 
 
 def _check_phonons(study: settings.Study) -> None:
