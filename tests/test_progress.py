@@ -8,6 +8,7 @@ import numpy as np
 from emsim import data
 from emsim.cli import main
 from emsim.io import provenance
+from emsim.predict import tiled_probability
 from emsim.progress import bar
 
 
@@ -42,3 +43,14 @@ def test_info_streams_the_images(tmp_path, capsys):
     assert f"counts mean {images.mean():.4g}, std {images.std():.4g}" in captured.out
     assert f"particle fraction {labels.mean():.3f}" in captured.out
     assert captured.err == ""
+
+
+def test_tile_batches_of_a_large_image_get_a_bar(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    image = np.random.default_rng(1).random((96, 96)).astype(np.float32)
+    ones = lambda batch: np.ones((len(batch), *batch.shape[2:]), np.float32)  # noqa: E731
+    assert np.allclose(tiled_probability(ones, image, tile_px=32, batch_tiles=64, progress=True), 1)
+    assert terminal.getvalue() == ""  # one batch: no bar
+    assert np.allclose(tiled_probability(ones, image, tile_px=32, batch_tiles=4, progress=True), 1)
+    assert "tiles" in terminal.getvalue()

@@ -185,7 +185,15 @@ def predict_files(
             name = stem if len(images) == 1 else f"{stem}_{index:03d}"
             try:
                 row = segment(
-                    forward, image, file_px or pixel_size_A, model_px, references, tile_px, batch_tiles, where
+                    forward,
+                    image,
+                    file_px or pixel_size_A,
+                    model_px,
+                    references,
+                    tile_px,
+                    batch_tiles,
+                    where,
+                    progress,
                 )
             except ValueError as error:
                 logger.error("%s", error)
@@ -248,9 +256,11 @@ def segment(
     tile_px: int,
     batch_tiles: int,
     where: str,
+    progress: bool = False,
 ) -> dict:
     """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
-    ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size."""
+    ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size
+    (``progress``: a bar over the tile batches, see :func:`tiled_probability`)."""
     if not np.isfinite(image).all():
         raise ValueError(f"{where}: image contains NaN or infinite values")
     if image.min() == image.max():
@@ -271,7 +281,7 @@ def segment(
             f"model's pixel size) is smaller than the model's minimum "
             f"{MIN_SIZE_PX} px"
         )
-    probability = tiled_probability(forward, scaled, tile_px, batch_tiles)
+    probability = tiled_probability(forward, scaled, tile_px, batch_tiles, progress)
     if resampled:
         probability = np.clip(resample(probability, (h, w)), 0, 1)
     uncertainty = entropy_bits(probability)
@@ -314,9 +324,12 @@ def entropy_bits(probability: np.ndarray) -> np.ndarray:
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
-def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512, batch_tiles: int = 8) -> np.ndarray:
+def tiled_probability(
+    forward: Forward, image: np.ndarray, tile_px: int = 512, batch_tiles: int = 8, progress: bool = False
+) -> np.ndarray:
     """Particle probability (float32, shape of ``image``) of one raw greyscale image, from
-    overlapping tiles sent through ``forward`` in batches of ``batch_tiles``."""
+    overlapping tiles sent through ``forward`` in batches of ``batch_tiles`` (``progress``: a
+    bar over the batches of a large image when stderr is a terminal)."""
     h, w = image.shape
     x = pad_to_multiple(data.standardize(image))
     ph, pw = x.shape
@@ -325,7 +338,8 @@ def tiled_probability(forward: Forward, image: np.ndarray, tile_px: int = 512, b
     corners = [(top, left) for top in _starts(ph, th) for left in _starts(pw, tw)]
     probability = np.zeros((ph, pw), np.float32)
     total = np.zeros((ph, pw), np.float32)
-    for start in range(0, len(corners), batch_tiles):
+    starts = range(0, len(corners), batch_tiles)
+    for start in bar(starts, "tiles", "batch", show=progress and len(starts) > 1, leave=False):
         chunk = corners[start : start + batch_tiles]
         batch = np.stack([x[top : top + th, left : left + tw] for top, left in chunk])[:, None]
         for (top, left), p in zip(chunk, forward(np.ascontiguousarray(batch))):

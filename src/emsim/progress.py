@@ -12,6 +12,7 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def bar(items: Iterable[T], desc: str, unit: str = "file", show: bool = True) -> Iterable[T]:
-    """``items`` with a tqdm bar named ``desc`` when ``show`` and stderr is a terminal."""
-    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, disable=not (show and sys.stderr.isatty()))
+def bar(items: Iterable[T], desc: str, unit: str = "file", show: bool = True, leave: bool = True) -> Iterable[T]:
+    """``items`` with a tqdm bar named ``desc`` when ``show`` and stderr is a terminal (``leave``:
+    keep the finished bar on screen; False for a bar nested in another)."""
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, leave=leave, disable=not (show and sys.stderr.isatty()))
