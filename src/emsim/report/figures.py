@@ -315,6 +315,18 @@ def _method_colours(groups) -> dict[str, str]:
     return {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}
 
 
+def _method_figure(groups: list[tuple[str, pd.DataFrame]], size: tuple[float, float], empty: str) -> tuple:
+    """One-axes figure for per-method groups: ``(figure, ax, non-empty groups, colours)``; the
+    axes say ``empty`` when no group has rows."""
+    groups = [(n, g) for n, g in groups if len(g)]
+    figure = Figure(figsize=size, layout="constrained")
+    ax = figure.subplots()
+    if not groups:
+        _note(ax, empty)
+        ax.set_yticks([])
+    return figure, ax, groups, _method_colours(groups)
+
+
 def pareto_front(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """Indices of the points no other point beats in both cost and loss (lower is better), by cost."""
     order = np.lexsort((loss, cost))
@@ -367,13 +379,7 @@ def plot_forgetting_vs_gain(table: pd.DataFrame, stem: str | os.PathLike) -> lis
     """Forgetting (source loss after - before transfer) vs gain over the pretrained model on the
     target, one colour per transfer method (models without a pretrained model, scratch, are left out)."""
     groups = [(n, g.dropna(subset=["forgetting", "gain_vs_pretrain"])) for n, g in _by_method(table)]
-    groups = [(n, g) for n, g in groups if len(g)]
-    colours = _method_colours(groups)
-    figure = Figure(figsize=(6.5, 5), layout="constrained")
-    ax = figure.subplots()
-    if not groups:
-        _note(ax, "no transfer models with a source evaluation")
-        ax.set_yticks([])
+    figure, ax, groups, colours = _method_figure(groups, (6.5, 5), "no transfer models with a source evaluation")
     for name, g in groups:
         ax.scatter(g["gain_vs_pretrain"], g["forgetting"], color=colours[name], label=f"{name} (n={len(g)})", s=25)
     ax.axhline(0, color="0.6", linewidth=0.8)
@@ -429,13 +435,9 @@ def plot_gain_vs_scratch(table: pd.DataFrame, stem: str | os.PathLike) -> list[P
     """Median gain over the from-scratch model (same target and size) by transfer size, per
     method; band = interquartile range. Above 0: transfer helped."""
     groups = [(n, g.dropna(subset=["gain_vs_scratch"])) for n, g in _by_method(table) if not n.startswith("scratch")]
-    groups = [(n, g) for n, g in groups if len(g)]
-    colours = _method_colours(groups)
-    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = figure.subplots()
-    if not groups:
-        _note(ax, "no scratch models to compare with (add method scratch)")
-        ax.set_yticks([])
+    figure, ax, groups, colours = _method_figure(
+        groups, (6.5, 4.5), "no scratch models to compare with (add method scratch)"
+    )
     for name, g in groups:
         by_size = g.groupby("size")["gain_vs_scratch"]
         q25, q50, q75 = (by_size.quantile(q) for q in (0.25, 0.5, 0.75))
