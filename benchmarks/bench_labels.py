@@ -78,14 +78,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lattice in args.lattices:
         blur_A = 1.0 if lattice in FINE_BLUR else 1.6
-        settings = Labels(
-            method="phase",
-            atom_radius_A=1.5,
-            threshold_rad=np.pi / 16,
-            lowpass_sigma_A=0.5,
-            closing_A=1.5,
-            blur_A=blur_A,
-        )
+        settings = Labels.with_defaults(method="phase", threshold_rad=np.pi / 16, blur_A=blur_A)
         for radius_A in args.radii:
             # a cell that is a whole number of image pixels and of even size
             size_px = 2 * int(np.ceil((2.5 * radius_A + args.margin_A) / (2 * pixel_A)))

@@ -81,11 +81,7 @@ def main() -> None:
     pairs = {}
     for record in records:
         model, meta = load_model(ood._resolve(results, record["path"]))
-        datasets = [meta["dataset"]] if meta.get("dataset") else meta["datasets"]
-        counts = [meta.get("size")] if meta.get("dataset") else meta["mix"]
-        train = np.concatenate(
-            [data.read_split(ood._resolve(results, p), "train")[0][:n] for p, n in zip(datasets, counts)]
-        )
+        train, _ = ood.training_images(results, meta)
         ref = meta.get("input_reference") or ood.reference(train, None)
         train_stats = encoder_statistics(model, train)
         target = record["tags"]["target"]

@@ -14,9 +14,7 @@ from emsim.study.settings import Labels, Simulation
 
 CELL_A = 40.0
 SIM = Simulation.with_defaults(sampling_A=0.1, phonon_sigma_A=0.1, shard_size=1, calibrate_zero_defocus=False)
-LABELS = Labels(
-    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
-)
+LABELS = Labels.with_defaults(method="phase", threshold_rad=np.pi / 16, blur_A=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,7 @@ SIM = Simulation.with_defaults(
 MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=1.2e7, focal_spread_A=10.0, angular_spread_mrad=0.0)
 ENERGY_EV = MICROSCOPE.energy_eV
 IMAGE = Image(size_px=64, pixel_size_A=0.4, padding_A=0.0)
-LABELS = Labels(
-    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
-)
+LABELS = Labels.with_defaults(method="phase", threshold_rad=np.pi / 16, blur_A=1.0)
 PARTICLES = {"lattice": "Au_fcc", "radius_A": [6, 7], "count": [1, 1], "min_gap_A": 4}
 SUBSTRATE = {"thickness_A": [8, 10], "density_g_cm3": 2.0}
 

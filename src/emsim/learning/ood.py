@@ -182,13 +182,19 @@ def _resolve(results: Path, path: str) -> Path:
     raise ValueError(f"model file {path} of an evaluation record not found (also not under {results.parent})")
 
 
-def _describe_from_meta(results: Path, meta: dict) -> dict:
+def training_images(results: Path, meta: dict) -> tuple[np.ndarray, Path]:
+    """The training images of a model (from its meta, datasets under ``results``) and its first dataset."""
     datasets = [meta["dataset"]] if meta.get("dataset") else meta.get("datasets", [])
     counts = [meta.get("size")] if meta.get("dataset") else meta.get("mix", [None])
     images = np.concatenate(
         [data.read_split(_resolve(results, path), "train")[0][:n] for path, n in zip(datasets, counts)]
     )
-    return describe({"dataset": str(_resolve(results, datasets[0]))}, images)
+    return images, _resolve(results, datasets[0])
+
+
+def _describe_from_meta(results: Path, meta: dict) -> dict:
+    images, first = training_images(results, meta)
+    return describe({"dataset": str(first)}, images)
 
 
 def _fmt(value: float | None) -> str:

@@ -28,9 +28,6 @@ from emsim.study.settings import Image, Labels, Microscope, Simulation
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu")
-PLAN_LABELS = Labels(
-    method="phase", atom_radius_A=1.5, threshold_rad=np.pi / 16, lowpass_sigma_A=0.5, closing_A=1.5, blur_A=1.0
-)  # labels of plan_fftw's synthetic scene (discarded; no FFTW plan of the multislice depends on them)
 WAVES_CONVENTION = (
     "Fourier space: scipy.fft.fft2 of the real-space exit wave (vacuum = 1), unnormalised, "
     "unshifted (k = 0 at [0, 0]); propagated to the particles' exit plane; "
@@ -290,4 +287,5 @@ def plan_fftw(sim: Simulation, energy_eV: float, image: Image, path: str | Path)
     substrate = {"thickness_A": [10.0, 10.0]}
     scene = structures.build_scene(particles, substrate, optics.cell_A(image), np.random.default_rng(0))
     sim = replace(sim, calibrate_zero_defocus=False, phonon_sigma_A=0.0)
-    simulate_shard([scene], [0], sim, energy_eV, image, PLAN_LABELS, seed=0, wisdom_path=path)
+    labels = Labels.with_defaults()  # the synthetic scene's label is discarded: no FFTW plan depends on it
+    simulate_shard([scene], [0], sim, energy_eV, image, labels, seed=0, wisdom_path=path)
