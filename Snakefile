@@ -24,6 +24,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/simulation.smk"
+include: "workflow/rules/micrographs.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"

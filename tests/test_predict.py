@@ -125,7 +125,7 @@ def test_bad_inputs_are_reported_and_others_processed(model_path, tmp_path):
     image = disc_images(np.random.default_rng(4), 1, 64, contrast=0.5, dose=40.0)[0][0]
     grey = np.clip(image * 4, 0, 255).astype(np.uint8)
     (tmp_path / "corrupt.tif").write_bytes(b"II*\x00garbage" * 10)
-    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "photo.gif").write_bytes(b"\xff\xd8\xff")
     Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "grey_rgb.png")
     colour = np.stack([grey, grey[::-1], grey], -1)
     Image.fromarray(colour).save(tmp_path / "colour.png")
@@ -136,7 +136,7 @@ def test_bad_inputs_are_reported_and_others_processed(model_path, tmp_path):
     np.save(tmp_path / "sub" / "grey_rgb.npy", grey)
     names = [
         "corrupt.tif",
-        "photo.jpg",
+        "photo.gif",
         "grey_rgb.png",
         "colour.png",
         "complex.npy",
@@ -147,9 +147,9 @@ def test_bad_inputs_are_reported_and_others_processed(model_path, tmp_path):
     ]
     summary = predict_files(model_path, [tmp_path / n for n in names], tmp_path / "out", device="cpu")
     status = {s["input"].removeprefix(str(tmp_path) + "/"): s for s in summary}
-    for name in ("corrupt.tif", "photo.jpg", "colour.png", "complex.npy", "nan.npy", "missing.npy"):
+    for name in ("corrupt.tif", "photo.gif", "colour.png", "complex.npy", "nan.npy", "missing.npy"):
         assert status[name]["status"] == "error" and name in status[name]["message"], name
-    assert "unsupported file type '.jpg'" in status["photo.jpg"]["message"]
+    assert "unsupported file type '.gif'" in status["photo.gif"]["message"]
     assert "differing channels" in status["colour.png"]["message"]
     assert status["grey_rgb.png"]["status"] == "ok"
     # same stem from three inputs: distinct outputs

@@ -64,12 +64,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args) -> int:
+    from emsim import micrographs
     from emsim.study import config, experiments
 
     study = config.load(args.config)
     print(f"{args.config}: valid")
     print(f"structure sets ({len(study.structure_sets)}): {', '.join(study.structure_sets)}")
     print(f"domains ({len(study.domains)}): {', '.join(study.domains)}")
+    for name, domain in study.domains.items():
+        if "micrographs" in domain:
+            spec = domain["micrographs"]
+            counts = micrographs.split_counts(spec["splits"], len(spec["files"]))
+            split = ", ".join(f"{k} {v}" for k, v in counts.items())
+            print(
+                f"  {name}: {len(spec['files'])} micrograph files, labels: {spec['label_kind']}; files per split: {split}"
+            )
     for name, exp in experiments.expand(study).items():
         counts = Counter(m.stage for m in exp.models)
         print(f"experiment {name}: " + ", ".join(f"{counts[s]} {s}" for s in experiments.STAGES))
@@ -93,12 +102,19 @@ def _info(args) -> int:
     std = np.sqrt(max(squares - mean**2, 0.0))
     print(f"{args.file}: domain {attrs['domain']}")
     print(f"  images {shape[0]} x {shape[1]} x {shape[2]} px, counts mean {mean:.4g}, std {std:.4g}")
-    print(f"  labels: particle fraction {fraction:.3f}")
+    kind = attrs.get("label_kind", "mask")
+    if kind == "mask":
+        print(f"  labels: particle fraction {fraction:.3f}")
+    else:
+        print(f"  labels: {kind}" + (f" ({len(data.read_boxes(args.file))} boxes)" if kind == "boxes" else ""))
     print("  splits: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
     for key, values in meta.items():
         values = np.asarray(values, float)
         print(f"  {key}: min {values.min():.4g}, mean {values.mean():.4g}, max {values.max():.4g}")
-    print(f"  config: {json.dumps(attrs['config']['domain'], sort_keys=True)}")
+    for file in attrs.get("files", []):
+        print(f"  file {file['path']}: {file['split']}, {file['pixel_size_A']:.4g} Å/px, sha256 {file['sha256'][:12]}")
+    domain = attrs["config"].get("domain") or attrs["config"].get("micrographs")
+    print(f"  config: {json.dumps({k: v for k, v in domain.items() if k != 'files'}, sort_keys=True)}")
     print(
         f"  provenance: emsim {attrs['provenance']['emsim']}, "
         + ", ".join(f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v)

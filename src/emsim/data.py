@@ -6,7 +6,9 @@ Layout of a dataset file::
     labels        (N, H, W) uint8     1 = nanoparticle, 0 = substrate/vacuum
     meta/<field>  (N,)                per-image metadata (structure index, defocus, dose, seeds, ...)
     splits/train, splits/val, splits/test   int64 image indices
-    attrs: domain (name), config (JSON of the domain's config slice), provenance (JSON)
+    boxes         (M, 6) float64      micrograph domains with box labels only (emsim.micrographs)
+    attrs: domain (name), config (JSON of the domain's config slice), provenance (JSON),
+           label_kind (mask, boxes or none: what the labels are; absent = mask), files (micrograph domains)
 
 Every array carries HDF5 Fletcher-32 checksums (per chunk), verified by HDF5 on every read: a
 damaged file raises ValueError naming it instead of giving NaN images.
@@ -32,8 +34,10 @@ def write_dataset(
     meta: dict[str, np.ndarray],
     splits: dict[str, np.ndarray],
     attrs: dict,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write a domain dataset atomically; ``attrs`` values that are not strings are stored as JSON."""
+    """Write a domain dataset atomically; ``attrs`` values that are not strings are stored as JSON;
+    ``extra``: further top-level arrays (``boxes``)."""
     if images.shape != labels.shape:
         raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} differ in shape")
     with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
@@ -44,6 +48,8 @@ def write_dataset(
             f.create_dataset(f"meta/{name}", data=np.asarray(values), fletcher32=True)
         for name in SPLITS:
             f.create_dataset(f"splits/{name}", data=np.asarray(splits[name], dtype=np.int64), fletcher32=True)
+        for name, values in (extra or {}).items():
+            f.create_dataset(name, data=np.asarray(values), fletcher32=True)
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -81,6 +87,24 @@ def read_attrs(path: str | Path) -> dict:
     """File attributes, JSON values decoded."""
     with open_dataset(path) as f, reading(path, "dataset"):
         return {key: _decode(value) for key, value in f.attrs.items()}
+
+
+def label_kind(path: str | Path) -> str:
+    """What a dataset's labels are: ``mask`` (pixel labels), ``boxes`` or ``none`` (labels unused)."""
+    with open_dataset(path) as f, reading(path, "dataset"):
+        return str(f.attrs.get("label_kind", "mask"))
+
+
+def is_micrograph(path: str | Path) -> bool:
+    """Whether a dataset was made of micrograph files (:mod:`emsim.micrographs`), not simulated."""
+    with open_dataset(path) as f, reading(path, "dataset"):
+        return "files" in f.attrs
+
+
+def read_boxes(path: str | Path) -> np.ndarray:
+    """The boxes of a box-labelled dataset: (M, 6) ``file, frame, x0, y0, x1, y1`` (resampled px)."""
+    with open_dataset(path) as f, reading(path, "dataset"):
+        return f["boxes"][()] if "boxes" in f else np.zeros((0, 6))
 
 
 def domain_name(path: str | Path) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".h5", ".hdf5", ".dm3", ".dm4", ".emd")
+SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".h5", ".hdf5", ".dm3", ".dm4", ".emd")
 UNITS_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "pm": 0.01, "nm": 10.0, "µm": 1e4, "um": 1e4, "μm": 1e4}
 
 
@@ -36,7 +36,7 @@ def read_images(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None
     try:
         if suffix in (".tif", ".tiff"):
             array = _read_tiff(path)
-        elif suffix == ".png":
+        elif suffix in (".png", ".jpg", ".jpeg"):
             array = _read_png(path)
         elif suffix == ".npy":
             array = np.load(path, allow_pickle=False)

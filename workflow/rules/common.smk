@@ -1,5 +1,6 @@
 # Study loading and the helpers the rule files share (config slices as params, resources).
 import dataclasses
+import re
 from pathlib import Path
 
 from emsim.study import config as emsim_config
@@ -40,6 +41,18 @@ def n_shards(set_name):
 
 def shard_paths(template, set_name):
     return [template.format(set=set_name, shard=i) for i in range(n_shards(set_name))]
+
+
+def domain_names(micrograph):
+    """Wildcard regex of the simulated (False) or micrograph (True) domains' names."""
+    names = [d for d in STUDY.domains if emsim_config.is_micrograph(STUDY, d) == micrograph]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def micrograph_files(wc):
+    """Every file a micrograph domain reads: images and their masks or boxes."""
+    files = STUDY.domains[wc.domain]["micrographs"]["files"]
+    return [path for entry in files for key, path in entry.items()]
 
 
 def batch_of(pattern, wc):

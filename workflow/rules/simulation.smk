@@ -80,6 +80,8 @@ rule domain_dataset:
         paths.log(paths.DATASET),
     benchmark:
         paths.benchmark(paths.DATASET)
+    wildcard_constraints:
+        domain=domain_names(micrograph=False),
     conda:
         CONDA_ENV
     threads: threads_of("dataset")

@@ -228,8 +228,14 @@ def transfer(
     shuffle order and augmentation) with a transfer ``method`` (a name or a method dict,
     :mod:`emsim.learning.methods`; ``finetune`` with ``freeze`` in {encoder, decoder, none});
     ``scratch`` ignores ``pretrained`` and starts from the random init of ``seed``. Selection on
-    the target's val split; initial learning rate ``lr``. Returns the model meta."""
+    the target's val split; initial learning rate ``lr``. A target without pixel labels (a
+    micrograph domain with boxes or none) takes ``adabn`` only, with no val loss. Returns the model meta."""
     spec = method_specs.resolve(method, "method", int(training.epochs), float(training.width))
+    labelled = data.label_kind(dataset) == "mask"
+    if not labelled and spec["name"] != "adabn":
+        raise ValueError(
+            f"{dataset}: the target has no pixel labels; only method adabn adapts to it, not {spec['name']}"
+        )
     images, labels = _read_split(dataset, "train")
     images, labels = _first(images, labels, size, "size", dataset)
     val = _read_split(dataset, "val")
@@ -262,6 +268,8 @@ def transfer(
         "pretrained_config": source_meta.get("config"),
         "inputs": inputs,
     }
+    if not labelled:  # adabn on unlabelled images: no validation loss
+        run["unlabelled_target"] = True
     method_ = Method(spec, freeze, seed)
     return _fit(run, model, (images, labels), val, out, training, lr, seed, device, on_epoch_end, method_)
 
@@ -510,7 +518,9 @@ def _fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     if best["state_dict"] is None:  # no epoch ran (adabn): the adapted model is the result
-        val_loss = mean_loss(net, val_x, val_y, training.batch_size, amp, channels_last, training.loss)
+        val_loss = None
+        if not run.get("unlabelled_target"):
+            val_loss = mean_loss(net, val_x, val_y, training.batch_size, amp, channels_last, training.loss)
         best = {"epoch": 0, "val_loss": val_loss, "state_dict": copy.deepcopy(model.state_dict())}
     meta = _save_best(out, model, run, history, best, device, train[0], method, training.early_stopping)
     ckpt_path.unlink(missing_ok=True)

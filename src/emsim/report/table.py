@@ -2,8 +2,10 @@
 
 Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
 (``ce`` = cross-entropy in nats/pixel, ``study_loss`` = the seed study's reported loss, see
-:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``), ``<d>`` a
-domain name:
+:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``; on micrograph domains without pixel labels
+``particle_fraction``, ``ood_score`` and, with boxes, ``det_precision``, ``det_recall``, ``det_f1``,
+``count_error``, ``abs_count_error`` (per image), ``size_error_nm`` (matched particles), ``size_w1_nm``
+(Wasserstein-1 of the size distributions): :mod:`emsim.learning.evaluate`), ``<d>`` a domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
   ``target``, ``freeze``, ``method``, ``method_params``, ``size``, ``lr_pretrain``, ``lr_transfer``,
@@ -17,7 +19,7 @@ domain name:
 - ``before_target_val_<m>``, ``before_val_<m>__<d>``: the same for the model it was transferred
   from (BEFORE transfer; joined through tag ``pretrained``; NaN for pretrain and baseline rows);
 - derived: ``id_gap`` = target_val_ce - target_train_ce; ``ood_gap__<d>`` = val_ce__<d> -
-  target_val_ce; ``ood_spread`` = population std of val_ce__<d> across domains;
+  target_val_ce; ``ood_spread`` = population std of val_ce__<d> across domains (those with pixel labels);
   ``forgetting`` = val_ce__<source> - before_val_ce__<source>; ``gain_vs_pretrain`` =
   before_target_val_ce - target_val_ce; ``gain_vs_baseline`` = median over the baselines of the
   same experiment trained on the same unordered {source, target} pair (a baseline's pair is its
@@ -51,6 +53,15 @@ SHORT = {
     "precision": "precision",
     "recall": "recall",
     "accuracy": "accuracy",
+    "particle_fraction": "particle_fraction",
+    "ood_score": "ood_score",
+    "detection_precision": "det_precision",
+    "detection_recall": "det_recall",
+    "detection_f1": "det_f1",
+    "count_error": "count_error",
+    "abs_count_error": "abs_count_error",
+    "size_error_nm": "size_error_nm",
+    "size_wasserstein_nm": "size_w1_nm",
 }
 PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 

@@ -31,6 +31,7 @@ import jsonschema
 import numpy as np
 import yaml
 
+from emsim import micrographs
 from emsim.simulation import optics, phonons, shifts, structures
 from emsim.study import methods, settings
 from emsim.study import schema as study_schema
@@ -49,6 +50,22 @@ def domain_schema() -> dict:
     properties = {"structure_set": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}}
     properties |= {name: kind.schema() for name, kind in shifts.SHIFTS.items()}
     return {"type": "object", "additionalProperties": False, "required": ["structure_set"], "properties": properties}
+
+
+def micrograph_domain_schema() -> dict:
+    """Schema of a domain made of micrograph files: ``micrographs`` and an optional seed."""
+    properties = {"micrographs": study_schema.load()["$defs"]["micrographs"], "seed": {"type": "integer", "minimum": 0}}
+    return {"type": "object", "additionalProperties": False, "required": ["micrographs"], "properties": properties}
+
+
+def is_micrograph(study: settings.Study, name: str) -> bool:
+    """Whether domain ``name`` is made of micrograph files (else simulated)."""
+    return "micrographs" in study.domains[name]
+
+
+def has_pixel_labels(study: settings.Study, name: str) -> bool:
+    """Whether domain ``name`` has pixel labels (simulated, or micrographs with masks): it can be trained on."""
+    return not is_micrograph(study, name) or study.domains[name]["micrographs"]["label_kind"] == "mask"
 
 
 def load(source: str | Path | dict, base_dir: str | Path | None = None) -> settings.Study:
@@ -81,6 +98,16 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     study["domains"] = _expand_block(study["domains"], "domains", study["limits"])
     for name, domain in study["domains"].items():
         sweep = domain.pop("sweep")
+        if isinstance(domain, dict) and "micrographs" in domain:
+            _validate(domain, micrograph_domain_schema(), f"domains.{name}")
+            try:
+                domain["micrographs"] = micrographs.resolve(
+                    domain["micrographs"], base_dir, f"domains.{name}.micrographs"
+                )
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            domain["sweep"] = sweep
+            continue
         _validate(domain, domain_schema(), f"domains.{name}")
         domain["sweep"] = sweep
         if domain["structure_set"] not in study["structure_sets"]:
@@ -128,6 +155,11 @@ def domain_seed(study: settings.Study, name: str) -> int:
 def domain_slice(study: settings.Study, name: str) -> dict:
     """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
     domain = study.domains[name]
+    if is_micrograph(study, name):  # no optics: the image size and pixel size only
+        image = {"size_px": study.image.size_px, "pixel_size_A": study.image.pixel_size_A}
+        return normalized(
+            {"name": name, "micrographs": domain["micrographs"], "seed": domain_seed(study, name), "image": image}
+        )
     params = {
         "name": name,
         "domain": domain,
@@ -169,6 +201,13 @@ def sweep_label(study: settings.Study, names: list[str]) -> str:
 def normalized(value):
     """``value`` (dataclasses as dicts) with mapping keys sorted recursively: a stable repr for Snakemake params."""
     return json.loads(json.dumps(value, sort_keys=True, default=dataclasses.asdict))
+
+
+def transfer_targets(study: settings.Study, spec: dict, key: str) -> list[str]:
+    """An experiment's transfer targets: its ``targets``, else every domain of its series with pixel labels."""
+    if "targets" in spec:
+        return match_domains(study, spec["targets"], f"{key}.targets")
+    return [d for d in match_domains(study, spec["domains"], f"{key}.domains") if has_pixel_labels(study, d)]
 
 
 def match_domains(study: settings.Study, patterns: list[str], key: str) -> list[str]:
@@ -412,6 +451,8 @@ def _check_delocalisation(study: settings.Study) -> None:
         1.0 / (3.0 * sim.sampling_A),
     )
     for name, domain in study.domains.items():
+        if is_micrograph(study, name):
+            continue
         defocus_A = _largest_defocus_A(domain)
         if not sim.calibrate_zero_defocus:
             defocus_A += 2 * study.structure_sets[domain["structure_set"]]["particles"]["radius_A"][1]
@@ -490,6 +531,12 @@ def _check_experiments(study: settings.Study) -> None:
                 outside = [d for d in chosen if d not in series]
                 if outside:
                     raise ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
+                adabn_only = list_key == "targets" and "baseline" not in spec
+                adabn_only &= all(methods.method_name(m) == "adabn" for m in spec["methods"])
+                for domain in chosen:
+                    _check_trainable(study, domain, f"{key}.{list_key}", images_only=adabn_only)
+        for domain in series:
+            _check_micrograph_split(study, domain, "val", f"{key}.domains")
         resolved = []
         for i, entry in enumerate(spec["methods"]):
             try:
@@ -500,7 +547,7 @@ def _check_experiments(study: settings.Study) -> None:
                 raise ConfigError(f"{key}.methods[{i}]: {entry!r} is listed twice")
             resolved.append(method)
         for size in spec["transfer_sizes"]:
-            if size > train:
+            if size > train and not all(is_micrograph(study, t) for t in transfer_targets(study, spec, key)):
                 raise ConfigError(
                     f"{key}.transfer_sizes: {size} is larger than the train split (splits.train = {train})"
                 )
@@ -509,6 +556,33 @@ def _check_experiments(study: settings.Study) -> None:
                 raise ConfigError(
                     f"{key}.baseline.mixtures: {mix} needs 1..{train} images per domain (splits.train = {train})"
                 )
+
+
+def _check_trainable(study: settings.Study, name: str, key: str, images_only: bool = False) -> None:
+    """A domain trained on (a source, target or baseline member) needs pixel labels (not for
+    ``images_only``: the targets of adabn alone) and, if made of micrographs, at least one file in
+    its train and val splits."""
+    if not images_only and not has_pixel_labels(study, name):
+        kind = study.domains[name]["micrographs"]["label_kind"]
+        raise ConfigError(
+            f"{key}: domain {name!r} has {'only boxes' if kind == 'boxes' else 'no labels'} "
+            f"(domains.{name}.micrographs): it can be an evaluation domain of the series or the target of an "
+            "experiment whose only method is adabn (and no baseline), not trained on"
+        )
+    for split in ("train", "val"):
+        _check_micrograph_split(study, name, split, key)
+
+
+def _check_micrograph_split(study: settings.Study, name: str, split: str, key: str) -> None:
+    if not is_micrograph(study, name):
+        return
+    spec = study.domains[name]["micrographs"]
+    counts = micrographs.split_counts(spec["splits"], len(spec["files"]))
+    if counts[split] == 0:
+        raise ConfigError(
+            f"domains.{name}.micrographs.splits: no file of its {len(spec['files'])} falls in the {split} split "
+            f"({', '.join(f'{s} {n}' for s, n in counts.items())} files), which {key} needs"
+        )
 
 
 def _check_sizes(study: settings.Study) -> None:
@@ -543,7 +617,7 @@ def _check_sizes(study: settings.Study) -> None:
 def _experiment_jobs(study: settings.Study, spec: dict, key: str) -> int:
     """Models plus evaluation groups of one experiment, counted without expanding its grid."""
     sources = match_domains(study, spec["sources"], f"{key}.sources")
-    targets = match_domains(study, spec.get("targets", spec["domains"]), f"{key}.targets")
+    targets = transfer_targets(study, spec, key)
     pairs = sum(1 for s in sources for t in targets if s != t)
     reps = spec["replicates"]
     pretrain = len(sources) * len({lrs[0] for lrs in spec["lr_pairs"]}) * reps

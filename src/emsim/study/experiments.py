@@ -99,7 +99,7 @@ def _expand_one(study: Study, name: str, spec: dict) -> Experiment:
     key = f"experiments.{name}"
     series = config_module.match_domains(study, spec["domains"], f"{key}.domains")
     sources = config_module.match_domains(study, spec["sources"], f"{key}.sources")
-    targets = config_module.match_domains(study, spec.get("targets", spec["domains"]), f"{key}.targets")
+    targets = config_module.transfer_targets(study, spec, key)
     seeds = range(spec["replicates"])
     groups: dict[str, list[ModelSpec]] = {}
     pairs = [(s, t) for s in sources for t in targets if s != t]
