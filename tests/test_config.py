@@ -286,5 +286,7 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
+    if "shared/data/micrographs" in path.read_text() and not (ROOT.parent / "shared/data/micrographs").is_dir():
+        pytest.skip("its micrographs (../shared/data/micrographs) are not beside this clone")
     study = config.load(path)
     assert study.domains and study.experiments

@@ -145,12 +145,12 @@ def test_bad_inputs_are_reported_and_others_processed(model_path, tmp_path):
         "grey_rgb.npy",
         "sub/grey_rgb.npy",
     ]
-    summary = predict_files(model_path, [tmp_path / n for n in names], tmp_path / "out", device="cpu")
+    summary = predict_files(model_path, [tmp_path / n for n in names], tmp_path / "out", device="cpu", colour="refuse")
     status = {s["input"].removeprefix(str(tmp_path) + "/"): s for s in summary}
     for name in ("corrupt.tif", "photo.gif", "colour.png", "complex.npy", "nan.npy", "missing.npy"):
         assert status[name]["status"] == "error" and name in status[name]["message"], name
     assert "unsupported file type '.gif'" in status["photo.gif"]["message"]
-    assert "differing channels" in status["colour.png"]["message"]
+    assert "channels differing in" in status["colour.png"]["message"]
     assert status["grey_rgb.png"]["status"] == "ok"
     # same stem from three inputs: distinct outputs
     outputs = [status[n]["mask_npy"] for n in ("grey_rgb.png", "grey_rgb.npy", "sub/grey_rgb.npy")]
@@ -256,8 +256,10 @@ def test_emd_pixel_size_from_file(calibrated_model, tmp_path):
     )
     assert read_images(tmp_path / "scan.emd")[1] == pytest.approx(0.2)
     [entry] = predict_files(
-        calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out", device="cpu", pixel_size_A=5.0
-    )  # the file's own size wins
+        calibrated_model, [tmp_path / "scan.emd"], tmp_path / "given", device="cpu", pixel_size_A=0.4
+    )
+    assert entry["status"] == "ok" and not entry["resampled"] and entry["pixel_size_A"] == 0.4  # the user's size wins
+    [entry] = predict_files(calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out", device="cpu")
     assert entry["status"] == "ok" and entry["resampled"]
     assert entry["pixel_size_A"] == pytest.approx(0.2)
     assert entry["mean_particle_area_nm2"] == pytest.approx(
@@ -373,3 +375,25 @@ def test_bad_images_fail_alone_and_cli_status(model_path, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1].startswith("2 ok, 4 failed")
     assert "%|" not in captured.err  # no progress bar when stderr is not a terminal
+
+
+def test_scale_mismatch_beyond_4x_stops_an_input_unless_allowed(calibrated_model, tmp_path):
+    """A 112 px HAADF frame at 12.49 Å/px (as the JEOL DM4 of the shared folder) against a 0.4 Å model."""
+    frame = np.random.default_rng(8).normal(100, 10, (112, 112)).astype(np.float32)
+    path = write_dm(tmp_path / "haadf.dm4", frame, scale=0.001249, units="µm")
+    [entry] = predict_files(calibrated_model, [path], tmp_path / "a", device="cpu")
+    assert entry["status"] == "error"
+    for part in ("haadf.dm4", "12.49 Å", "0.4 Å", "31.2x", "--pixel-size", "--allow-rescale"):
+        assert part in entry["message"], part
+    [entry] = predict_files(calibrated_model, [path], tmp_path / "b", device="cpu", allow_rescale=True)
+    assert entry["status"] == "ok" and entry["resampled"]
+
+
+@pytest.mark.parametrize("value", ["0", "-0.4", "nan", "inf"])
+def test_cli_rejects_bad_pixel_sizes_in_one_line(model_path, tmp_path, value, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((64, 64)))
+    code = main(
+        ["predict", str(model_path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), "--pixel-size", value]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "pixel_size_A must be a finite number > 0" in error and len(error.splitlines()) == 1

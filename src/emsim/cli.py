@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     predict = commands.add_parser(
         "predict",
-        help="segment micrographs (TIFF, PNG, NumPy, HDF5, DM3/DM4, EMD) with a model "
+        help="segment micrographs (TIFF, PNG, JPEG, NumPy, HDF5, MRC, DM3/DM4, EMD, TIA SER/EMI, HSPY) with a model "
         "or an ensemble (mean probabilities, uncertainty, OOD score, summary.csv)",
     )
     predict.add_argument("model", help="model file, or a quoted glob (all of its matches form an ensemble)")
@@ -45,7 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     predict.add_argument("-o", "--output", required=True, help="folder for masks, maps and summary.csv")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--pixel-size", type=float, help="pixel size in Å of inputs whose file records none")
+    predict.add_argument(
+        "--pixel-size", type=float, help="pixel size in Å of the inputs (replaces what the files record)"
+    )
+    predict.add_argument(
+        "--allow-rescale",
+        action="store_true",
+        help="resample inputs whose pixel size is more than 4x off the models' (otherwise an error)",
+    )
+    predict.add_argument(
+        "--colour",
+        choices=["luminance", "refuse"],
+        default="luminance",
+        help="an image whose colour channels differ (burned-in annotations): read as luminance, or refuse it",
+    )
     predict.add_argument("--tile", type=int, default=512, help="tile size in px (multiple of 32)")
     predict.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
     predict.add_argument("--ood-threshold", type=float, help="replaces the models' OOD threshold")
@@ -147,6 +160,8 @@ def _predict(args) -> int:
         pixel_size_A=args.pixel_size,
         ood_threshold=args.ood_threshold,
         progress=True,
+        allow_rescale=args.allow_rescale,
+        colour=args.colour,
     )
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 MIN_SIZE_PX = DOWNSAMPLING  # after resampling: the U-Net's bottleneck is 1 px
 PIXEL_TOLERANCE = 0.02  # relative pixel-size mismatch tolerated without resampling
+MAX_RESCALE = 4.0  # larger scale mismatches between an input and the models stop that input (--allow-rescale)
 UNCERTAIN_BITS = 0.5  # entropy above which a pixel counts as uncertain (p in about 0.11-0.89)
 OVERLAY_TINT = np.array([255, 140, 0], np.float32)  # orange tint inside particles
 OUTLINE = np.array([0, 230, 255], np.uint8)  # cyan outline
@@ -150,14 +151,22 @@ def predict_files(
     pixel_size_A: float | None = None,
     ood_threshold: float | None = None,
     progress: bool = False,
+    allow_rescale: bool = False,
+    colour: str = "luminance",
 ) -> list[dict]:
     """Segment every image of ``inputs`` with the ensemble of ``models`` (paths or globs).
 
     Returns one summary dict per image or failed input (keys ``CSV_FIELDS`` plus the output
     paths); ``status`` is ``ok`` or ``error`` with a ``message`` naming the file. A bad input is
     reported and skipped; bad models raise ValueError before any input is read.
-    ``pixel_size_A`` applies to inputs whose file records none; ``ood_threshold`` replaces the
-    models' own; ``progress`` shows a bar over the inputs when stderr is a terminal."""
+    ``pixel_size_A`` replaces the pixel size the files record (and is needed where they record
+    none); an input more than ``MAX_RESCALE`` times off the models' pixel size fails unless
+    ``allow_rescale``; ``colour`` is the colour rule of :func:`emsim.readers.read_images`;
+    ``ood_threshold`` replaces the models' own; ``progress`` shows a bar over the inputs when
+    stderr is a terminal."""
+    for name, value in (("pixel_size_A", pixel_size_A), ("ood_threshold", ood_threshold)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
     if tile_px < DOWNSAMPLING or tile_px % DOWNSAMPLING:
         raise ValueError(f"tile_px must be a positive multiple of {DOWNSAMPLING}, got {tile_px}")
     if batch_tiles < 1:
@@ -174,7 +183,7 @@ def predict_files(
     summary, used_stems = [], set()
     for source in bar(inputs, "predict", show=progress):
         try:
-            images, file_px = read_images(source)
+            images, file_px = read_images(source, colour)
         except ValueError as error:
             logger.error("%s", error)
             summary.append(_failure(source, None, str(error)))
@@ -187,13 +196,14 @@ def predict_files(
                 row = segment(
                     forward,
                     image,
-                    file_px or pixel_size_A,
+                    pixel_size_A or file_px,
                     model_px,
                     references,
                     tile_px,
                     batch_tiles,
                     where,
                     progress,
+                    allow_rescale,
                 )
             except ValueError as error:
                 logger.error("%s", error)
@@ -257,10 +267,12 @@ def segment(
     batch_tiles: int,
     where: str,
     progress: bool = False,
+    allow_rescale: bool = False,
 ) -> dict:
     """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
     ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size
-    (``progress``: a bar over the tile batches, see :func:`tiled_probability`)."""
+    or a scale mismatch beyond ``MAX_RESCALE`` (unless ``allow_rescale``) (``progress``: a bar over
+    the tile batches, see :func:`tiled_probability`)."""
     if not np.isfinite(image).all():
         raise ValueError(f"{where}: image contains NaN or infinite values")
     if image.min() == image.max():
@@ -272,6 +284,14 @@ def segment(
         )
     h, w = image.shape
     scaled, resampled = image, False
+    if model_pixel_size_A is not None and not allow_rescale:
+        factor = max(pixel_size_A / model_pixel_size_A, model_pixel_size_A / pixel_size_A)
+        if factor > MAX_RESCALE:
+            raise ValueError(
+                f"{where}: pixel size {pixel_size_A:g} Å is {factor:.3g}x the models' {model_pixel_size_A:g} Å "
+                f"(more than {MAX_RESCALE:g}x); if the file's calibration is wrong give --pixel-size, "
+                "to resample anyway give --allow-rescale"
+            )
     if model_pixel_size_A is not None and abs(pixel_size_A / model_pixel_size_A - 1) > PIXEL_TOLERANCE:
         factor = pixel_size_A / model_pixel_size_A
         scaled, resampled = resample(image, (round(h * factor), round(w * factor))), True

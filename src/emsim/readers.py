@@ -1,33 +1,61 @@
 """Reading user micrographs: greyscale float32 images and, where the file records it, the pixel size.
 
-Formats: TIFF (``.tif``/``.tiff``, pages or samples as a stack), PNG, ``.npy``, HDF5
-(``.h5``/``.hdf5``: dataset ``images``, else the only 2D/3D numeric dataset), and through
-rosettasciio Gatan DigitalMicrograph (``.dm3``/``.dm4``) and EMD (``.emd``: Velox and NCEM),
-whose calibrated pixel size is returned in Å. A 2D array is one image; a 3D array is a stack of
-images (N, H, W), unless its last axis has 2-4 entries and the others are longer, which is read
-as colour channels (H, W, C). Colour images are accepted only if their colour channels are
-identical (an alpha channel is dropped); otherwise they are an error.
+Formats: TIFF (``.tif``/``.tiff``, pages or samples as a stack), PNG, JPEG (``.jpg``/``.jpeg``),
+``.npy``, HDF5 (``.h5``/``.hdf5``: dataset ``images``, else the only 2D/3D numeric dataset), MRC
+(``.mrc``/``.mrcs``/``.st``/``.ali``, through mrcfile: the header's voxel size, 0 = none), and
+through rosettasciio Gatan DigitalMicrograph (``.dm3``/``.dm4``), EMD (``.emd``: Velox and
+Berkeley/NCEM), FEI TIA (``.emi``/``.ser``) and HyperSpy (``.hspy``).
+
+Pixel size: the calibration of the image's last two axes, in any unit spelling the readers
+return (``UNITS_A``: Å, A, angstrom, pm, nm, n_m, µm, μm, um, mm, m, any case), converted to Å;
+an uncalibrated axis (scale 1 without a unit) or an unknown unit (e.g. 1/nm) gives None with a
+logged warning naming the unit, never a wrong number.
+
+Shape: a 2D array is one image; a 3D array is a stack of images (N, H, W), unless its last axis
+has 2-4 entries and the others are longer, which is read as colour channels (H, W, C; an alpha
+channel is dropped). Colour channels that are equal give that grey image; channels that differ
+(an HRTEM image with a burned-in coloured scale bar or text, as DigitalMicrograph exports it)
+are read as luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B) with a warning that counts
+the differing pixels, or refused with ``colour="refuse"``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import h5py
+import mrcfile
 import numpy as np
 import tifffile
 from PIL import Image
+from rsciio import digitalmicrograph, emd, hspy, tia
 
-SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".h5", ".hdf5", ".dm3", ".dm4", ".emd")
-UNITS_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "pm": 0.01, "nm": 10.0, "µm": 1e4, "um": 1e4, "μm": 1e4}
+log = logging.getLogger(__name__)
+
+SUFFIXES = (
+    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".h5", ".hdf5",
+    ".mrc", ".mrcs", ".st", ".ali", ".dm3", ".dm4", ".emd", ".emi", ".ser", ".hspy",
+)  # fmt: skip
+RSCIIO = {".dm3": digitalmicrograph, ".dm4": digitalmicrograph, ".emd": emd, ".emi": tia, ".ser": tia, ".hspy": hspy}
+UNITS_A = {  # unit spelling (lower case, without '_' and spaces) -> Å
+    "a": 1.0, "å": 1.0, "angstrom": 1.0, "ang": 1.0, "pm": 0.01, "nm": 10.0,
+    "µm": 1e4, "μm": 1e4, "um": 1e4, "micron": 1e4, "mm": 1e7, "m": 1e10,
+}  # fmt: skip
+LUMINANCE = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
+COLOUR_RULES = ("luminance", "refuse")
 
 
-def read_images(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None]:
+def read_images(path: str | os.PathLike, colour: str = "luminance") -> tuple[list[np.ndarray], float | None]:
     """Images (float32, H x W) of one file and its pixel size in Å (None if the file has none).
 
-    Raises ValueError naming the file if it is missing, corrupt or not a greyscale image."""
+    ``colour``: ``luminance`` reads an image whose colour channels differ as luminance (with a
+    warning), ``refuse`` makes it an error. Raises ValueError naming the file if it is missing,
+    corrupt or not an image."""
+    if colour not in COLOUR_RULES:
+        raise ValueError(f"colour must be one of {', '.join(COLOUR_RULES)}, got {colour!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -42,6 +70,8 @@ def read_images(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None
             array = np.load(path, allow_pickle=False)
         elif suffix in (".h5", ".hdf5"):
             array = _read_hdf5(path)
+        elif suffix in (".mrc", ".mrcs", ".st", ".ali"):
+            array, pixel_size_A = _read_mrc(path)
         else:
             array, pixel_size_A = _read_rsciio(path, suffix)
     except ValueError as error:
@@ -49,9 +79,31 @@ def read_images(path: str | os.PathLike) -> tuple[list[np.ndarray], float | None
     except Exception as error:  # corrupt files raise library-specific errors
         raise ValueError(f"{path}: cannot be read as {suffix} ({error})") from None
     try:
-        return _as_images(array), pixel_size_A
+        return _as_images(array, colour, path), pixel_size_A
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def unit_factor_A(unit) -> float | None:
+    """Å per ``unit`` for a length unit as readers spell it (``nm``, ``n_m``, ``µm``, ``Å``, ...), else None."""
+    key = str(unit or "").strip().lower().replace("_", "").replace(" ", "")
+    return UNITS_A.get(key)
+
+
+def _pixel_size_A(axes: list[dict], path: Path) -> float | None:
+    """The pixel size in Å of two image axes (``scale``, ``units``), or None with a warning."""
+    sizes = []
+    for axis in axes:
+        unit, scale = axis.get("units"), axis.get("scale", 1.0)
+        factor = unit_factor_A(unit)
+        if factor is None or not np.isfinite(scale) or scale <= 0:
+            if str(unit or "").strip() or scale != 1.0:
+                log.warning("%s: calibration %g %r is not a length emsim knows; pixel size unknown", path, scale, unit)
+            return None
+        sizes.append(float(scale) * factor)
+    if not np.isclose(*sizes, rtol=1e-3):
+        raise ValueError(f"non-square pixels ({sizes[0]:g} x {sizes[1]:g} Å) are not supported")
+    return sizes[1]
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -86,28 +138,30 @@ def _read_hdf5(path: Path) -> np.ndarray:
         return f[found[0]][()]
 
 
+def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
+    """The images of an MRC file and its voxel size in Å (None if the header's is 0)."""
+    with mrcfile.open(path, permissive=False) as mrc:
+        data = np.array(mrc.data)
+        voxel = mrc.voxel_size
+        sizes = (float(voxel.x), float(voxel.y))
+    if min(sizes) <= 0 or not np.isfinite(sizes).all():
+        return data, None
+    if not np.isclose(*sizes, rtol=1e-3):
+        raise ValueError(f"non-square pixels ({sizes[0]:g} x {sizes[1]:g} Å) are not supported")
+    return data, sizes[0]
+
+
 def _read_rsciio(path: Path, suffix: str) -> tuple[np.ndarray, float | None]:
-    """The only image signal of a DigitalMicrograph or EMD file and its pixel size in Å."""
-    if suffix == ".emd":
-        from rsciio.emd import file_reader
-    else:
-        from rsciio.digitalmicrograph import file_reader
-    signals = [s for s in file_reader(str(path)) if np.ndim(s["data"]) in (2, 3)]
+    """The only image signal of a DigitalMicrograph, EMD, TIA or HyperSpy file and its pixel size in Å."""
+    signals = [s for s in RSCIIO[suffix].file_reader(str(path)) if np.ndim(s["data"]) in (2, 3)]
     if len(signals) != 1:
         raise ValueError(f"holds {len(signals)} image signals; export the one to segment")
     signal = signals[0]
-    if suffix != ".emd":
+    if RSCIIO[suffix] is digitalmicrograph:
         signal["data"] = _dm_byte_order(signal)
-    axes = sorted(signal["axes"], key=lambda a: a.get("index_in_array", 0))[-2:]
-    sizes = []
-    for axis in axes:
-        factor = UNITS_A.get(str(axis.get("units", "")).strip().lower())
-        sizes.append(None if factor is None else float(axis["scale"]) * factor)
-    if None in sizes:
-        return signal["data"], None
-    if not np.isclose(*sizes, rtol=1e-3):
-        raise ValueError(f"non-square pixels ({sizes[0]:g} x {sizes[1]:g} Å) are not supported")
-    return signal["data"], sizes[1]
+    order = [a.get("index_in_array", i) for i, a in enumerate(signal["axes"])]
+    axes = [signal["axes"][i] for i in np.argsort(order, kind="stable")][-2:]
+    return signal["data"], _pixel_size_A(axes, path)
 
 
 def _dm_byte_order(signal: dict) -> np.ndarray:
@@ -121,13 +175,13 @@ def _dm_byte_order(signal: dict) -> np.ndarray:
     return data
 
 
-def _as_images(array: np.ndarray) -> list[np.ndarray]:
-    """Split a 2D/3D array into greyscale images, converting grey-valued colour images."""
+def _as_images(array: np.ndarray, colour: str, path: Path) -> list[np.ndarray]:
+    """Split a 2D/3D array into greyscale images, converting colour images."""
     array = np.asarray(array)
     if array.dtype.kind not in "buif":
         raise ValueError(f"image data of type {array.dtype} is not real numbers")
     if array.ndim == 3 and 2 <= array.shape[-1] <= 4 and min(array.shape[:2]) > 4:
-        array = _colour_to_grey(array)
+        array = _colour_to_grey(array, colour, path)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
@@ -135,10 +189,20 @@ def _as_images(array: np.ndarray) -> list[np.ndarray]:
     return list(array.astype(np.float32))
 
 
-def _colour_to_grey(array: np.ndarray) -> np.ndarray:
+def _colour_to_grey(array: np.ndarray, colour: str, path: Path) -> np.ndarray:
     channels = array[..., :3] if array.shape[-1] in (3, 4) else array[..., :1]  # drop alpha
-    if not (channels == channels[..., :1]).all():
+    differ = (channels != channels[..., :1]).any(axis=-1)
+    if not differ.any():
+        return channels[..., 0]
+    if colour == "refuse" or channels.shape[-1] != 3:
         raise ValueError(
-            f"colour image with {array.shape[-1]} differing channels; convert it to greyscale (one channel) first"
+            f"colour image with {array.shape[-1]} channels differing in {differ.sum()} pixels "
+            f"({differ.mean():.2%}); convert it to greyscale (one channel) first"
         )
-    return channels[..., 0]
+    log.warning(
+        "%s: colour channels differ in %d pixels (%.2f%%: burned-in annotations?); read as luminance",
+        path,
+        differ.sum(),
+        100 * differ.mean(),
+    )
+    return channels.astype(np.float64) @ LUMINANCE
