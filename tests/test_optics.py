@@ -40,6 +40,7 @@ def test_wavelength_matches_abtem():
         {"defocus": 300.0, "Cs": 1.2e7, "focal_spread": 30.0},
         {"defocus": -200.0, "Cs": 1.2e7, "C12": 80.0, "phi12": 0.6, "focal_spread": 20.0, "angular_spread": 0.5},
         {"defocus": 50.0, "C12": 100.0, "phi12": -1.0, "angular_spread": 1.0},
+        {"defocus": 100.0, "semiangle_cutoff": 12.0, "soft": False},  # an objective aperture
     ],
 )
 def test_image_matches_abtem_ctf(exit_wave, params):
@@ -56,6 +57,7 @@ def test_image_matches_abtem_ctf(exit_wave, params):
         C12_A=params.get("C12", 0.0),
         phi12_rad=params.get("phi12", 0.0),
         C30_A=params.get("Cs", 0.0),
+        aperture_mrad=params.get("semiangle_cutoff", 0.0),
     )
     microscope = Microscope(
         energy_eV=ENERGY_EV,

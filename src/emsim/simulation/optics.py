@@ -34,16 +34,20 @@ def scherzer_defocus_A(Cs_A: float, energy_eV: float) -> float:
 
 @dataclass(frozen=True)
 class Aberrations:
-    """Phase aberrations [A, rad] in abTEM's polar convention.
+    """The objective lens of one image: phase aberrations [A, rad] in abTEM's polar convention,
+    and its aperture.
 
     chi(k, phi) = pi lambda k^2 (C10 + C12 cos 2(phi - phi12)) + pi/2 lambda^3 k^4 C30.
-    ``C10_A = -defocus`` (positive defocus = underfocus), ``C30_A = Cs``.
+    ``C10_A = -defocus`` (positive defocus = underfocus), ``C30_A = Cs``; ``aperture_mrad``: the
+    objective aperture's semi-angle (scattering beyond lambda k > aperture is removed, a hard edge
+    as abTEM's ``CTF(semiangle_cutoff, soft=False)``), 0 = none.
     """
 
     C10_A: float
     C12_A: float = 0.0
     phi12_rad: float = 0.0
     C30_A: float = 0.0
+    aperture_mrad: float = 0.0
 
     @property
     def defocus_A(self) -> float:
@@ -89,7 +93,8 @@ def ctf(
     focal_spread_A: float = 0.0,
     angular_spread_mrad: float = 0.0,
 ) -> np.ndarray:
-    """Coherent transfer function exp(-i chi) times the partial-coherence envelopes (complex64).
+    """Coherent transfer function exp(-i chi) times the partial-coherence envelopes and the
+    objective aperture (complex64).
 
     Temporal envelope exp(-(pi lambda focal_spread k^2 / 2)^2), ``focal_spread_A`` being the
     1/e width; spatial envelope exp(-(pi theta)^2 |grad_k chi / 2 pi|^2), ``theta`` the
@@ -108,6 +113,9 @@ def ctf(
     if angular_spread_mrad:
         spatial = _spatial_envelope(grid, aberrations, lam, defocus_term, cos_astig, angular_spread_mrad)
         envelope = spatial if envelope is None else envelope * spatial
+    if aberrations.aperture_mrad:
+        inside = (k2 * np.float32(lam**2) < np.float32(aberrations.aperture_mrad * 1e-3) ** 2).astype(np.float32)
+        envelope = inside if envelope is None else envelope * inside
     out = np.empty(k2.shape, np.complex64)
     out.real = np.cos(chi)
     out.imag = -np.sin(chi)

@@ -114,6 +114,13 @@ def astigmatism(aberrations: dict, params: dict, rng: np.random.Generator, conte
     return out, {"astigmatism_angle_deg": angle_deg}
 
 
+@register("aperture", "optics", {"mrad": POSITIVE}, required=("mrad",))
+def aperture(aberrations: dict, params: dict, rng: np.random.Generator, context: dict):
+    """An objective aperture of semi-angle ``mrad``: strong scatterers (heavy particles) lose the
+    electrons scattered outside it and image dark, as in bright-field TEM."""
+    return {**aberrations, "aperture_mrad": float(params["mrad"])}, {}
+
+
 @register("dose", "detector", {"e_per_A2": POSITIVE}, required=("e_per_A2",), order=50)
 def dose(image: np.ndarray, params: dict, rng: np.random.Generator, context: dict):
     """Shot noise: Poisson counts at ``e_per_A2`` electrons per square Angstrom."""
