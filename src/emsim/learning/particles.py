@@ -2,8 +2,8 @@
 
 Instances (:func:`instances_from_probability`): connected components (8-connectivity) of
 ``probability >= threshold``; touching particles are split by a watershed of the distance
-transform: markers are the h-maxima of the distance to the background (the maxima that stand at
-least ``min_depth_px`` above the neck joining them to a higher one; plateaus merged), flooded
+transform (scikit-image): markers are the h-maxima of the distance to the background (the
+maxima that stand at least ``min_depth_px`` above the neck joining them to a higher one), flooded
 over the inverted distance within the mask; instances smaller than ``min_area_px`` are dropped.
 Two touching discs of radius r whose neck is narrower than 2 (r - ``min_depth_px``) are split; the
 small ripples of an irregular outline are not.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage, optimize, stats
+from skimage import morphology, segmentation
 
 MIN_AREA_NM2 = 1.0  # smallest predicted particle kept [nm^2]
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
@@ -41,35 +42,14 @@ def instances_from_probability(
     labels = instances_from_mask(mask)
     if split_touching and labels.max() > 0:
         distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        peaks = _h_maxima(distance, min_depth_px) & mask
-        markers, count = ndimage.label(peaks, structure=EIGHT)
-        depth = np.round((distance.max() - distance) / max(distance.max(), 1e-9) * 254)
-        markers = markers.astype(np.int32)
-        markers[~mask] = count + 1  # the background floods as one basin
-        flooded = ndimage.watershed_ift(depth.astype(np.uint8), markers, structure=EIGHT)
-        labels = np.where(mask, flooded, 0)
+        markers, _ = ndimage.label(morphology.h_maxima(distance, min_depth_px), structure=EIGHT)
+        labels = segmentation.watershed(-distance, markers, mask=mask, connectivity=2).astype(np.int32)
     areas = np.bincount(labels.ravel())
     keep = areas >= min_area_px
     keep[0] = False
     renumber = np.zeros(len(areas), np.int32)
     renumber[keep] = np.arange(1, keep.sum() + 1)
     return renumber[labels]
-
-
-def _h_maxima(values: np.ndarray, h: float) -> np.ndarray:
-    """The extended h-maxima of ``values``: tops of the domes at least ``h`` high (``values`` minus
-    its grey reconstruction by dilation of ``values - h`` under ``values``), on each object's box."""
-    tops = np.zeros(values.shape, bool)
-    for box in ndimage.find_objects(ndimage.label(values > 0, structure=EIGHT)[0]):
-        part = np.pad(values[box], 1)
-        reconstructed = part - h
-        while True:
-            grown = np.minimum(ndimage.grey_dilation(reconstructed, footprint=EIGHT), part)
-            if np.array_equal(grown, reconstructed):
-                break
-            reconstructed = grown
-        tops[box] = (part - reconstructed >= h - 1e-9)[1:-1, 1:-1]
-    return tops & (values > 0)
 
 
 def boxes_of_instances(labels: np.ndarray) -> np.ndarray:
@@ -90,6 +70,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """The size of each box ``x0, y0, x1, y1``: the square root of its area (px)."""
+    return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None))
+
+
 def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: float = 0.5) -> dict:
     """Optimal one-to-one matching at box IoU >= ``iou_threshold``: tp, fp, fn, n_true, n_pred and
     the sizes (sqrt of box area, px) of all true, all predicted and the matched boxes."""
@@ -99,8 +84,7 @@ def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: f
     if iou.size:
         rows, cols = optimize.linear_sum_assignment(iou, maximize=True)
         matched = [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= iou_threshold]
-    size = lambda boxes: np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # noqa: E731
-    true_size, pred_size = size(true_boxes), size(pred_boxes)
+    true_size, pred_size = box_sizes(true_boxes), box_sizes(pred_boxes)
     tp = len(matched)
     return {
         "tp": tp,
