@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from test_report import record
 
+from emsim.cli import main
 from emsim.report.table import model_table
 from emsim.study import findings as fd
 
@@ -266,7 +267,7 @@ def test_load_study_maps_columns(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     study_files(tmp_path)
-    assert fd.main(["--study", str(tmp_path)]) == 0
+    assert main(["findings", "--study", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("| experiment | finding |")
     report = tmp_path / "report"
     (report / "defocus").mkdir(parents=True)
@@ -276,10 +277,10 @@ def test_command_line(tmp_path, capsys):
             for s, v in ((2, 0.5), (4, 0.4))
         ]
     ).to_parquet(report / "defocus/models.parquet")
-    assert fd.main([str(report), "--configfile", "config/test.yaml"]) == 0
+    assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 0
     out = capsys.readouterr().out
     assert "| defocus | F1 |" in out and "2: 0.5 (IQR 0), 4: 0.4 (IQR 0) | disagree |" in out
     (report / "other").mkdir()
     (report / "defocus/models.parquet").rename(report / "other/models.parquet")
-    assert fd.main([str(report), "--configfile", "config/test.yaml"]) == 2
+    assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 2
     assert "experiment 'other' is not in the study config" in capsys.readouterr().err

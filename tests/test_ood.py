@@ -6,6 +6,7 @@ import torch
 from test_evaluate import disc_images
 
 from emsim import data
+from emsim.cli import main
 from emsim.learning import evaluate, ood, train
 from emsim.learning.models import UNet, save_model
 from emsim.study.settings import Training
@@ -76,7 +77,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     assert gaps["near"] == pytest.approx([p["loss"] - own for p in found["pairs"] if p["domain"] == "near"])
     assert gaps["mid"] == gaps["far"] == [None, None]  # no model pretrained on them
     assert found["rho_gap_median"] is None  # one gapped domain per model: nothing to rank
-    assert ood.main([str(results), "-o", str(tmp_path / "ood.json"), "--figure", str(tmp_path / "ood")]) == 0
+    assert main(["ood", str(results), "-o", str(tmp_path / "ood.json"), "--figure", str(tmp_path / "ood")]) == 0
     assert (tmp_path / "ood.png").stat().st_size > 0
     assert "score vs shift gap" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
     with pytest.raises(ValueError, match="no evaluation files"):

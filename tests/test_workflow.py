@@ -80,6 +80,7 @@ def test_tiny_study_runs_end_to_end(finished_run):
     table = pd.read_csv(results / "report/defocus/models.csv")
     assert sorted(table["stage"]) == ["baseline", "pretrain", "transfer", "transfer"]
     figures = list((results / "report/defocus/figures").glob("*.png"))
+    assert not (results / "report/defocus/figures/detection.png").exists(), "no boxes, no detection figure"
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     for rule in ("structures", "exit_waves", "datasets", "models", "evaluation"):
         assert list((results / "logs" / rule).rglob("*.log")), f"no log for {rule}"
@@ -287,6 +288,7 @@ def test_micrograph_domains_are_targets_and_evaluation_domains(micrograph_run):
         assert table[f"val_particle_fraction__{domain}"].between(0, 1).all()
     assert table["val_det_recall__box"].between(0, 1).all() and table["val_det_f1__box"].notna().all()
     assert table["val_det_recall__unl"].isna().all()
+    assert (micrograph_run / "results/report/defocus/figures/detection.png").is_file()
     adapted = pd.read_csv(micrograph_run / "results/report/adapt/models.csv").set_index("stage")
     assert adapted.loc["transfer", "method"] == "adabn" and pd.isna(adapted.loc["transfer", "best_val_loss"])
     assert adapted.loc["transfer", "val_ood_score__unl"] != adapted.loc["pretrain", "val_ood_score__unl"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,11 +68,33 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("models", nargs="+", help="model files or quoted globs")
     export.add_argument("-o", "--output", required=True, help="ONNX file to write")
 
+    ood = commands.add_parser(
+        "ood", help="OOD score against measured loss on every evaluated (model, domain) pair; a calibrated threshold"
+    )
+    ood.add_argument("results", help="a study's results folder")
+    ood.add_argument("--loss-ratio", type=float, default=1.5, help="a pair is degraded above this x its in-domain loss")
+    ood.add_argument("-o", "--output", help="also write everything as JSON here")
+    ood.add_argument("--figure", help="also draw score vs loss and shift gap to FIGURE.png/.svg")
+
+    findings = commands.add_parser(
+        "findings", help="the seed study's findings as statistics of a finished study's tables (or of the study's own)"
+    )
+    findings.add_argument("report_dir", nargs="?", help="results/report of a finished study")
+    findings.add_argument("--configfile", help="the study config the results were made with")
+    findings.add_argument("--metric", default="ce", help="metric short name of the table's loss columns (default: ce)")
+    findings.add_argument(
+        "--study", metavar="NOTEBOOKS", help="the article repository's notebooks/ folder: the study's findings"
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "findings" and (args.study is None) == (args.report_dir is None):
+        parser.error("findings: give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
+    if args.command == "findings" and args.report_dir and not args.configfile:
+        parser.error("findings: REPORT_DIR needs --configfile (the study config of the run)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError) as error:  # bad input: one line naming the key or file, no traceback
+    except (ValueError, OSError, pickle.UnpicklingError) as error:  # bad input: one line naming the key or file
         print(f"emsim {args.command}: {error}", file=sys.stderr)
         return 2
 
@@ -197,7 +220,45 @@ def _export(args) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "info": _info, "show": _show, "predict": _predict, "export": _export}
+def _ood(args) -> int:
+    from emsim.io import atomic_path
+    from emsim.learning import ood
+    from emsim.report.figures import plot_ood_check
+
+    found = ood.study_scores(args.results, args.loss_ratio, progress=True)
+    print(ood.summary(found, args.loss_ratio))
+    if args.figure:
+        plot_ood_check(found, args.figure)
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            Path(tmp).write_text(json.dumps(found, indent=1) + "\n")
+    return 0
+
+
+def _findings(args) -> int:
+    from emsim.progress import bar
+    from emsim.study import config, findings
+
+    if args.study:
+        results = {
+            name: findings.findings(table, facts, findings.STUDY_METRIC)
+            for name, (table, facts) in bar(findings.load_study(args.study).items(), "findings", "experiment")
+        }
+    else:
+        results = findings.report_findings(args.report_dir, config.load(args.configfile), args.metric, progress=True)
+    print(findings.markdown(results))
+    return 0
+
+
+COMMANDS = {
+    "check": _check,
+    "info": _info,
+    "show": _show,
+    "predict": _predict,
+    "export": _export,
+    "ood": _ood,
+    "findings": _findings,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,6 +23,7 @@ figures.plot_method_cost(table, out / "method_cost")
 figures.plot_forgetting_vs_gain(table, out / "forgetting_vs_gain")
 figures.plot_gain_vs_scratch(table, out / "gain_vs_scratch")
 figures.plot_training_curves(records, out / "training_curves")
+figures.plot_detection(table, out / "detection")  # nothing without box-labelled domains
 example = next((r for r in records if r["tags"]["stage"] == "transfer"), records[0])
 figures.plot_examples(
     example["path"], dict(zip(p.domains, snakemake.input.datasets)), out / "examples", device=p.device

@@ -10,16 +10,13 @@ contrast-transfer rings (defocus), noise floor (dose), lattice fringes (structur
 Score of an image: the RMS over rings of its z-score against that description (about 1 in
 distribution). An image larger than the training images is cut into tiles of the training size
 whose power spectra are averaged. The default threshold ``DEFAULT_THRESHOLD`` is replaced by one
-calibrated on a study's own domains with :func:`study_scores` (``python -m emsim.learning.ood results``).
+calibrated on a study's own domains with :func:`study_scores` (``emsim ood results``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,38 +219,18 @@ def _calibrate(pairs: list[dict], loss_ratio: float) -> float | None:
     return float(candidates[int(np.argmax(accuracy))])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emsim.learning.ood", description=study_scores.__doc__)
-    parser.add_argument("results", help="a study's results folder")
-    parser.add_argument("--loss-ratio", type=float, default=LOSS_RATIO)
-    parser.add_argument("-o", "--output", help="also write everything as JSON here")
-    parser.add_argument("--figure", help="also draw score vs loss and shift gap to FIGURE.png/.svg")
-    args = parser.parse_args(argv)
-    found = study_scores(args.results, args.loss_ratio, progress=True)
-    print(f"{'domain':<24} {'OOD score':>10} {'val loss':>10}")
-    for domain, row in found["domains"].items():
-        print(f"{domain:<24} {row['score']:>10.3f} {row['loss']:>10.4f}")
-    print(
+def summary(found: dict, loss_ratio: float = LOSS_RATIO) -> str:
+    """:func:`study_scores` as text: per-domain score and loss, Spearman's rho, the threshold."""
+    lines = [f"{'domain':<24} {'OOD score':>10} {'val loss':>10}"]
+    lines += [f"{domain:<24} {row['score']:>10.3f} {row['loss']:>10.4f}" for domain, row in found["domains"].items()]
+    lines.append(
         f"Spearman rho, score vs loss: median over {len(found['rho_per_model'])} models (each across its "
         f"domains) {_fmt(found['rho_median'])}, across domain means {_fmt(found['rho_domains'])}, "
         f"across {len(found['pairs'])} (model, domain) pairs {_fmt(found['rho_pairs'])}"
     )
-    print(
+    lines.append(
         "Spearman rho, score vs shift gap (loss - the domain's own pretrained loss): median over "
         f"models {_fmt(found['rho_gap_median'])}, across pairs {_fmt(found['rho_gap_pairs'])}"
     )
-    print(f"calibrated threshold (loss > {args.loss_ratio} x in-domain): {found['threshold']}")
-    if args.figure:
-        from emsim.report.figures import plot_ood_check
-
-        plot_ood_check(found, args.figure)
-    if args.output:
-        from emsim.io import atomic_path
-
-        with atomic_path(args.output) as tmp:
-            Path(tmp).write_text(json.dumps(found, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    lines.append(f"calibrated threshold (loss > {loss_ratio} x in-domain): {found['threshold']}")
+    return "\n".join(lines)

@@ -76,8 +76,9 @@ def box_sizes(boxes: np.ndarray) -> np.ndarray:
 
 
 def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: float = 0.5) -> dict:
-    """Optimal one-to-one matching at box IoU >= ``iou_threshold``: tp, fp, fn, n_true, n_pred and
-    the sizes (sqrt of box area, px) of all true, all predicted and the matched boxes."""
+    """Optimal one-to-one matching at box IoU >= ``iou_threshold``: tp, fp, fn, n_true, n_pred, the
+    matched ``pairs`` (true index, predicted index) and the sizes (sqrt of box area, px) of all
+    true, all predicted and the matched boxes."""
     true_boxes, pred_boxes = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(pred_boxes, float).reshape(-1, 4)
     iou = box_iou(true_boxes, pred_boxes)
     matched = []
@@ -92,6 +93,7 @@ def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: f
         "fn": len(true_boxes) - tp,
         "n_true": len(true_boxes),
         "n_pred": len(pred_boxes),
+        "pairs": [(int(r), int(c)) for r, c in matched],
         "true_sizes_px": true_size.tolist(),
         "pred_sizes_px": pred_size.tolist(),
         "matched_size_pairs_px": [(float(true_size[r]), float(pred_size[c])) for r, c in matched],

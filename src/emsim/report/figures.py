@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 import pandas as pd
 import torch
@@ -19,7 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
 from emsim.io import atomic_path
-from emsim.learning import metrics
+from emsim.learning import metrics, particles
 from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 from emsim.report.table import BASELINE, PRETRAIN, TRANSFER, is_number
@@ -505,22 +506,19 @@ def plot_examples(
             raise ValueError(f"{path}: val split has {len(images)} images, no index {index}")
         image, label = images[index], labels[index]
         prediction = segment_image(model, image)
-        counts = metrics.confusion(torch.from_numpy(prediction), torch.from_numpy(label))
-        iou = metrics.metrics_from_counts(*(int(c) for c in counts), 0.0, 0.0)["iou"]
         low, high = np.percentile(image, [1, 99])
         row[0].imshow(image, cmap="gray", vmin=low, vmax=high)
-        row[1].imshow(label, cmap="gray", vmin=0, vmax=1)
         row[2].imshow(prediction, cmap="gray", vmin=0, vmax=1)
-        row[2].text(
-            0.03,
-            0.97,
-            f"IoU {iou:.2f}",
-            transform=row[2].transAxes,
-            va="top",
-            color="black",
-            backgroundcolor="white",
-            fontsize=9,
-        )
+        kind = data.label_kind(path)
+        if kind == "mask":
+            counts = metrics.confusion(torch.from_numpy(prediction), torch.from_numpy(label))
+            iou = metrics.metrics_from_counts(*(int(c) for c in counts), 0.0, 0.0)["iou"]
+            row[1].imshow(label, cmap="gray", vmin=0, vmax=1)
+            row[2].text(
+                0.03, 0.97, f"IoU {iou:.2f}", transform=row[2].transAxes, va="top", backgroundcolor="white", fontsize=9
+            )
+        else:
+            _note(row[1], f"no pixel labels\n({kind})")
         row[0].set_ylabel(f"{domain}\n({image.shape[0]} x {image.shape[1]} px)")
         titles = ("image", "true label", "prediction") if i == 0 else ("", "", "")
         for ax, title in zip(row, titles):
@@ -529,3 +527,67 @@ def plot_examples(
             ax.set_yticks([])
     figure.suptitle(f"Val. image {index} of each domain, model {Path(model_path).name}")
     return save_figure(figure, stem)
+
+
+DETECTION_METRICS = (("det_precision", "precision"), ("det_recall", "recall"), ("det_f1", "F1"))
+
+
+def plot_detection(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Detection precision, recall and F1 of every model family on each box-labelled domain (one
+    point per model); nothing is drawn (and [] returned) for a study without boxes."""
+    domains = _domains_of(table, "val_det_f1__")
+    if not domains:
+        return []
+    families = sorted({method_label(row) or _family(row) for _, row in table.iterrows()})
+    figure = Figure(
+        figsize=(4 * len(DETECTION_METRICS), 0.6 + 0.45 * len(families) * len(domains)), layout="constrained"
+    )
+    axes = figure.subplots(1, len(DETECTION_METRICS), sharey=True)
+    labels = [method_label(row) or _family(row) for _, row in table.iterrows()]
+    for ax, (column, name) in zip(axes, DETECTION_METRICS):
+        for d, domain in enumerate(domains):
+            for f, family in enumerate(families):
+                values = table[f"val_{column}__{domain}"][[label == family for label in labels]].dropna()
+                y = d * (len(families) + 1) + f
+                ax.plot(values, np.full(len(values), y), "o", color=f"C{f}", alpha=0.7)
+                if len(values):
+                    ax.plot([values.median()] * 2, [y - 0.35, y + 0.35], color="black", linewidth=2)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3, axis="x")
+    ticks = [d * (len(families) + 1) + f for d in range(len(domains)) for f in range(len(families))]
+    axes[0].set_yticks(ticks, [f"{domain}: {family}" for domain in domains for family in families], fontsize=8)
+    axes[0].invert_yaxis()
+    figure.suptitle("Detection of boxed particles (box IoU >= 0.5, one-to-one); bar: median")
+    return save_figure(figure, stem)
+
+
+def plot_detection_overlay(
+    image: np.ndarray, probability: np.ndarray, boxes: np.ndarray, pixel_size_A: float, ax, title: str = ""
+) -> dict:
+    """Draw ``image`` with the particles a probability map finds against true ``boxes`` (x0, y0, x1,
+    y1 px): matched true boxes green, missed red, false detections yellow, predicted outlines cyan;
+    returns the :func:`emsim.learning.particles.match_boxes` result."""
+    instances = particles.instances_from_probability(
+        probability, min_area_px=particles.MIN_AREA_NM2 * 100 / pixel_size_A**2
+    )
+    predicted = particles.boxes_of_instances(instances)
+    result = particles.match_boxes(boxes, predicted)
+    matched_true = {t for t, _ in result["pairs"]}
+    matched_pred = {p for _, p in result["pairs"]}
+    low, high = np.percentile(image, [1, 99])
+    ax.imshow(image, cmap="gray", vmin=low, vmax=high)
+    ax.contour(instances > 0, [0.5], colors="cyan", linewidths=0.5)
+    for groups, colour in (
+        ([b for i, b in enumerate(boxes) if i in matched_true], "lime"),
+        ([b for i, b in enumerate(boxes) if i not in matched_true], "red"),
+        ([b for i, b in enumerate(predicted) if i not in matched_pred], "yellow"),
+    ):
+        for x0, y0, x1, y1 in groups:
+            ax.add_patch(
+                matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, linewidth=0.8)
+            )
+    ax.set_title(f"{title}\nfound {result['tp']}/{result['n_true']}, {result['fp']} false", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return result

@@ -11,15 +11,13 @@ Domain facts (defocus, dose, lattice of each domain: :func:`domain_facts`) say w
 apply to an experiment. :func:`load_study` puts the study's public per-model tables into the same
 columns, so one code path gives both columns of docs/validation.md::
 
-    python -m emsim.study.findings results/report --configfile config/validation.yaml [--metric ce]
-    python -m emsim.study.findings --study hrtem-transfer-learning/notebooks
+    emsim findings results/report --configfile config/validation.yaml [--metric ce]
+    emsim findings --study hrtem-transfer-learning/notebooks
 """
 
 from __future__ import annotations
 
-import argparse
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -434,42 +432,3 @@ def load_study(notebooks: str | Path) -> dict[str, tuple[pd.DataFrame, pd.DataFr
             )
         out[experiment] = convert(read_pickle_table(path))
     return out
-
-
-# ---------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m emsim.study.findings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("report_dir", nargs="?", help="results/report of a finished study")
-    parser.add_argument("--configfile", help="the study config the results were made with")
-    parser.add_argument("--metric", default="ce", help="metric short name of the table's loss columns (default: ce)")
-    parser.add_argument(
-        "--study", metavar="NOTEBOOKS", help="the article repository's notebooks/ folder: the study's findings"
-    )
-    args = parser.parse_args(argv)
-    if (args.study is None) == (args.report_dir is None):
-        parser.error("give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
-    try:
-        if args.study:
-            results = {
-                name: findings(table, facts, STUDY_METRIC)
-                for name, (table, facts) in bar(load_study(args.study).items(), "findings", "experiment")
-            }
-        else:
-            if not args.configfile:
-                parser.error("REPORT_DIR needs --configfile (the study config of the run)")
-            from emsim.study import config
-
-            results = report_findings(args.report_dir, config.load(args.configfile), args.metric, progress=True)
-    except (ValueError, OSError, pickle.UnpicklingError) as error:
-        print(f"emsim.study.findings: {error}", file=sys.stderr)
-        return 2
-    print(markdown(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
