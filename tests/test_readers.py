@@ -129,3 +129,41 @@ def test_unknown_unit_gives_no_pixel_size_and_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="emsim.readers"):
         _, pixel = read_images(tmp_path / "d.dm4")
     assert pixel is None and "'1/nm' is not a length" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "metadata, pixel_size_A",
+    [
+        ({"imagej": True, "resolution": (4.0, 4.0), "metadata": {"unit": "nm"}}, 2.5),  # 4 px per nm
+        ({"imagej": True, "resolution": (4.0, 4.0), "metadata": {"unit": "\\u00B5m"}}, 2500.0),  # ImageJ's µ
+        ({"imagej": True, "resolution": (4.0, 4.0), "metadata": {"unit": "micron"}}, 2500.0),
+        ({"extratags": [(34682, "s", 0, "[Scan]\nPixelWidth=2.5e-10\nPixelHeight=2.5e-10\n", True)]}, 2.5),  # FEI
+        ({"resolution": (300.0, 300.0), "resolutionunit": "INCH"}, None),  # a print resolution, not a pixel size
+    ],
+)
+def test_tiff_calibrations(tmp_path, metadata, pixel_size_A):
+    import tifffile
+
+    image = np.random.default_rng(4).integers(0, 1000, (30, 40)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", image, **metadata)
+    [read], found = read_images(tmp_path / "a.tif")
+    assert np.array_equal(read, image) and found == (None if pixel_size_A is None else pytest.approx(pixel_size_A))
+
+
+def test_spectra_are_not_images(tmp_path):
+    from rsciio.hspy import file_writer
+
+    signal = {
+        "data": np.ones((4, 5, 100), np.float32),  # a spectrum image: one signal axis
+        "axes": [
+            {"name": "y", "size": 4, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": 5, "scale": 1.0, "offset": 0.0, "units": "nm", "navigate": True},
+            {"name": "E", "size": 100, "scale": 10.0, "offset": 0.0, "units": "eV", "navigate": False},
+        ],
+        "metadata": {"General": {"title": "eds"}, "Signal": {"signal_type": "EDS"}},
+        "original_metadata": {}, "tmp_parameters": {}, "attributes": {"_lazy": False}, "learning_results": {},
+        "models": {}, "package_info": {"name": "hyperspy", "version": "2.0"},
+    }  # fmt: skip
+    file_writer(str(tmp_path / "eds.hspy"), signal)
+    with pytest.raises(ValueError, match="eds.hspy: holds no image signal"):
+        read_images(tmp_path / "eds.hspy")

@@ -1,10 +1,13 @@
 """Reading user micrographs: greyscale float32 images and, where the file records it, the pixel size.
 
-Formats: TIFF (``.tif``/``.tiff``, pages or samples as a stack), PNG, JPEG (``.jpg``/``.jpeg``),
+Formats: TIFF (``.tif``/``.tiff``, pages or samples as a stack; pixel size from FEI/Thermo,
+Zeiss SEM or ImageJ metadata), PNG, JPEG (``.jpg``/``.jpeg``),
 ``.npy``, HDF5 (``.h5``/``.hdf5``: dataset ``images``, else the only 2D/3D numeric dataset), MRC
 (``.mrc``/``.mrcs``/``.st``/``.ali``, through mrcfile: the header's voxel size, 0 = none), and
 through rosettasciio Gatan DigitalMicrograph (``.dm3``/``.dm4``), EMD (``.emd``: Velox and
-Berkeley/NCEM), FEI TIA (``.emi``/``.ser``) and HyperSpy (``.hspy``).
+Berkeley/NCEM), FEI TIA (``.emi``/``.ser``) and HyperSpy (``.hspy``): every image signal of the
+file (two signal axes; e.g. a Velox file's HAADF and DF detectors) is one image, spectra and
+spectrum images are skipped.
 
 Pixel size: the calibration of the image's last two axes, in any unit spelling the readers
 return (``UNITS_A``: Å, A, angstrom, pm, nm, n_m, µm, μm, um, mm, m, any case), converted to Å;
@@ -63,7 +66,7 @@ def read_images(path: str | os.PathLike, colour: str = "luminance") -> tuple[lis
     pixel_size_A = None
     try:
         if suffix in (".tif", ".tiff"):
-            array = _read_tiff(path)
+            array, pixel_size_A = _read_tiff(path)
         elif suffix in (".png", ".jpg", ".jpeg"):
             array = _read_png(path)
         elif suffix == ".npy":
@@ -106,13 +109,32 @@ def _pixel_size_A(axes: list[dict], path: Path) -> float | None:
     return sizes[1]
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         array = series.asarray()
         if "S" in series.axes:  # colour samples: move them last
             array = np.moveaxis(array, series.axes.index("S"), -1)
-    return array
+        return array, _tiff_pixel_size_A(tif, path)
+
+
+def _tiff_pixel_size_A(tif: tifffile.TiffFile, path: Path) -> float | None:
+    """The pixel size a TIFF's instrument metadata records: FEI/Thermo (``[Scan] PixelWidth``, m),
+    Zeiss SEM (``ap_pixel_size``), or ImageJ (``unit`` with the X resolution in pixels per unit).
+    The resolution tags alone are a print resolution (dpi), not a pixel size: None."""
+    if tif.is_fei and "PixelWidth" in (scan := tif.fei_metadata.get("Scan", {})):
+        return _pixel_size_A([{"scale": scan["PixelWidth"], "units": "m"}] * 2, path)
+    if tif.is_sem and "ap_pixel_size" in tif.sem_metadata:
+        _, value, unit = tif.sem_metadata["ap_pixel_size"]
+        return _pixel_size_A([{"scale": value, "units": unit}] * 2, path)
+    unit = (tif.imagej_metadata or {}).get("unit")
+    if unit:
+        unit = unit.encode().decode("unicode_escape") if "\\u" in unit else unit  # ImageJ escapes µ
+        tags = tif.pages[0].tags
+        scales = [tags[name].value[1] / tags[name].value[0] for name in ("YResolution", "XResolution") if name in tags]
+        if len(scales) == 2:
+            return _pixel_size_A([{"scale": scale, "units": unit} for scale in scales], path)
+    return None
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -152,16 +174,25 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def _read_rsciio(path: Path, suffix: str) -> tuple[np.ndarray, float | None]:
-    """The only image signal of a DigitalMicrograph, EMD, TIA or HyperSpy file and its pixel size in Å."""
-    signals = [s for s in RSCIIO[suffix].file_reader(str(path)) if np.ndim(s["data"]) in (2, 3)]
-    if len(signals) != 1:
-        raise ValueError(f"holds {len(signals)} image signals; export the one to segment")
-    signal = signals[0]
-    if RSCIIO[suffix] is digitalmicrograph:
-        signal["data"] = _dm_byte_order(signal)
-    order = [a.get("index_in_array", i) for i, a in enumerate(signal["axes"])]
-    axes = [signal["axes"][i] for i in np.argsort(order, kind="stable")][-2:]
-    return signal["data"], _pixel_size_A(axes, path)
+    """The image signals (two signal axes; stacks along navigation axes) of a DigitalMicrograph,
+    EMD, TIA or HyperSpy file, one after the other, and their common pixel size in Å. Spectra and
+    spectrum images (one signal axis) are skipped."""
+    images, sizes = [], []
+    for signal in RSCIIO[suffix].file_reader(str(path)):
+        axes = signal["axes"]
+        signal_axes = [a for a in axes if not a.get("navigate", False)]
+        if len(signal_axes) != 2 or np.ndim(signal["data"]) not in (2, 3):
+            continue
+        data = _dm_byte_order(signal) if RSCIIO[suffix] is digitalmicrograph else signal["data"]
+        order = [a.get("index_in_array", i) for i, a in enumerate(axes)]
+        last_two = [axes[i] for i in np.argsort(order, kind="stable")][-2:]
+        images += list(np.asarray(data).reshape(-1, *np.shape(data)[-2:]))
+        sizes.append(_pixel_size_A(last_two, path))
+    if not images:
+        raise ValueError("holds no image signal (only spectra or other data)")
+    if len({np.shape(i) for i in images}) > 1 or len(set(sizes)) > 1:
+        raise ValueError(f"holds image signals of different shapes or pixel sizes ({sorted(set(map(str, sizes)))} Å)")
+    return np.stack(images), sizes[0]
 
 
 def _dm_byte_order(signal: dict) -> np.ndarray:
