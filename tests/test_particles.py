@@ -101,3 +101,32 @@ def test_instances_of_a_noisy_probability_map_recover_well_separated_particles()
     true_boxes = particles.boxes_of_instances(particles.instances_from_mask(truth))
     result = particles.match_boxes(true_boxes, particles.boxes_of_instances(labels))
     assert result["tp"] == 16 and result["fp"] <= 1
+
+
+def test_instance_matching_equals_stardist():
+    matching = pytest.importorskip("stardist.matching", reason="StarDist (the reference) is not installed").matching
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        field = ndimage.gaussian_filter(rng.normal(size=(64, 64)), 3)
+        true = ndimage.label(field > 0.1)[0]
+        pred = ndimage.label(field + ndimage.gaussian_filter(rng.normal(size=(64, 64)), 3) > 0.1)[0]  # overlapping
+        for threshold in particles.IOU_THRESHOLDS:
+            ours = particles.match_instances(true, pred, threshold)
+            theirs = matching(true, pred, thresh=threshold)
+            assert (ours["tp"], ours["fp"], ours["fn"]) == (theirs.tp, theirs.fp, theirs.fn)
+
+
+def test_instance_matching_counts_and_panoptic_quality():
+    true = np.zeros((20, 20), np.int32)
+    true[2:8, 2:8], true[12:18, 12:18] = 1, 2
+    pred = np.zeros_like(true)
+    pred[2:8, 3:8] = 1  # IoU 30/36 with true 1
+    pred[0:2, 15:20] = 2  # false
+    result = particles.match_instances(true, pred)
+    assert (result["tp"], result["fp"], result["fn"]) == (1, 1, 1) and result["pairs"] == [(0, 0)]
+    combined = particles.combine([result], pixel_size_A=10.0)
+    assert combined["panoptic_quality"] == pytest.approx((30 / 36) / (1 + 0.5 + 0.5))
+    thresholds = dict((t, tp) for t, tp, _, _ in result["by_threshold"])
+    assert thresholds[0.8] == 1 and thresholds[0.9] == 0
+    assert combined["mean_f1"] == pytest.approx(np.mean([0.5] * 6 + [0.0]))
+    assert result["true_sizes_px"] == pytest.approx([2 * np.sqrt(36 / np.pi)] * 2)

@@ -8,10 +8,11 @@ over the inverted distance within the mask; instances smaller than ``min_area_px
 Two touching discs of radius r whose neck is narrower than 2 (r - ``min_depth_px``) are split; the
 small ripples of an irregular outline are not.
 
-Detection (:func:`match_boxes`): optimal one-to-one matching of predicted to true boxes by
-box IoU (Hungarian assignment on the IoU matrix, pairs below ``iou_threshold`` unmatched), the
-definition of StarDist's ``matching`` with boxes in place of masks: precision = tp / (tp + fp),
-recall = tp / (tp + fn), F1 = 2 tp / (2 tp + fp + fn), each 0 where its denominator is 0.
+Detection (:func:`match_instances` on masks, :func:`match_boxes` on boxes): optimal one-to-one
+matching, the definition of StarDist's ``matching``: the assignment (Hungarian) with the most
+pairs at IoU >= ``iou_threshold``, ties broken by their IoU sum; precision = tp / (tp + fp),
+recall = tp / (tp + fn), F1 = 2 tp / (2 tp + fp + fn), each 0 where its denominator is 0;
+panoptic quality = sum of matched IoUs / (tp + fp/2 + fn/2).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scipy import ndimage, optimize, stats
 from skimage import morphology, segmentation
 
 MIN_AREA_NM2 = 1.0  # smallest predicted particle kept [nm^2]
+IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # mean F1 over these, as instance benchmarks report
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 
 
@@ -70,6 +72,35 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def instance_iou(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """IoU matrix (n_true, n_pred) of the instances 1..n of two label maps."""
+    n_true, n_pred = int(true_labels.max()), int(pred_labels.max())
+    pairs = np.bincount(
+        true_labels.ravel().astype(np.int64) * (n_pred + 1) + pred_labels.ravel(), minlength=(n_true + 1) * (n_pred + 1)
+    ).reshape(n_true + 1, n_pred + 1)
+    inter = pairs[1:, 1:].astype(float)
+    union = pairs[1:, :].sum(axis=1)[:, None] + pairs[:, 1:].sum(axis=0)[None, :] - inter
+    return inter / np.maximum(union, 1)
+
+
+def equivalent_diameters_px(labels: np.ndarray) -> np.ndarray:
+    """Equivalent-disc diameter 2 sqrt(area / pi) of each instance 1..n (px)."""
+    return 2 * np.sqrt(np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)[1:] / np.pi)
+
+
+def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict:
+    """Optimal one-to-one matching of instance maps at mask IoU >= ``iou_threshold`` (StarDist's
+    ``matching``, criterion iou): the :func:`match_boxes` fields, with equivalent diameters as
+    sizes, and ``by_threshold``: (threshold, tp, fp, fn) at each of ``IOU_THRESHOLDS``."""
+    iou = instance_iou(true_labels, pred_labels)
+    result = _matched(iou, iou_threshold, equivalent_diameters_px(true_labels), equivalent_diameters_px(pred_labels))
+    by_threshold = []
+    for threshold in IOU_THRESHOLDS:
+        tp = len(_assignment(iou, threshold))
+        by_threshold.append((threshold, tp, iou.shape[1] - tp, iou.shape[0] - tp))
+    return result | {"by_threshold": by_threshold}
+
+
 def box_sizes(boxes: np.ndarray) -> np.ndarray:
     """The size of each box ``x0, y0, x1, y1``: the square root of its area (px)."""
     return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None))
@@ -81,18 +112,20 @@ def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: f
     true, all predicted and the matched boxes."""
     true_boxes, pred_boxes = np.asarray(true_boxes, float).reshape(-1, 4), np.asarray(pred_boxes, float).reshape(-1, 4)
     iou = box_iou(true_boxes, pred_boxes)
-    matched = []
-    if iou.size:
-        rows, cols = optimize.linear_sum_assignment(iou, maximize=True)
-        matched = [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= iou_threshold]
-    true_size, pred_size = box_sizes(true_boxes), box_sizes(pred_boxes)
+    return _matched(iou, iou_threshold, box_sizes(true_boxes), box_sizes(pred_boxes))
+
+
+def _matched(iou: np.ndarray, iou_threshold: float, true_size: np.ndarray, pred_size: np.ndarray) -> dict:
+    """Counts, pairs and sizes of the optimal assignment on an IoU matrix (true x predicted)."""
+    matched = _assignment(iou, iou_threshold)
     tp = len(matched)
     return {
         "tp": tp,
-        "fp": len(pred_boxes) - tp,
-        "fn": len(true_boxes) - tp,
-        "n_true": len(true_boxes),
-        "n_pred": len(pred_boxes),
+        "fp": iou.shape[1] - tp,
+        "fn": iou.shape[0] - tp,
+        "n_true": iou.shape[0],
+        "n_pred": iou.shape[1],
+        "iou_sum": float(sum(iou[r, c] for r, c in matched)),
         "pairs": [(int(r), int(c)) for r, c in matched],
         "true_sizes_px": true_size.tolist(),
         "pred_sizes_px": pred_size.tolist(),
@@ -100,20 +133,32 @@ def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: f
     }
 
 
+def _assignment(iou: np.ndarray, iou_threshold: float) -> list[tuple[int, int]]:
+    """The (true, predicted) pairs at IoU >= ``iou_threshold`` of the assignment with the most such
+    pairs, ties broken by their IoU sum (StarDist's cost: the IoU term sums to less than 1)."""
+    if not iou.size:
+        return []
+    weight = (iou >= iou_threshold) + iou / (2 * min(iou.shape))
+    rows, cols = optimize.linear_sum_assignment(weight, maximize=True)
+    return [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= iou_threshold]
+
+
 def combine(results: list[dict], pixel_size_A: float) -> dict:
-    """Dataset-level detection from per-image :func:`match_boxes` results: precision, recall and F1
-    of the summed counts, mean (signed and absolute) count error per image, mean absolute size
-    error of matched particles and Wasserstein-1 distance of the size distributions [nm]."""
+    """Dataset-level detection from per-image :func:`match_boxes` or :func:`match_instances` results:
+    precision, recall and F1 of the summed counts, mean (signed and absolute) count error per image,
+    mean absolute size error of matched particles and Wasserstein-1 distance of the size
+    distributions [nm]; for instances also the mean F1 over ``IOU_THRESHOLDS`` and the panoptic
+    quality (sum of matched IoUs / (tp + fp/2 + fn/2))."""
     tp, fp, fn = (sum(r[k] for r in results) for k in ("tp", "fp", "fn"))
     nm = pixel_size_A / 10
     errors = [r["n_pred"] - r["n_true"] for r in results]
     pairs = np.array([p for r in results for p in r["matched_size_pairs_px"]], float).reshape(-1, 2) * nm
     true_sizes = [s * nm for r in results for s in r["true_sizes_px"]]
     pred_sizes = [s * nm for r in results for s in r["pred_sizes_px"]]
-    return {
+    out = {
         "detection_precision": tp / (tp + fp) if tp + fp else 0.0,
         "detection_recall": tp / (tp + fn) if tp + fn else 0.0,
-        "detection_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "detection_f1": _f1(tp, fp, fn),
         "count_error": float(np.mean(errors)) if errors else None,
         "abs_count_error": float(np.mean(np.abs(errors))) if errors else None,
         "size_error_nm": float(np.abs(pairs[:, 0] - pairs[:, 1]).mean()) if len(pairs) else None,
@@ -123,3 +168,13 @@ def combine(results: list[dict], pixel_size_A: float) -> dict:
         "n_true": sum(r["n_true"] for r in results),
         "n_pred": sum(r["n_pred"] for r in results),
     }
+    if results and all("by_threshold" in r for r in results):
+        counts = np.sum([np.array(r["by_threshold"])[:, 1:] for r in results], axis=0)
+        out["mean_f1"] = float(np.mean([_f1(*c) for c in counts]))
+        denominator = tp + fp / 2 + fn / 2
+        out["panoptic_quality"] = sum(r["iou_sum"] for r in results) / denominator if denominator else 0.0
+    return out
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
