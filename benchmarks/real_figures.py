@@ -22,6 +22,7 @@ from emsim import data
 from emsim.learning import evaluate, ood
 from emsim.learning.models import load_model
 from emsim.report.figures import plot_detection_overlay, save_figure
+from emsim.study.settings import Instances
 
 KINDS = {  # caption -> (experiment, stage, method)
     "pretrained on the simulation only": ("transfer", "pretrain", None),
@@ -46,6 +47,8 @@ def model_rows(results: Path) -> pd.DataFrame:
 def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str = "pt_test") -> None:
     path = results / "datasets" / f"{domain}.h5"
     tiles = evaluate.micrograph_tiles(path, "val")
+    pixel_size_A = data.read_attrs(path)["config"]["image"]["pixel_size_A"]
+    settings = Instances.with_defaults()
     images, _ = evaluate.load_split(path, "val", torch.device("cpu"))
     files = data.read_attrs(path)["files"]
     canvas = (int(tiles["file"][0]), int(tiles["frame"][0]))  # the domain's first file
@@ -56,7 +59,7 @@ def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str = "pt_tes
     for ax, (caption, group) in zip(axes, rows.groupby("kind", sort=False)):
         model, _ = load_model(group.sort_values("model")["model"].iloc[0])
         probability = evaluate.stitch(evaluate.probabilities(model, images), tiles)[canvas]
-        plot_detection_overlay(raw, probability, boxes, tiles["pixel_size_A"], ax, caption)
+        plot_detection_overlay(raw, probability, boxes, pixel_size_A, settings, ax, caption)
     figure.suptitle(
         f"{Path(files[canvas[0]]['path']).name} (held out): true boxes found (green), missed (red), "
         "false detections (yellow), predicted particles (cyan)"

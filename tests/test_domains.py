@@ -36,9 +36,11 @@ def study():
 
 def _dataset(study, shards: list[list[int]], directory) -> dict:
     directory.mkdir(exist_ok=True)
-    spec, paths = study.structure_sets["au"], []
+    spec, paths, scene_paths = study.structure_sets["au"], [], []
     for k, indices in enumerate(shards):
         scenes = structures.build_structure_set(spec, optics.cell_A(study.image), indices)
+        scene_paths.append(directory / f"scenes{k}.h5")
+        structures.save_scenes(scene_paths[-1], scenes, {})
         shard = simulate.simulate_shard(
             scenes,
             indices,
@@ -52,7 +54,7 @@ def _dataset(study, shards: list[list[int]], directory) -> dict:
         paths.append(directory / f"shard{k}.h5")
         shard.save(paths[-1], {"structure_set": "au"})
     out = directory / "df5.h5"
-    domains.build_domain_dataset(config.domain_slice(study, "df5"), paths, out)
+    domains.build_domain_dataset(config.domain_slice(study, "df5"), paths, scene_paths, out)
     images, labels = data.read_split(out, "train")
     return {"images": images, "labels": labels, **data.read_meta(out)}
 

@@ -20,8 +20,9 @@ from emsim.cli import main
 from emsim.data import standardize
 from emsim.learning import ood
 from emsim.learning.models import UNet, save_model
-from emsim.predict import CSV_FIELDS, entropy_bits, predict_files
+from emsim.predict import CSV_FIELDS, PARTICLE_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images
+from emsim.study.settings import Instances
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,8 +191,9 @@ def test_ensemble_mean_uncertainty_and_summary(model_path, second_model, tmp_pat
         assert np.allclose(np.load(entry["uncertainty_npy"]), entropy_bits(probability))
         mask = np.load(entry["mask_npy"])
         assert (mask == (probability > 0.5)).all() and iou(mask, labels[i]) > 0.7
-        assert sum(map(int, entry["particle_areas_px"].split(";"))) == mask.sum()
-        assert entry["particle_count"] == ndimage.label(mask)[1] >= 1
+        particles = list(csv.DictReader(open(entry["particles_csv"])))
+        assert sum(int(p["area_px"]) for p in particles) == mask.sum()
+        assert entry["particle_count"] == len(particles) >= ndimage.label(mask)[1] >= 1
         assert entry["ood_score"] is None and entry["pixel_size_A"] is None
     rows = list(csv.DictReader(open(tmp_path / "ensemble" / "summary.csv")))
     assert [r["index"] for r in rows] == ["0", "1"] and tuple(rows[0]) == CSV_FIELDS
@@ -259,12 +261,13 @@ def test_emd_pixel_size_from_file(calibrated_model, tmp_path):
         calibrated_model, [tmp_path / "scan.emd"], tmp_path / "given", device="cpu", pixel_size_A=0.4
     )
     assert entry["status"] == "ok" and not entry["resampled"] and entry["pixel_size_A"] == 0.4  # the user's size wins
-    [entry] = predict_files(calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out", device="cpu")
+    small = Instances.with_defaults(min_area_nm2=0.05)  # the discs are 0.05-0.25 nm^2
+    [entry] = predict_files(calibrated_model, [tmp_path / "scan.emd"], tmp_path / "out", device="cpu", instances=small)
     assert entry["status"] == "ok" and entry["resampled"]
     assert entry["pixel_size_A"] == pytest.approx(0.2)
-    assert entry["mean_particle_area_nm2"] == pytest.approx(
-        np.load(entry["mask_npy"]).sum() / entry["particle_count"] * 0.02**2
-    )
+    particles = list(csv.DictReader(open(entry["particles_csv"])))
+    assert entry["mean_particle_area_nm2"] == pytest.approx(np.mean([float(p["area_nm2"]) for p in particles]))
+    assert particles and all(float(p["area_nm2"]) >= 0.05 for p in particles)
     (tmp_path / "broken.emd").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     with pytest.raises(ValueError, match="broken.emd"):
         read_images(tmp_path / "broken.emd")
@@ -397,3 +400,53 @@ def test_cli_rejects_bad_pixel_sizes_in_one_line(model_path, tmp_path, value, ca
     )
     error = capsys.readouterr().err.strip()
     assert code == 2 and "pixel_size_A must be a finite number > 0" in error and len(error.splitlines()) == 1
+
+
+def touching_discs(tmp_path) -> Path:
+    """Two discs that touch (radius 8 px, centres 16 px apart) and one apart, as a Poisson image."""
+    yy, xx = np.mgrid[:96, :96]
+    mask = np.zeros((96, 96), bool)
+    for cy, cx, r in ((48, 36, 8), (48, 52, 8), (20, 75, 6)):
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    np.save(tmp_path / "touch.npy", np.random.default_rng(0).poisson(40 * (1 - 0.5 * mask)).astype(np.float32))
+    return tmp_path / "touch.npy"
+
+
+def test_particles_split_touching_and_csv(model_path, tmp_path):
+    path = touching_discs(tmp_path)
+    [entry] = predict_files(model_path, [path], tmp_path / "split", device="cpu")
+    rows = list(csv.DictReader(open(entry["particles_csv"])))
+    assert tuple(rows[0]) == PARTICLE_FIELDS and entry["particle_count"] == len(rows) == 3
+    assert ndimage.label(np.load(entry["mask_npy"]))[1] == 2  # the prediction joins the touching two
+    assert sum(int(r["area_px"]) for r in rows) == np.load(entry["mask_npy"]).sum()
+    probability = np.load(entry["probability_npy"])
+    for r in rows:
+        y, x = round(float(r["centroid_y_px"])), round(float(r["centroid_x_px"]))
+        assert probability[y, x] > 0.5 and float(r["mean_probability"]) > 0.5
+        assert r["diameter_nm"] == "" and 0 <= float(r["mean_uncertainty"]) <= 1  # no pixel size: no nm
+    assert not (tmp_path / "split" / "size_distribution.png").exists()
+    code = main(["predict", str(model_path), str(path), "-o", str(tmp_path / "whole"), "--no-split"])
+    [row] = list(csv.DictReader(open(tmp_path / "whole" / "summary.csv")))
+    assert code == 0 and row["particle_count"] == "2"
+
+
+def test_particles_minimum_size_and_size_distribution(calibrated_model, tmp_path):
+    path = touching_discs(tmp_path)  # discs of 0.2-0.3 nm^2 at 0.4 Å/px
+    [none] = predict_files(calibrated_model, [path], tmp_path / "a", device="cpu", pixel_size_A=0.4)
+    assert none["particle_count"] == 0 and none["mean_diameter_nm"] is None
+    small = Instances.with_defaults(min_area_nm2=0.05)
+    [entry] = predict_files(calibrated_model, [path], tmp_path / "b", device="cpu", pixel_size_A=0.4, instances=small)
+    rows = list(csv.DictReader(open(entry["particles_csv"])))
+    diameters = [float(r["diameter_nm"]) for r in rows]
+    assert entry["particle_count"] == 3 and entry["median_diameter_nm"] == pytest.approx(np.median(diameters))
+    for r, d in zip(rows, diameters):
+        assert d == pytest.approx(2 * np.sqrt(int(r["area_px"]) / np.pi) * 0.04)
+    assert (tmp_path / "b" / "size_distribution.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--min-area-nm2", "-1"), ("--min-depth-px", "0")])
+def test_cli_rejects_bad_particle_settings(model_path, tmp_path, flag, value, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((64, 64)))
+    code = main(["predict", str(model_path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), flag, value])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and flag in error and len(error.splitlines()) == 1

@@ -63,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--tile", type=int, default=512, help="tile size in px (multiple of 32)")
     predict.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
     predict.add_argument("--ood-threshold", type=float, help="replaces the models' OOD threshold")
+    predict.add_argument(
+        "--min-area-nm2", type=float, help="smaller predicted particles are dropped [nm^2] (default 1)"
+    )
+    predict.add_argument(
+        "--no-split", action="store_true", help="keep touching particles together (no watershed split)"
+    )
+    predict.add_argument(
+        "--min-depth-px",
+        type=float,
+        help="a neck this much narrower than both particles' centres (distance to background, px) splits them "
+        "(default 2)",
+    )
 
     export = commands.add_parser("export", help="export a model or an ensemble to ONNX")
     export.add_argument("models", nargs="+", help="model files or quoted globs")
@@ -169,10 +181,19 @@ def _show(args) -> int:
 
 def _predict(args) -> int:
     from emsim import predict
+    from emsim.study.settings import Instances
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"-o {args.output}: exists and is not a folder; give a folder for masks and overlays")
     _check_device(args.device)
+    given = {"min_area_nm2": args.min_area_nm2, "min_depth_px": args.min_depth_px}
+    try:
+        instances = Instances.with_defaults(
+            split_touching=not args.no_split, **{key: value for key, value in given.items() if value is not None}
+        )
+    except ValueError as error:
+        key, _, message = str(error).partition(": ")
+        raise ValueError(f"--{key.removeprefix('instances.').replace('_', '-')}: {message}") from None
     results = predict.predict_files(
         [args.model, *args.more_models],
         args.inputs,
@@ -185,6 +206,7 @@ def _predict(args) -> int:
         progress=True,
         allow_rescale=args.allow_rescale,
         colour=args.colour,
+        instances=instances,
     )
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:

@@ -6,7 +6,9 @@ Layout of a dataset file::
     labels        (N, H, W) uint8     1 = nanoparticle, 0 = substrate/vacuum
     meta/<field>  (N,)                per-image metadata (structure index, defocus, dose, seeds, ...)
     splits/train, splits/val, splits/test   int64 image indices
-    boxes         (M, 6) float64      micrograph domains with box labels only (emsim.micrographs)
+    instances     (N, H, W) uint16    simulated domains: each labelled pixel's particle (emsim.simulation.instances)
+    particles/<field>  (P,)           simulated domains: one row per particle (image, instance, radius_A, ...)
+    boxes         (M, 6) float64      micrograph domains with boxes (emsim.micrographs)
     attrs: domain (name), config (JSON of the domain's config slice), provenance (JSON),
            label_kind (mask, boxes or none: what the labels are; absent = mask), files (micrograph domains)
 
@@ -37,7 +39,8 @@ def write_dataset(
     extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write a domain dataset atomically; ``attrs`` values that are not strings are stored as JSON;
-    ``extra``: further top-level arrays (``boxes``)."""
+    ``extra``: further arrays (``instances``, ``particles/<field>``, ``boxes``); per-image maps are
+    chunked and compressed like the labels."""
     if images.shape != labels.shape:
         raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} differ in shape")
     with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
@@ -49,7 +52,9 @@ def write_dataset(
         for name in SPLITS:
             f.create_dataset(f"splits/{name}", data=np.asarray(splits[name], dtype=np.int64), fletcher32=True)
         for name, values in (extra or {}).items():
-            f.create_dataset(name, data=np.asarray(values), fletcher32=True)
+            values = np.asarray(values)
+            per_image = {"chunks": chunks, "compression": "gzip"} if values.shape[1:] == images.shape[1:] else {}
+            f.create_dataset(name, data=values, fletcher32=values.size > 0, **per_image)  # no chunks when empty
         for key, value in attrs.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -93,6 +98,18 @@ def label_kind(path: str | Path) -> str:
     """What a dataset's labels are: ``mask`` (pixel labels), ``boxes`` or ``none`` (labels unused)."""
     with open_dataset(path) as f, reading(path, "dataset"):
         return str(f.attrs.get("label_kind", "mask"))
+
+
+def read_instances(path: str | Path, split: str) -> np.ndarray | None:
+    """The true instance maps of one split (in split order), or None for a dataset without them."""
+    index = split_indices(path, split)
+    with open_dataset(path) as f, reading(path, "dataset"):
+        if "instances" not in f:
+            return None
+        order = np.argsort(index)
+        out = np.empty((len(index), *f["instances"].shape[1:]), np.uint16)
+        out[order] = f["instances"][np.sort(index)]
+        return out
 
 
 def is_micrograph(path: str | Path) -> bool:

@@ -12,13 +12,18 @@ Per image (``<stem>`` = file stem, ``-2``... for repeated stems, ``_<index>`` fo
 ``<stem>_mask.png`` (0/255), ``<stem>_mask.npy`` (uint8 0/1), ``<stem>_probability.npy``
 (float32 mean particle probability), ``<stem>_uncertainty.npy`` (float32 predictive entropy in
 bits, 0 = certain, 1 = p of 0.5) and ``<stem>_uncertainty.png`` (0-1 bit as 0-255),
-``<stem>_overlay.png``. Per run: ``summary.csv`` (one row per image or failed input, columns
-``CSV_FIELDS``) and ``provenance.json``. Every file is written atomically.
+``<stem>_overlay.png``, ``<stem>_particles.csv`` (one row per particle, ``PARTICLE_FIELDS``).
+Particles are the instances of the probability map (:func:`emsim.learning.particles.instances_from_probability`:
+touching particles split by a distance-transform watershed, those under ``min_area_nm2`` dropped;
+settings as the study block ``instances``). Per run: ``summary.csv`` (one row per image or failed
+input, columns ``CSV_FIELDS``), ``size_distribution.png`` (equivalent diameters of all particles,
+where the pixel size is known) and ``provenance.json``. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import json
@@ -30,15 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from PIL import Image
-from scipy import ndimage
 
 from emsim import data
 from emsim.io import atomic_path, provenance
-from emsim.learning import ood
+from emsim.learning import ood, particles
 from emsim.learning.models import DOWNSAMPLING, load_model, pad_to_multiple, resolve_device
 from emsim.progress import bar
 from emsim.readers import read_images
+from emsim.study.settings import Instances
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +67,23 @@ CSV_FIELDS = (
     "particle_fraction",
     "uncertain_fraction",
     "particle_count",
-    "particle_areas_px",
     "mean_particle_area_nm2",
+    "mean_diameter_nm",
+    "median_diameter_nm",
     "ood_score",
     "ood_threshold",
     "ood_flag",
     "mask_png",
+)
+PARTICLE_FIELDS = (
+    "id",
+    "centroid_y_px",
+    "centroid_x_px",
+    "area_px",
+    "area_nm2",
+    "diameter_nm",
+    "mean_probability",
+    "mean_uncertainty",
 )
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -153,6 +170,7 @@ def predict_files(
     progress: bool = False,
     allow_rescale: bool = False,
     colour: str = "luminance",
+    instances: Instances | None = None,
 ) -> list[dict]:
     """Segment every image of ``inputs`` with the ensemble of ``models`` (paths or globs).
 
@@ -162,11 +180,15 @@ def predict_files(
     ``pixel_size_A`` replaces the pixel size the files record (and is needed where they record
     none); an input more than ``MAX_RESCALE`` times off the models' pixel size fails unless
     ``allow_rescale``; ``colour`` is the colour rule of :func:`emsim.readers.read_images`;
-    ``ood_threshold`` replaces the models' own; ``progress`` shows a bar over the inputs when
-    stderr is a terminal."""
+    ``ood_threshold`` replaces the models' own; ``instances`` sets how particles are cut (default:
+    the schema's); ``progress`` shows a bar over the inputs when stderr is a terminal."""
     for name, value in (("pixel_size_A", pixel_size_A), ("ood_threshold", ood_threshold)):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    instances = Instances.with_defaults() if instances is None else instances
+    for name in ("min_area_nm2", "min_depth_px"):
+        if not np.isfinite(getattr(instances, name)):
+            raise ValueError(f"{name} must be finite, got {getattr(instances, name)}")
     if tile_px < DOWNSAMPLING or tile_px % DOWNSAMPLING:
         raise ValueError(f"tile_px must be a positive multiple of {DOWNSAMPLING}, got {tile_px}")
     if batch_tiles < 1:
@@ -180,7 +202,7 @@ def predict_files(
     model_px = model_pixel_size(metas[0])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary, used_stems = [], set()
+    summary, used_stems, diameters = [], set(), []
     for source in bar(inputs, "predict", show=progress):
         try:
             images, file_px = read_images(source, colour)
@@ -202,6 +224,7 @@ def predict_files(
                     tile_px,
                     batch_tiles,
                     where,
+                    instances,
                     progress,
                     allow_rescale,
                 )
@@ -209,7 +232,7 @@ def predict_files(
                 logger.error("%s", error)
                 summary.append(_failure(source, None if len(images) == 1 else index, str(error)))
                 continue
-            maps = row.pop("maps")
+            maps, table = row.pop("maps"), row.pop("particles")
             row.update(
                 input=str(source),
                 index=None if len(images) == 1 else index,
@@ -224,10 +247,13 @@ def predict_files(
                 logger.warning(
                     "%s: out of distribution (score %.2f > threshold %.2f)", where, row["ood_score"], ood_threshold
                 )
-            row.update(write_outputs(out_dir / name, image, **maps))
+            row.update(write_outputs(out_dir / name, image, table, **maps))
             summary.append(row)
+            diameters += [p["diameter_nm"] for p in table if p["diameter_nm"] is not None]
         logger.info("segmented %s (%d image(s))", source, len(images))
     write_summary(out_dir / "summary.csv", summary)
+    if diameters:
+        write_size_distribution(out_dir / "size_distribution.png", diameters)
     _write_json(
         out_dir / "provenance.json",
         {
@@ -236,6 +262,7 @@ def predict_files(
             "tile_px": tile_px,
             "pixel_size_A": pixel_size_A,
             "ood_threshold": ood_threshold,
+            "instances": dataclasses.asdict(instances),
             "provenance": provenance(),
             "model_provenance": [m.get("provenance") for m in metas],
         },
@@ -266,10 +293,11 @@ def segment(
     tile_px: int,
     batch_tiles: int,
     where: str,
+    instances: Instances,
     progress: bool = False,
     allow_rescale: bool = False,
 ) -> dict:
-    """Probability, uncertainty, mask, particle statistics and OOD score of one raw image;
+    """Probability, uncertainty, mask, particles (``instances``) and OOD score of one raw image;
     ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size
     or a scale mismatch beyond ``MAX_RESCALE`` (unless ``allow_rescale``) (``progress``: a bar over
     the tile batches, see :func:`tiled_probability`)."""
@@ -306,8 +334,14 @@ def segment(
         probability = np.clip(resample(probability, (h, w)), 0, 1)
     uncertainty = entropy_bits(probability)
     mask = (probability > 0.5).astype(np.uint8)
-    components, count = ndimage.label(mask)
-    areas = np.bincount(components.ravel())[1:]
+    found = particles.instances_from_probability(
+        probability,
+        min_area_px=0.0 if pixel_size_A is None else instances.min_area_nm2 * 100 / pixel_size_A**2,
+        split_touching=instances.split_touching,
+        min_depth_px=instances.min_depth_px,
+    )
+    table = particles.particle_table(found, pixel_size_A, {"probability": probability, "uncertainty": uncertainty})
+    diameters = [p["diameter_nm"] for p in table if p["diameter_nm"] is not None]
     scores = [ood.score(scaled, ref) for ref in references]
     return {
         "height_px": h,
@@ -316,13 +350,13 @@ def segment(
         "resampled": resampled,
         "particle_fraction": float(mask.mean()),
         "uncertain_fraction": float((uncertainty > UNCERTAIN_BITS).mean()),
-        "particle_count": int(count),
-        "particle_areas_px": ";".join(map(str, areas)),
-        "mean_particle_area_nm2": None
-        if pixel_size_A is None or not count
-        else float(areas.mean() * (pixel_size_A / 10) ** 2),
+        "particle_count": len(table),
+        "mean_particle_area_nm2": float(np.mean([p["area_nm2"] for p in table])) if diameters else None,
+        "mean_diameter_nm": float(np.mean(diameters)) if diameters else None,
+        "median_diameter_nm": float(np.median(diameters)) if diameters else None,
         "ood_score": float(np.mean(scores)) if scores else None,
         "maps": {"mask": mask, "probability": probability, "uncertainty": uncertainty},
+        "particles": table,
     }
 
 
@@ -384,13 +418,25 @@ def _taper(n: int) -> np.ndarray:
 
 
 def write_outputs(
-    stem: Path, image: np.ndarray, mask: np.ndarray, probability: np.ndarray, uncertainty: np.ndarray
+    stem: Path,
+    image: np.ndarray,
+    table: list[dict],
+    mask: np.ndarray,
+    probability: np.ndarray,
+    uncertainty: np.ndarray,
 ) -> dict[str, str]:
     """Write the per-image files (module docstring); returns their paths."""
-    paths = {
-        name: f"{stem}_{name.replace('_', '.')}"
-        for name in ("mask_png", "mask_npy", "probability_npy", "uncertainty_npy", "uncertainty_png", "overlay_png")
-    }
+    names = (
+        "mask_png",
+        "mask_npy",
+        "probability_npy",
+        "uncertainty_npy",
+        "uncertainty_png",
+        "overlay_png",
+        "particles_csv",
+    )
+    paths = {name: f"{stem}_{name.replace('_', '.')}" for name in names}
+    _write_csv(paths["particles_csv"], table, PARTICLE_FIELDS)
     _write_png(paths["mask_png"], mask * np.uint8(255))
     _write_npy(paths["mask_npy"], mask)
     _write_npy(paths["probability_npy"], probability.astype(np.float32))
@@ -402,8 +448,28 @@ def write_outputs(
 
 def write_summary(path: Path, rows: list[dict]) -> None:
     """One CSV row per image or failed input, columns ``CSV_FIELDS``."""
+    _write_csv(path, rows, CSV_FIELDS)
+
+
+def write_size_distribution(path: Path, diameters: list[float]) -> None:
+    """Histogram of the particles' equivalent diameters [nm]."""
+    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.hist(diameters, bins=min(40, max(5, len(diameters) // 5)), color="tab:orange", edgecolor="black", lw=0.5)
+    ax.set(
+        xlabel="equivalent diameter [nm]",
+        ylabel="particles",
+        title=f"{len(diameters)} particles, median {np.median(diameters):.2f} nm",
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buffer.getvalue())
+
+
+def _write_csv(path: str | Path, rows: list[dict], fields: Sequence[str]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as tmp:

@@ -24,5 +24,6 @@ rule evaluate:
         tags=lambda wc: [emsim_config.normalized(m.tags) for m in evaluation_group(wc)],
         domains=lambda wc: EXPERIMENTS[wc.experiment].domains,
         device=STUDY.training.device,
+        instances=emsim_config.normalized(STUDY.instances),
     script:
         "../scripts/evaluate.py"

@@ -73,7 +73,8 @@ rule exit_waves:
 
 rule domain_dataset:
     input:
-        lambda wc: shard_paths(paths.EXIT_WAVES, STUDY.domains[wc.domain]["structure_set"]),
+        waves=lambda wc: shard_paths(paths.EXIT_WAVES, STUDY.domains[wc.domain]["structure_set"]),
+        scenes=lambda wc: shard_paths(paths.STRUCTURES, STUDY.domains[wc.domain]["structure_set"]),
     output:
         paths.DATASET,
     log:

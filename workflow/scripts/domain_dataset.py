@@ -4,4 +4,6 @@ from emsim import io
 from emsim.simulation import domains
 
 io.log_to_file(snakemake.log[0])
-domains.build_domain_dataset(snakemake.params.domain, list(snakemake.input), snakemake.output[0])
+domains.build_domain_dataset(
+    snakemake.params.domain, list(snakemake.input.waves), list(snakemake.input.scenes), snakemake.output[0]
+)

@@ -15,22 +15,30 @@ Evaluation file (JSON, written by :func:`write_evaluation`)::
                   "metrics": {domain: {split: {cross_entropy, study_loss, iou, dice,
                                                precision, recall, accuracy}}}}, ...]}
 
-Micrograph domains (:mod:`emsim.micrographs`) get pixel metrics only where they have pixel labels
-(masks). On their val split, the tiles' probabilities are also stitched back into each file (mean
-over overlapping tiles) and scored with ``particle_fraction`` (mean predicted particle fraction)
-and ``ood_score`` (mean over tiles, :func:`emsim.learning.ood.score` against the model's training
-inputs); a domain with boxes adds detection against them (:func:`detection_scores`).
+Particle metrics (:func:`domain_scores`, study block ``instances``): predicted particles are cut
+from the probability map (:func:`emsim.learning.particles.instances_from_probability`) and matched
+one-to-one to the true particles: a simulated domain's scene instances
+(:mod:`emsim.simulation.instances`), a micrograph domain's boxes or its masks' connected
+components; ``detection_precision``, ``detection_recall``, ``detection_f1`` (IoU >= 0.5),
+``count_error``, ``abs_count_error`` (per image), ``size_error_nm`` (matched particles),
+``size_wasserstein_nm``, ``n_true``, ``n_pred``, and with instances ``mean_f1`` (IoU 0.3-0.9) and
+``panoptic_quality``. Micrograph domains get pixel metrics only where they have pixel labels; their
+tiles' probabilities are stitched back into each file (mean over overlapping tiles) before the
+particles are cut, and they add ``particle_fraction`` and ``ood_score`` (mean over tiles,
+:func:`emsim.learning.ood.score` against the model's training inputs).
 
 Non-finite numbers are written as ``null``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +49,7 @@ from emsim.io import atomic_path, provenance
 from emsim.learning import ood, particles
 from emsim.learning.metrics import MetricAccumulator
 from emsim.learning.models import load_model, pad_to_multiple, resolve_device
+from emsim.study.settings import Instances
 
 logger = logging.getLogger(__name__)
 
@@ -67,33 +76,37 @@ def load_split(path: str | os.PathLike, split: str, device: torch.device) -> tup
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
-    """Dataset-level metrics of ``model`` on a loaded split (bf16 autocast on cuda)."""
+def score(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 16,
+    keep: list[np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Dataset-level metrics of ``model`` on a loaded split (bf16 autocast on cuda); the particle
+    probabilities (N, H, W) are appended to ``keep`` if given."""
     model.eval()
     h, w = labels.shape[-2:]
     accumulator = MetricAccumulator()
     on_cuda = images.device.type == "cuda"
     for start in range(0, len(images), batch_size):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            logits = model(images[start : start + batch_size])
-        accumulator.update(logits[..., :h, :w], labels[start : start + batch_size])
+            logits = model(images[start : start + batch_size])[..., :h, :w]
+        accumulator.update(logits, labels[start : start + batch_size])
+        if keep is not None:
+            keep.append(logits.float().softmax(dim=1)[:, 1].cpu().numpy())
     return accumulator.result()
 
 
-@torch.no_grad()
 def probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
     """Particle probability (N, H, W) float32 of loaded images (bf16 autocast on cuda)."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-            logits = model(images[start : start + batch_size])
-        out.append(logits.float().softmax(dim=1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), np.float32)
+    keep: list[np.ndarray] = []
+    score(model, images, torch.zeros((len(images), *images.shape[-2:]), dtype=torch.long), batch_size, keep)
+    return np.concatenate(keep) if keep else np.zeros((0, *images.shape[-2:]), np.float32)
 
 
 def stitch(probability: np.ndarray, tiles: dict) -> dict[tuple[int, int], np.ndarray]:
-    """Each (file, frame)'s probability map, the mean over its overlapping tiles (``tiles``: :func:`micrograph_tiles`)."""
+    """Each (file, frame)'s map, the mean over its overlapping tiles (``tiles``: :func:`micrograph_tiles`)."""
     size = probability.shape[-1]
     sums, counts = {}, {}
     for p, file, frame, y0, x0 in zip(probability, tiles["file"], tiles["frame"], tiles["tile_y0"], tiles["tile_x0"]):
@@ -111,53 +124,98 @@ def micrograph_tiles(path: str | os.PathLike, split: str) -> dict:
     index = data.split_indices(path, split)
     meta = data.read_meta(path)
     tiles = {key: meta[key][index] for key in ("file", "frame", "tile_y0", "tile_x0")}
-    attrs = data.read_attrs(path)
-    return tiles | {
-        "files": attrs["files"],
-        "boxes": data.read_boxes(path),
-        "pixel_size_A": attrs["config"]["image"]["pixel_size_A"],
-    }
+    return tiles | {"files": data.read_attrs(path)["files"], "boxes": data.read_boxes(path)}
 
 
-def detection_scores(maps: dict[tuple[int, int], np.ndarray], boxes: np.ndarray, pixel_size_A: float) -> dict:
-    """Detection of boxed particles by the instances of stitched probability maps (one-to-one box
-    matching at IoU >= 0.5, :mod:`emsim.learning.particles`), summed over the files."""
+@dataclass
+class Domain:
+    """What the evaluation holds of one domain's val split: images and labels on the device, the
+    true instances (simulated) or tiles (micrographs), and how to score it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    pixel_size_A: float | None  # None: no particle metrics (their sizes are in nm)
+    labelled: bool  # pixel labels
+    instances: np.ndarray | None = None  # simulated: true instance maps
+    tiles: dict | None = None  # micrographs: tile positions, files, boxes
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device) -> Domain:
+        images, labels = load_split(path, "val", device)
+        pixel_size_A = data.read_attrs(path).get("config", {}).get("image", {}).get("pixel_size_A")
+        labelled = data.label_kind(path) == "mask"
+        if data.is_micrograph(path):
+            return cls(images, labels, pixel_size_A, labelled, tiles=micrograph_tiles(path, "val"))
+        return cls(images, labels, pixel_size_A, labelled, instances=data.read_instances(path, "val"))
+
+
+def particle_scores(
+    probability: np.ndarray, truth: np.ndarray, pixel_size_A: float, settings: Instances, boxes: bool
+) -> dict:
+    """Particle metrics of probability maps against true instance maps, or boxes (n, 4) per map
+    (``boxes``): :func:`emsim.learning.particles.combine` over the maps."""
     results = []
-    for (file, frame), probability in maps.items():
-        instances = particles.instances_from_probability(
-            probability, min_area_px=particles.MIN_AREA_NM2 * 100 / pixel_size_A**2
+    for p, true in zip(probability, truth):
+        found = particles.instances_from_probability(
+            p,
+            min_area_px=settings.min_area_nm2 * 100 / pixel_size_A**2,
+            split_touching=settings.split_touching,
+            min_depth_px=settings.min_depth_px,
         )
-        mine = boxes[(boxes[:, 0] == file) & (boxes[:, 1] == frame), 2:]
-        results.append(particles.match_boxes(mine, particles.boxes_of_instances(instances)))
+        if boxes:
+            results.append(particles.match_boxes(true, particles.boxes_of_instances(found)))
+        else:
+            results.append(particles.match_instances(true, found))
     return particles.combine(results, pixel_size_A)
 
 
-def micrograph_scores(model, images: torch.Tensor, tiles: dict, reference: dict | None, batch_size: int) -> dict:
-    """Particle fraction, OOD score and (with boxes) detection of a model on a micrograph split."""
-    probability = probabilities(model, images, batch_size)
-    maps = stitch(probability, tiles)
-    scores = {"particle_fraction": float(np.mean([(m >= 0.5).mean() for m in maps.values()]))}
-    images_np = images[:, 0].float().cpu().numpy()
-    scores["ood_score"] = float(np.mean([ood.score(x, reference) for x in images_np])) if reference else None
-    if len(tiles["boxes"]):
-        scores |= detection_scores(maps, tiles["boxes"], tiles["pixel_size_A"])
+def domain_scores(model, domain: Domain, reference: dict | None, settings: Instances, batch_size: int) -> dict:
+    """Every metric of one model on one domain's val split: pixel metrics where it has pixel labels;
+    particle metrics against the true instances (simulated), the masks' connected components or
+    the boxes (micrographs, on the tiles stitched back into each file); and for micrographs the
+    mean predicted particle fraction and OOD score."""
+    keep: list[np.ndarray] = []
+    scores = score(model, domain.images, domain.labels, batch_size, keep)
+    settings = settings if domain.pixel_size_A is not None else dataclasses.replace(settings, enabled=False)
+    scores = scores if domain.labelled else {}
+    probability = np.concatenate(keep) if keep else np.zeros((0, *domain.labels.shape[-2:]), np.float32)
+    if domain.tiles is None:
+        if settings.enabled and domain.instances is not None:
+            scores |= particle_scores(probability, domain.instances, domain.pixel_size_A, settings, boxes=False)
+        return scores
+    maps = stitch(probability, domain.tiles)
+    scores["particle_fraction"] = float(np.mean([(m >= 0.5).mean() for m in maps.values()]))
+    tiles_np = domain.images[:, 0].float().cpu().numpy()
+    scores["ood_score"] = float(np.mean([ood.score(x, reference) for x in tiles_np])) if reference else None
+    if settings.enabled and len(domain.tiles["boxes"]):
+        boxes = domain.tiles["boxes"]
+        truth = [boxes[(boxes[:, 0] == file) & (boxes[:, 1] == frame), 2:] for file, frame in maps]
+        scores |= particle_scores(np.stack(list(maps.values())), truth, domain.pixel_size_A, settings, boxes=True)
+    elif settings.enabled and domain.labelled:
+        masks = stitch(domain.labels.float().cpu().numpy(), domain.tiles)
+        truth = [particles.instances_from_mask(m >= 0.5) for m in masks.values()]
+        scores |= particle_scores(np.stack(list(maps.values())), truth, domain.pixel_size_A, settings, boxes=False)
     return scores
 
 
 def evaluate_models(
-    models: list[dict], datasets: dict[str, str], device: str = "auto", batch_size: int = 16
+    models: list[dict],
+    datasets: dict[str, str],
+    device: str = "auto",
+    batch_size: int = 16,
+    instances: Instances | None = None,
 ) -> list[dict]:
     """Score each model (``{"path", "tags"}``) on the val split of every domain in ``datasets``
-    (domain -> dataset path) and on the train/test splits of its target domain.
+    (domain -> dataset path) and on the train/test splits of its target domain; particle metrics
+    by ``instances`` (default: the schema's).
 
     Each val split is read once per call and kept on the device; train/test splits are read once
     per target domain. Records are returned in the order of ``models``.
     """
     _check_inputs(models, datasets)
     device = resolve_device(device)
-    val = {domain: load_split(path, "val", device) for domain, path in datasets.items()}
-    tiles = {domain: micrograph_tiles(path, "val") for domain, path in datasets.items() if data.is_micrograph(path)}
-    labelled = {domain for domain, path in datasets.items() if data.label_kind(path) == "mask"}
+    settings = Instances.with_defaults() if instances is None else instances
+    val = {domain: Domain.load(path, device) for domain, path in datasets.items()}
     by_target: dict[str, list[int]] = defaultdict(list)
     for i, entry in enumerate(models):
         by_target[entry["tags"]["target"]].append(i)
@@ -166,7 +224,7 @@ def evaluate_models(
     for target, indices in by_target.items():
         own = {split: load_split(datasets[target], split, device) for split in ("train", "test")}
         for i in indices:
-            records[i] = _evaluate_one(models[i], val, tiles, labelled, target, own, device, batch_size)
+            records[i] = _evaluate_one(models[i], val, target, own, settings, device, batch_size)
             done += 1
             logger.info("evaluated %d/%d: %s", done, len(models), models[i]["path"])
         del own
@@ -174,16 +232,14 @@ def evaluate_models(
 
 
 def _evaluate_one(
-    entry: dict, val: dict, tiles: dict, labelled: set, target: str, own: dict, device: torch.device, batch_size: int
+    entry: dict, val: dict, target: str, own: dict, settings: Instances, device: torch.device, batch_size: int
 ) -> dict:
     model, meta = load_model(entry["path"], map_location=device)
-    metrics = {}
-    for domain, (images, labels) in val.items():
-        scores = score(model, images, labels, batch_size) if domain in labelled else {}
-        if domain in tiles:
-            scores |= micrograph_scores(model, images, tiles[domain], meta.get("input_reference"), batch_size)
-        metrics[domain] = {"val": scores}
-    for split, loaded in own.items() if target in labelled else ():
+    reference = meta.get("input_reference")
+    metrics = {
+        name: {"val": domain_scores(model, domain, reference, settings, batch_size)} for name, domain in val.items()
+    }
+    for split, loaded in own.items() if val[target].labelled else ():
         metrics[target][split] = score(model, *loaded, batch_size)
     record = {"path": str(entry["path"]), "tags": dict(entry["tags"])}
     record.update({field: meta.get(field) for field in META_FIELDS})

@@ -21,7 +21,6 @@ import numpy as np
 from scipy import ndimage, optimize, stats
 from skimage import morphology, segmentation
 
-MIN_AREA_NM2 = 1.0  # smallest predicted particle kept [nm^2]
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # mean F1 over these, as instance benchmarks report
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
 
@@ -99,6 +98,30 @@ def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, iou_thresh
         tp = len(_assignment(iou, threshold))
         by_threshold.append((threshold, tp, iou.shape[1] - tp, iou.shape[0] - tp))
     return result | {"by_threshold": by_threshold}
+
+
+def particle_table(labels: np.ndarray, pixel_size_A: float | None, maps: dict[str, np.ndarray]) -> list[dict]:
+    """One row per instance 1..n: id, centroid (px, array axes), area (px and nm^2), equivalent
+    diameter (nm) and the mean of each map in ``maps`` (name -> array shaped like ``labels``) over
+    its pixels as ``mean_<name>``; the nm fields are None without a pixel size."""
+    n = int(labels.max(initial=0))
+    index = np.arange(1, n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, index)).reshape(-1, 2)
+    means = {name: ndimage.mean(values, labels, index) for name, values in maps.items()}
+    nm = None if pixel_size_A is None else pixel_size_A / 10
+    return [
+        {
+            "id": int(k),
+            "centroid_y_px": float(centroids[k - 1, 0]),
+            "centroid_x_px": float(centroids[k - 1, 1]),
+            "area_px": int(area[k - 1]),
+            "area_nm2": None if nm is None else float(area[k - 1] * nm**2),
+            "diameter_nm": None if nm is None else float(2 * np.sqrt(area[k - 1] / np.pi) * nm),
+        }
+        | {f"mean_{name}": float(mean[k - 1]) for name, mean in means.items()}
+        for k in index
+    ]
 
 
 def box_sizes(boxes: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from emsim.learning import metrics, particles
 from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 from emsim.report.table import BASELINE, PRETRAIN, TRANSFER, is_number
+from emsim.study.settings import Instances
 
 CE_LABEL = "cross-entropy (nats/pixel)"
 FIGURE_METRICS = {"ce": CE_LABEL, "study_loss": "study loss (CE of softmax outputs - 0.3133)"}
@@ -533,8 +534,9 @@ DETECTION_METRICS = (("det_precision", "precision"), ("det_recall", "recall"), (
 
 
 def plot_detection(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
-    """Detection precision, recall and F1 of every model family on each box-labelled domain (one
-    point per model); nothing is drawn (and [] returned) for a study without boxes."""
+    """Detection precision, recall and F1 (IoU >= 0.5) of every model family on each domain with
+    particle metrics (one point per model): the OOD profile in particles; nothing is drawn (and []
+    returned) for a table without them."""
     domains = _domains_of(table, "val_det_f1__")
     if not domains:
         return []
@@ -558,18 +560,27 @@ def plot_detection(table: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
     ticks = [d * (len(families) + 1) + f for d in range(len(domains)) for f in range(len(families))]
     axes[0].set_yticks(ticks, [f"{domain}: {family}" for domain in domains for family in families], fontsize=8)
     axes[0].invert_yaxis()
-    figure.suptitle("Detection of boxed particles (box IoU >= 0.5, one-to-one); bar: median")
+    figure.suptitle("Particle detection (IoU >= 0.5, one-to-one; boxes: box IoU); bar: median")
     return save_figure(figure, stem)
 
 
 def plot_detection_overlay(
-    image: np.ndarray, probability: np.ndarray, boxes: np.ndarray, pixel_size_A: float, ax, title: str = ""
+    image: np.ndarray,
+    probability: np.ndarray,
+    boxes: np.ndarray,
+    pixel_size_A: float,
+    settings: Instances,
+    ax,
+    title: str = "",
 ) -> dict:
-    """Draw ``image`` with the particles a probability map finds against true ``boxes`` (x0, y0, x1,
-    y1 px): matched true boxes green, missed red, false detections yellow, predicted outlines cyan;
-    returns the :func:`emsim.learning.particles.match_boxes` result."""
+    """Draw ``image`` with the particles a probability map finds (cut by ``settings``) against true
+    ``boxes`` (x0, y0, x1, y1 px): matched true boxes green, missed red, false detections yellow,
+    predicted outlines cyan; returns the :func:`emsim.learning.particles.match_boxes` result."""
     instances = particles.instances_from_probability(
-        probability, min_area_px=particles.MIN_AREA_NM2 * 100 / pixel_size_A**2
+        probability,
+        min_area_px=settings.min_area_nm2 * 100 / pixel_size_A**2,
+        split_touching=settings.split_touching,
+        min_depth_px=settings.min_depth_px,
     )
     predicted = particles.boxes_of_instances(instances)
     result = particles.match_boxes(boxes, predicted)

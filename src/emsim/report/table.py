@@ -2,10 +2,12 @@
 
 Table (:func:`model_table`), one row per trained model; ``<m>`` is a metric short name
 (``ce`` = cross-entropy in nats/pixel, ``study_loss`` = the seed study's reported loss, see
-:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``; on micrograph domains without pixel labels
-``particle_fraction``, ``ood_score`` and, with boxes, ``det_precision``, ``det_recall``, ``det_f1``,
-``count_error``, ``abs_count_error`` (per image), ``size_error_nm`` (matched particles), ``size_w1_nm``
-(Wasserstein-1 of the size distributions): :mod:`emsim.learning.evaluate`), ``<d>`` a domain name:
+:mod:`emsim.learning.metrics`, ``iou``, ``dice``, ``precision``, ``recall``, ``accuracy``, where the
+domain has pixel labels; particle metrics (:mod:`emsim.learning.evaluate`): ``det_precision``,
+``det_recall``, ``det_f1``, ``count_error``, ``abs_count_error`` (per image), ``size_error_nm``
+(matched particles), ``size_w1_nm`` (Wasserstein-1 of the size distributions), and against true
+instances (simulated domains, masks) ``det_mean_f1`` (IoU 0.3-0.9) and ``pq`` (panoptic quality);
+on micrograph domains ``particle_fraction`` and ``ood_score``), ``<d>`` a domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
   ``target``, ``freeze``, ``method``, ``method_params``, ``size``, ``lr_pretrain``, ``lr_transfer``,
@@ -58,6 +60,8 @@ SHORT = {
     "detection_precision": "det_precision",
     "detection_recall": "det_recall",
     "detection_f1": "det_f1",
+    "mean_f1": "det_mean_f1",
+    "panoptic_quality": "pq",
     "count_error": "count_error",
     "abs_count_error": "abs_count_error",
     "size_error_nm": "size_error_nm",

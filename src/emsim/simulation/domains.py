@@ -4,7 +4,8 @@ No multislice happens here: each image is the cached exit wave of one structure,
 domain's optics shifts (one CTF, defocus measured from the structure's calibrated zero defocus
 when the set is calibrated), intensity averaged over phonon configurations, downsampling, its
 detector shifts (dose, blur, ...) in order, and last the cut of the image window from the padded
-cell. Image ``i`` draws from
+cell. Each label is split into its scene's particles (``instances``, with a ``particles`` table).
+Image ``i`` draws from
 ``numpy.random.default_rng([domain_seed, i])``, so images are independent of each other and of
 the shard layout.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from emsim import data, io
-from emsim.simulation import optics, shifts
+from emsim.simulation import instances, optics, shifts, structures
 from emsim.simulation.simulate import ShardWaves
 from emsim.study import config
 from emsim.study.settings import Image, Microscope
@@ -49,19 +50,25 @@ def render_image(waves: ShardWaves, index: int, domain: dict, microscope: Micros
     return np.asarray(optics.crop_window(image, image_cfg.size_px), np.float32), metadata
 
 
-def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str | Path) -> None:
-    """Render every image of a domain from its structure set's shards and write the dataset
-    (``params``: :func:`emsim.study.config.domain_slice`, recorded in the file)."""
+def build_domain_dataset(
+    params: dict, shard_paths: list[str | Path], scene_paths: list[str | Path], out: str | Path
+) -> None:
+    """Render every image of a domain from its structure set's exit-wave shards, split each label
+    into the particles of its scene (``scene_paths``, the same shards' scenes,
+    :mod:`emsim.simulation.instances`) and write the dataset (``params``:
+    :func:`emsim.study.config.domain_slice`, recorded in the file)."""
+    if len(scene_paths) != len(shard_paths):
+        raise ValueError(f"{params['name']}: {len(shard_paths)} exit-wave shards but {len(scene_paths)} scene shards")
     for path in params.get("extensions", []):
         config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     microscope, image_cfg = Microscope.from_dict(params["microscope"]), Image.from_dict(params["image"])
     n_images = sum(splits.values())
-    images, labels, rows = [], [], []
-    for path in shard_paths:  # one shard's waves in memory at a time
+    images, labels, instance_maps, rows, table = [], [], [], [], []
+    for path, scene_path in zip(shard_paths, scene_paths):  # one shard's waves in memory at a time
         if len(images) == n_images:
             break
-        shard = ShardWaves.load(path)
+        shard, scenes = ShardWaves.load(path), structures.load_scenes(scene_path)
         for local in range(len(shard.labels)):
             index = len(images)
             if index == n_images:
@@ -70,6 +77,9 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
             image, metadata = render_image(shard, local, domain, microscope, image_cfg, rng)
             images.append(image)
             labels.append(shard.labels[local])
+            found, particles = instances.instance_map(scenes[local], shard.labels[local], image_cfg)
+            instance_maps.append(found)
+            table += [{"image": index, **particle} for particle in particles]
             rows.append({"structure_index": index, "seed": seed, **metadata})
         log.info("%s: %d/%d images", params["name"], len(images), n_images)
     if len(images) < n_images:
@@ -83,4 +93,6 @@ def build_domain_dataset(params: dict, shard_paths: list[str | Path], out: str |
         "sweep": domain.get("sweep", {}),
         "provenance": io.provenance(params),
     }
-    data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs)
+    extra = {"instances": np.stack(instance_maps)}
+    extra |= {f"particles/{key}": np.array([p[key] for p in table]) for key in ("image", *instances.TABLE_FIELDS)}
+    data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs, extra)

@@ -141,6 +141,17 @@ class Labels(_Block):
 
 
 @dataclasses.dataclass(frozen=True)
+class Instances(_Block):
+    """How predicted particles are cut from a probability map (config block ``instances``)."""
+
+    BLOCK: ClassVar[str] = "instances"
+    enabled: bool  # particle metrics in the evaluation
+    min_area_nm2: float  # smallest predicted particle kept [nm^2]
+    split_touching: bool  # distance-transform watershed between touching particles
+    min_depth_px: float  # neck depth that splits two particles [px]
+
+
+@dataclasses.dataclass(frozen=True)
 class EarlyStopping(_Block):
     """Early stopping on the validation loss (config block ``training.early_stopping``)."""
 
@@ -180,6 +191,7 @@ class Study(_Block):
     simulation: Simulation
     image: Image
     labels: Labels
+    instances: Instances
     structure_sets: Mapping[str, Any]  # name -> expanded structure set
     domains: Mapping[str, Any]  # name -> expanded domain (with its ``sweep``)
     splits: Mapping[str, int]  # train, val, test [images]
