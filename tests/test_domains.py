@@ -1,5 +1,6 @@
 """A domain's dataset from cached exit waves: independent of the shard layout, calibrated per structure."""
 
+import h5py
 import numpy as np
 import pytest
 
@@ -56,7 +57,8 @@ def _dataset(study, shards: list[list[int]], directory) -> dict:
     out = directory / "df5.h5"
     domains.build_domain_dataset(config.domain_slice(study, "df5"), paths, scene_paths, out)
     images, labels = data.read_split(out, "train")
-    return {"images": images, "labels": labels, **data.read_meta(out)}
+    found = data.read_instances(out, "train")
+    return {"images": images, "labels": labels, "instances": found, **data.read_meta(out)}
 
 
 def test_dataset_does_not_depend_on_the_shard_layout(study, tmp_path):
@@ -68,3 +70,12 @@ def test_dataset_does_not_depend_on_the_shard_layout(study, tmp_path):
     # every image carries its own structure's calibrated zero defocus
     zero = a["zero_defocus_A"]
     assert np.all(np.isfinite(zero)) and len(set(np.round(zero, 3))) > 1
+
+
+def test_dataset_holds_each_labels_particles(study, tmp_path):
+    a = _dataset(study, [[0, 1, 2]], tmp_path)
+    assert ((a["instances"] > 0) == (a["labels"] > 0)).all() and a["instances"].max() >= 1
+    with h5py.File(tmp_path / "df5.h5") as f:
+        lattices = set(f["particles/lattice"][:].astype(str))
+        diameters = f["particles/diameter_nm"][:]
+    assert lattices == {"Au_fcc"} and (diameters >= 0).all() and 0.3 < diameters.max() <= 1.0  # radius 4-5 A

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 from test_evaluate import make_domain, make_model
 
+from emsim.learning import particles
 from emsim.learning.evaluate import read_evaluation, write_evaluation
 from emsim.report import figures
 from emsim.report.figures import (
     _groups,
     plot_examples,
     plot_ood_profile,
+    plot_size_distributions,
     plot_target_loss,
     plot_training_curves,
     plot_transfer_heatmap,
@@ -326,6 +328,26 @@ def test_examples_figure(tmp_path):
     assert_written(plot_examples(model, datasets, tmp_path / "examples", device="cpu"))
     with pytest.raises(ValueError, match="no index 9"):
         plot_examples(model, datasets, tmp_path / "examples", index=9, device="cpu")
+
+
+def test_size_distribution_figure(tmp_path):
+    true = particles.size_histogram([1.0, 1.1, 2.0])
+    records = [
+        {
+            "path": f"{stage}.pt",
+            "tags": {"stage": stage, "target": "A"},
+            "metrics": {
+                "A": {"val": {"size_histogram": {"true": true, "pred": particles.size_histogram(pred)}}},
+                "B": {"val": {"ce": 0.3}},
+            },
+        }
+        for stage, pred in (("pretrain", [1.0, 3.0]), ("baseline", [12.0]))
+    ]
+    assert particles.size_histogram([12.0])[-1] == 1 and sum(true) == 3  # larger sizes in the last bin
+    assert_written(plot_size_distributions(records, tmp_path / "sizes"))
+    for record in records:
+        del record["metrics"]["A"]
+    assert plot_size_distributions(records, tmp_path / "none") == []
 
 
 def method_study():

@@ -101,7 +101,8 @@ def label_kind(path: str | Path) -> str:
 
 
 def read_instances(path: str | Path, split: str) -> np.ndarray | None:
-    """The true instance maps of one split (in split order), or None for a dataset without them."""
+    """The true instance maps of one split (in split order), or None for a dataset without them;
+    ValueError naming the file where a map holds an id its particle table lacks."""
     index = split_indices(path, split)
     with open_dataset(path) as f, reading(path, "dataset"):
         if "instances" not in f:
@@ -109,7 +110,15 @@ def read_instances(path: str | Path, split: str) -> np.ndarray | None:
         order = np.argsort(index)
         out = np.empty((len(index), *f["instances"].shape[1:]), np.uint16)
         out[order] = f["instances"][np.sort(index)]
-        return out
+        table = (f["particles/image"][:], f["particles/instance"][:]) if "particles/image" in f else None
+    for i, instances in zip(index, out):
+        ids = np.unique(instances[instances > 0])
+        listed = table[1][table[0] == i] if table is not None else ()
+        if not np.isin(ids, listed).all():
+            raise ValueError(
+                f"{path}: image {i}: instance ids {ids[~np.isin(ids, listed)].tolist()} are not in its particle table"
+            )
+    return out
 
 
 def is_micrograph(path: str | Path) -> bool:

@@ -13,7 +13,7 @@ Per image (``<stem>`` = file stem, ``-2``... for repeated stems, ``_<index>`` fo
 (float32 mean particle probability), ``<stem>_uncertainty.npy`` (float32 predictive entropy in
 bits, 0 = certain, 1 = p of 0.5) and ``<stem>_uncertainty.png`` (0-1 bit as 0-255),
 ``<stem>_overlay.png``, ``<stem>_particles.csv`` (one row per particle, ``PARTICLE_FIELDS``).
-Particles are the instances of the probability map (:func:`emsim.learning.particles.instances_from_probability`:
+Particles are the instances of the probability map (:func:`emsim.learning.particles.cut_particles`:
 touching particles split by a distance-transform watershed, those under ``min_area_nm2`` dropped;
 settings as the study block ``instances``). Per run: ``summary.csv`` (one row per image or failed
 input, columns ``CSV_FIELDS``), ``size_distribution.png`` (equivalent diameters of all particles,
@@ -334,12 +334,7 @@ def segment(
         probability = np.clip(resample(probability, (h, w)), 0, 1)
     uncertainty = entropy_bits(probability)
     mask = (probability > 0.5).astype(np.uint8)
-    found = particles.instances_from_probability(
-        probability,
-        min_area_px=0.0 if pixel_size_A is None else instances.min_area_nm2 * 100 / pixel_size_A**2,
-        split_touching=instances.split_touching,
-        min_depth_px=instances.min_depth_px,
-    )
+    found = particles.cut_particles(probability, pixel_size_A, instances)
     table = particles.particle_table(found, pixel_size_A, {"probability": probability, "uncertainty": uncertainty})
     diameters = [p["diameter_nm"] for p in table if p["diameter_nm"] is not None]
     scores = [ood.score(scaled, ref) for ref in references]

@@ -49,5 +49,6 @@ rule report_figures:
         domain_values=series_values,
         parameter_label=lambda wc: emsim_config.sweep_label(STUDY, EXPERIMENTS[wc.experiment].domains),
         device=STUDY.training.device,
+        instances=emsim_config.normalized(STUDY.instances),
     script:
         "../scripts/report_figures.py"

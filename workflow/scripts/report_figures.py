@@ -7,6 +7,7 @@ import pandas as pd
 from emsim import io
 from emsim.learning import evaluate
 from emsim.report import figures
+from emsim.study.settings import Instances
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params
@@ -23,8 +24,13 @@ figures.plot_method_cost(table, out / "method_cost")
 figures.plot_forgetting_vs_gain(table, out / "forgetting_vs_gain")
 figures.plot_gain_vs_scratch(table, out / "gain_vs_scratch")
 figures.plot_training_curves(records, out / "training_curves")
-figures.plot_detection(table, out / "detection")  # nothing without box-labelled domains
+figures.plot_detection(table, out / "detection")  # nothing without particle metrics
+figures.plot_size_distributions(records, out / "size_distribution")
 example = next((r for r in records if r["tags"]["stage"] == "transfer"), records[0])
 figures.plot_examples(
-    example["path"], dict(zip(p.domains, snakemake.input.datasets)), out / "examples", device=p.device
+    example["path"],
+    dict(zip(p.domains, snakemake.input.datasets)),
+    out / "examples",
+    device=p.device,
+    instances=Instances.from_dict(p.instances),
 )

@@ -16,7 +16,7 @@ Evaluation file (JSON, written by :func:`write_evaluation`)::
                                                precision, recall, accuracy}}}}, ...]}
 
 Particle metrics (:func:`domain_scores`, study block ``instances``): predicted particles are cut
-from the probability map (:func:`emsim.learning.particles.instances_from_probability`) and matched
+from the probability map (:func:`emsim.learning.particles.cut_particles`) and matched
 one-to-one to the true particles: a simulated domain's scene instances
 (:mod:`emsim.simulation.instances`), a micrograph domain's boxes or its masks' connected
 components; ``detection_precision``, ``detection_recall``, ``detection_f1`` (IoU >= 0.5),
@@ -156,12 +156,7 @@ def particle_scores(
     (``boxes``): :func:`emsim.learning.particles.combine` over the maps."""
     results = []
     for p, true in zip(probability, truth):
-        found = particles.instances_from_probability(
-            p,
-            min_area_px=settings.min_area_nm2 * 100 / pixel_size_A**2,
-            split_touching=settings.split_touching,
-            min_depth_px=settings.min_depth_px,
-        )
+        found = particles.cut_particles(p, pixel_size_A, settings)
         if boxes:
             results.append(particles.match_boxes(true, particles.boxes_of_instances(found)))
         else:

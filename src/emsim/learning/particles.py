@@ -23,6 +23,7 @@ from skimage import morphology, segmentation
 
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # mean F1 over these, as instance benchmarks report
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
+SIZE_EDGES_NM = np.linspace(0.0, 10.0, 41)  # size histogram bins (0.25 nm); larger sizes count in the last
 
 
 def instances_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -51,6 +52,18 @@ def instances_from_probability(
     renumber = np.zeros(len(areas), np.int32)
     renumber[keep] = np.arange(1, keep.sum() + 1)
     return renumber[labels]
+
+
+def cut_particles(probability: np.ndarray, pixel_size_A: float | None, settings) -> np.ndarray:
+    """:func:`instances_from_probability` as a study's ``instances`` block says
+    (:class:`emsim.study.settings.Instances`): its ``min_area_nm2`` at ``pixel_size_A`` (no
+    minimum without a pixel size), ``split_touching`` and ``min_depth_px``."""
+    return instances_from_probability(
+        probability,
+        min_area_px=0.0 if pixel_size_A is None else settings.min_area_nm2 * 100 / pixel_size_A**2,
+        split_touching=settings.split_touching,
+        min_depth_px=settings.min_depth_px,
+    )
 
 
 def boxes_of_instances(labels: np.ndarray) -> np.ndarray:
@@ -171,7 +184,8 @@ def combine(results: list[dict], pixel_size_A: float) -> dict:
     precision, recall and F1 of the summed counts, mean (signed and absolute) count error per image,
     mean absolute size error of matched particles and Wasserstein-1 distance of the size
     distributions [nm]; for instances also the mean F1 over ``IOU_THRESHOLDS`` and the panoptic
-    quality (sum of matched IoUs / (tp + fp/2 + fn/2))."""
+    quality (sum of matched IoUs / (tp + fp/2 + fn/2)); ``size_histogram``: counts of the true and
+    the predicted sizes over ``SIZE_EDGES_NM``."""
     tp, fp, fn = (sum(r[k] for r in results) for k in ("tp", "fp", "fn"))
     nm = pixel_size_A / 10
     errors = [r["n_pred"] - r["n_true"] for r in results]
@@ -190,6 +204,7 @@ def combine(results: list[dict], pixel_size_A: float) -> dict:
         else None,
         "n_true": sum(r["n_true"] for r in results),
         "n_pred": sum(r["n_pred"] for r in results),
+        "size_histogram": {"true": size_histogram(true_sizes), "pred": size_histogram(pred_sizes)},
     }
     if results and all("by_threshold" in r for r in results):
         counts = np.sum([np.array(r["by_threshold"])[:, 1:] for r in results], axis=0)
@@ -197,6 +212,12 @@ def combine(results: list[dict], pixel_size_A: float) -> dict:
         denominator = tp + fp / 2 + fn / 2
         out["panoptic_quality"] = sum(r["iou_sum"] for r in results) / denominator if denominator else 0.0
     return out
+
+
+def size_histogram(sizes_nm: list[float]) -> list[int]:
+    """Counts of ``sizes_nm`` in the bins of ``SIZE_EDGES_NM`` (larger sizes in the last bin)."""
+    clipped = np.clip(np.asarray(sizes_nm, float), 0.0, SIZE_EDGES_NM[-1] - 1e-9)
+    return np.histogram(clipped, SIZE_EDGES_NM)[0].tolist()
 
 
 def _f1(tp: float, fp: float, fn: float) -> float:

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from emsim import data
 from emsim.io import atomic_path
-from emsim.learning import metrics, particles
+from emsim.learning import evaluate, metrics, particles
 from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
 from emsim.report.table import BASELINE, PRETRAIN, TRANSFER, is_number
@@ -496,11 +496,14 @@ def plot_examples(
     stem: str | os.PathLike,
     index: int = 0,
     device: str = "auto",
+    instances: Instances | None = None,
 ) -> list[Path]:
-    """Image, true label and prediction of one model for val image ``index`` of each domain."""
+    """Image, true label, prediction and particles (matched, missed, false; cut by ``instances``,
+    default the schema's) of one model for val image ``index`` of each domain."""
     model, _ = load_model(model_path, map_location=resolve_device(device))
-    figure = Figure(figsize=(7.5, 2.5 * len(datasets) + 0.6), layout="constrained")
-    axes = figure.subplots(len(datasets), 3, squeeze=False)
+    settings = Instances.with_defaults() if instances is None else instances
+    figure = Figure(figsize=(10, 2.5 * len(datasets) + 0.6), layout="constrained")
+    axes = figure.subplots(len(datasets), 4, squeeze=False)
     for i, (row, (domain, path)) in enumerate(zip(axes, datasets.items())):
         images, labels = data.read_split(path, "val")
         if not 0 <= index < len(images):
@@ -520,13 +523,115 @@ def plot_examples(
             )
         else:
             _note(row[1], f"no pixel labels\n({kind})")
+        _particles_panel(row[3], path, index, image, label, prediction.astype(np.float32), settings)
         row[0].set_ylabel(f"{domain}\n({image.shape[0]} x {image.shape[1]} px)")
-        titles = ("image", "true label", "prediction") if i == 0 else ("", "", "")
+        titles = ("image", "true label", "prediction", "particles") if i == 0 else ("", "", "", "")
         for ax, title in zip(row, titles):
             ax.set_title(title, fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
-    figure.suptitle(f"Val. image {index} of each domain, model {Path(model_path).name}")
+    figure.suptitle(
+        f"Val. image {index} of each domain, model {Path(model_path).name}; particles: "
+        "found (green), missed (red), false (yellow)"
+    )
+    return save_figure(figure, stem)
+
+
+def _particles_panel(
+    ax, path: str, index: int, image: np.ndarray, label: np.ndarray, probability: np.ndarray, settings
+) -> None:
+    """Predicted particles of val image ``index`` against the truth the evaluation uses: the boxes
+    that lie in a micrograph tile, else the true instances (simulated) or the mask's components."""
+    pixel_size_A = data.read_attrs(path).get("config", {}).get("image", {}).get("pixel_size_A")
+    tiles = evaluate.micrograph_tiles(path, "val") if data.is_micrograph(path) else None
+    kind = data.label_kind(path)
+    if tiles is not None and len(tiles["boxes"]) and pixel_size_A:
+        boxes = tiles["boxes"]
+        mine = (boxes[:, 0] == tiles["file"][index]) & (boxes[:, 1] == tiles["frame"][index])
+        shifted = boxes[mine, 2:] - [tiles["tile_x0"][index], tiles["tile_y0"][index]] * 2
+        size = image.shape[-1]
+        inside = (shifted[:, 0] >= 0) & (shifted[:, 1] >= 0) & (shifted[:, 2] <= size) & (shifted[:, 3] <= size)
+        result = plot_detection_overlay(image, probability, shifted[inside], pixel_size_A, settings, ax)
+    elif tiles is not None and kind != "mask":
+        _note(ax, f"no true particles\n({kind})")
+        return
+    else:
+        truth = data.read_instances(path, "val") if tiles is None else None
+        true = particles.instances_from_mask(label) if truth is None else truth[index]
+        found = particles.cut_particles(probability, pixel_size_A, settings)
+        result = particles.match_instances(true, found)
+        colours = np.zeros((*image.shape, 4), np.float32)
+        matched_pred = np.isin(found, [c + 1 for _, c in result["pairs"]])
+        colours[matched_pred] = (0.0, 0.9, 0.0, 0.45)
+        colours[(found > 0) & ~matched_pred] = (1.0, 0.85, 0.0, 0.55)
+        low, high = np.percentile(image, [1, 99])
+        ax.imshow(image, cmap="gray", vmin=low, vmax=high)
+        ax.imshow(colours)
+        missed = np.isin(true, [t + 1 for t in range(result["n_true"]) if t not in {t for t, _ in result["pairs"]}])
+        if missed.any():
+            ax.contour(missed, [0.5], colors="red", linewidths=0.8)
+    ax.text(
+        0.03,
+        0.97,
+        f"found {result['tp']}/{result['n_true']}, {result['fp']} false",
+        transform=ax.transAxes,
+        va="top",
+        backgroundcolor="white",
+        fontsize=8,
+    )
+
+
+def _record_family(record: dict) -> str:
+    row = pd.Series(record["tags"])
+    return method_label(row) or _family(row)
+
+
+def plot_size_distributions(records: list[dict], stem: str | os.PathLike) -> list[Path]:
+    """Particle sizes (equivalent diameter; boxes: square root of the box area) of the predictions
+    against the truth on each domain's val split, per model family (the sum over its models,
+    as fractions); nothing is drawn (and [] returned) without particle metrics."""
+    histograms = {
+        domain: [
+            (r, scores["val"]["size_histogram"]) for r in records for d, scores in r["metrics"].items() if d == domain
+        ]
+        for domain in dict.fromkeys(
+            d for r in records for d, scores in r["metrics"].items() if "size_histogram" in scores.get("val", {})
+        )
+    }
+    if not histograms:
+        return []
+    families = list(dict.fromkeys(_record_family(r) for r in records))
+    columns = min(3, len(histograms))
+    rows = math.ceil(len(histograms) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    edges = particles.SIZE_EDGES_NM
+    for ax, (domain, pairs) in zip(axes, histograms.items()):
+        truth = np.asarray(pairs[0][1]["true"], float)
+        ax.bar(
+            edges[:-1],
+            truth / max(truth.sum(), 1),
+            width=np.diff(edges),
+            align="edge",
+            color="0.8",
+            label=f"true ({truth.sum():.0f})",
+        )
+        top = np.flatnonzero(truth)
+        for f, family in enumerate(families):
+            counts = np.sum([np.asarray(h["pred"], float) for r, h in pairs if _record_family(r) == family], axis=0)
+            if np.ndim(counts) == 0 or not counts.sum():
+                continue
+            fraction = counts / counts.sum()
+            ax.stairs(fraction, edges, color=f"C{f}", linewidth=1.5, label=f"{family} ({counts.sum():.0f})")
+            top = np.union1d(top, np.flatnonzero(counts))
+        ax.set_xlim(0, edges[min(len(edges) - 1, (top.max() + 2) if len(top) else len(edges) - 1)])
+        ax.set_title(domain, fontsize=10)
+        ax.set_xlabel("particle size [nm]")
+        ax.set_ylabel("fraction of particles")
+        ax.legend(fontsize=7)
+    for ax in axes[len(histograms) :]:
+        ax.set_visible(False)
+    figure.suptitle("Particle sizes on each domain's val split: predictions (lines) against the truth (grey)")
     return save_figure(figure, stem)
 
 
@@ -576,12 +681,7 @@ def plot_detection_overlay(
     """Draw ``image`` with the particles a probability map finds (cut by ``settings``) against true
     ``boxes`` (x0, y0, x1, y1 px): matched true boxes green, missed red, false detections yellow,
     predicted outlines cyan; returns the :func:`emsim.learning.particles.match_boxes` result."""
-    instances = particles.instances_from_probability(
-        probability,
-        min_area_px=settings.min_area_nm2 * 100 / pixel_size_A**2,
-        split_touching=settings.split_touching,
-        min_depth_px=settings.min_depth_px,
-    )
+    instances = particles.cut_particles(probability, pixel_size_A, settings)
     predicted = particles.boxes_of_instances(instances)
     result = particles.match_boxes(boxes, predicted)
     matched_true = {t for t, _ in result["pairs"]}

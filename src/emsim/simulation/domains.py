@@ -94,5 +94,6 @@ def build_domain_dataset(
         "provenance": io.provenance(params),
     }
     extra = {"instances": np.stack(instance_maps)}
-    extra |= {f"particles/{key}": np.array([p[key] for p in table]) for key in ("image", *instances.TABLE_FIELDS)}
+    columns = {key: np.array([p[key] for p in table]) for key in ("image", *instances.TABLE_FIELDS)}
+    extra |= {f"particles/{key}": v.astype("S") if v.dtype.kind == "U" else v for key, v in columns.items()}
     data.write_dataset(out, np.stack(images), np.stack(labels), meta, split_index, attrs, extra)

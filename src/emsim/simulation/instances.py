@@ -7,7 +7,7 @@ projected atoms are nearest (Euclidean distance transform over the padded cell, 
 size). Touching particles therefore stay apart, and a particle keeps its identity where its label
 is cut into pieces. Instance ``k`` (1-based) is the scene's particle ``k - 1``; 0 = background.
 
-Per particle the table records its instance, radius [A], the equivalent diameter 2 sqrt(area / pi)
+Per particle the table records its instance, lattice, radius [A], the equivalent diameter 2 sqrt(area / pi)
 of its labelled pixels inside the image window [nm] and the fraction of its projected atoms that
 lie inside the window (1 = wholly in view).
 Arrays are indexed ``[x, y]`` like the labels (abTEM's convention).
@@ -22,7 +22,7 @@ from emsim.simulation import optics
 from emsim.simulation.structures import Scene
 from emsim.study.settings import Image
 
-TABLE_FIELDS = ("instance", "radius_A", "diameter_nm", "visible_fraction")
+TABLE_FIELDS = ("instance", "lattice", "radius_A", "diameter_nm", "visible_fraction")
 
 
 def atom_owners(scene: Scene) -> np.ndarray:
@@ -57,6 +57,7 @@ def instance_map(scene: Scene, label: np.ndarray, image: Image) -> tuple[np.ndar
     table = [
         {
             "instance": k + 1,
+            "lattice": str(scene.info["lattice"]),
             "radius_A": float(scene.info["radii_A"][k]),
             "diameter_nm": float(2 * np.sqrt(areas[k] / np.pi) * image.pixel_size_A / 10),
             "visible_fraction": float(inside[owners == k].mean()) if (owners == k).any() else 0.0,
