@@ -164,8 +164,8 @@ def test_lint_is_clean(tmp_path, tiny_study):
 
 
 def readme_block(name: str) -> str:
-    """The code block of the README between <!-- walkthrough:NAME --> markers."""
-    text = (ROOT / "README.md").read_text()
+    """The code block of docs/domain-shifts.md between <!-- walkthrough:NAME --> markers."""
+    text = (ROOT / "docs/domain-shifts.md").read_text()
     block = text.split(f"<!-- walkthrough:{name} -->")[1].split(f"<!-- /walkthrough:{name} -->")[0]
     return block.split("```", 2)[1].split("\n", 1)[1]
 

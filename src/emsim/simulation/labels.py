@@ -6,7 +6,7 @@ every mask solid:
 - ``phase`` (the seed study's): the phase of the particle-in-vacuum exit wave (multislice),
   thresholded;
 - ``potential``: sigma_e times the particles' projected potential (no dynamical scattering),
-  thresholded like the phase; agrees with ``phase`` to IoU 0.95-1.00 (README);
+  thresholded like the phase; agrees with ``phase`` to IoU 0.95-1.00 (docs/physics.md);
 - ``atoms``: the projected atom positions dilated by ``atom_radius_A``: the particle outline
   itself, where both thresholds fall 1-5 A inside it (the rim's thin columns stay below pi/16).
 

@@ -20,7 +20,7 @@ Stages, in the order they act on each image:
 Structure-stage variation (lattice, size, substrate) is a property of a structure set
 (``structure_sets`` block), since it needs its own multislice; sweeps work there too.
 
-Adding a kind: decorate a function with :func:`register` (see README, "Adding a domain shift").
+Adding a kind: decorate a function with :func:`register` (see docs/domain-shifts.md).
 """
 
 from __future__ import annotations
