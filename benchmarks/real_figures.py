@@ -1,9 +1,11 @@
 """Figures and numbers of the sim-to-real study (config/real.yaml) for docs/real.md.
 
-From a finished run's results folder: (1) the held-out micrograph with the particles each kind of
-model finds against the boxes (first replicate; the same stitching and instances as the
-evaluation), (2) the OOD scores of simulated and real tiles against the pretrained model's
-training spectrum, (3) the detection table (median over replicates) as Markdown::
+From a finished run (run it in the run's folder, model paths are relative to it): (0) the study's
+micrograph files side by side, (1) for each
+micrograph domain with boxes, its first val file with the particles each kind of model finds
+against the boxes (first replicate; the same stitching and instances as the evaluation), (2) the
+OOD scores of simulated and real val tiles against the pretrained model's training spectrum,
+(3) the detection table (median over replicates) as Markdown::
 
     python benchmarks/real_figures.py results docs/figures
 """
@@ -18,9 +20,10 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from emsim import data
+from emsim import data, micrographs
 from emsim.learning import evaluate, ood
 from emsim.learning.models import load_model
+from emsim.readers import read_images
 from emsim.report.figures import plot_detection_overlay, save_figure
 from emsim.study.settings import Instances
 
@@ -31,7 +34,19 @@ KINDS = {  # caption -> (experiment, stage, method)
     "trained on the weak micrograph labels alone": ("transfer", "transfer", "scratch"),
     "single-stage: simulation + micrographs": ("transfer", "baseline", None),
 }
-COLUMNS = {"det_recall": "recall", "det_precision": "precision", "det_f1": "F1", "count_error": "count error"}
+HELD_OUT = "pt_weak"  # its val file (Pt_carbon1) is bright-field and never trained on
+DARK = "pt_dark"
+COLUMNS = {  # table column -> caption
+    f"val_det_recall__{HELD_OUT}": "recall",
+    f"val_det_precision__{HELD_OUT}": "precision",
+    f"val_det_f1__{HELD_OUT}": "F1",
+    f"val_count_error__{HELD_OUT}": "count error",
+    f"val_size_w1_nm__{HELD_OUT}": "size W1 [nm]",
+    f"val_iou__{HELD_OUT}": "IoU, weak labels",
+    f"val_det_f1__{DARK}": "F1, dark-field",
+    f"val_ood_score__{HELD_OUT}": "OOD score",
+    f"val_ood_score__{DARK}": "OOD score, dark-field",
+}
 
 
 def model_rows(results: Path) -> pd.DataFrame:
@@ -40,31 +55,47 @@ def model_rows(results: Path) -> pd.DataFrame:
     for caption, (experiment, stage, method) in KINDS.items():
         table = next(t for t in tables if t["experiment"].iloc[0] == experiment)
         chosen = table[(table["stage"] == stage) & ((table["method"] == method) if method else True)]
-        rows.append(chosen.assign(kind=caption))
+        rows.append(chosen.copy().assign(kind=caption))
     return pd.concat(rows)
 
 
-def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str = "pt_test") -> None:
+def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str) -> None:
     path = results / "datasets" / f"{domain}.h5"
     tiles = evaluate.micrograph_tiles(path, "val")
     pixel_size_A = data.read_attrs(path)["config"]["image"]["pixel_size_A"]
-    settings = Instances.with_defaults()
     images, _ = evaluate.load_split(path, "val", torch.device("cpu"))
-    files = data.read_attrs(path)["files"]
-    canvas = (int(tiles["file"][0]), int(tiles["frame"][0]))  # the domain's first file
-    raw = evaluate.stitch(images[:, 0].numpy(), tiles)[canvas]
-    boxes = tiles["boxes"][tiles["boxes"][:, 0] == canvas[0], 2:]
-    figure = Figure(figsize=(4 * len(KINDS), 4.6), layout="constrained")
-    axes = figure.subplots(1, len(KINDS))
-    for ax, (caption, group) in zip(axes, rows.groupby("kind", sort=False)):
+    canvas = (int(tiles["file"][0]), int(tiles["frame"][0]))  # the split's first file
+    source = tiles["files"][canvas[0]]["path"]
+    raw = read_images(source)[0][canvas[1]]
+    maps = {}
+    for caption, group in rows.groupby("kind", sort=False):
         model, _ = load_model(group.sort_values("model")["model"].iloc[0])
-        probability = evaluate.stitch(evaluate.probabilities(model, images), tiles)[canvas]
-        plot_detection_overlay(raw, probability, boxes, pixel_size_A, settings, ax, caption)
+        maps[caption] = evaluate.stitch(evaluate.probabilities(model, images), tiles)[canvas]
+    raw = micrographs.resample(raw, next(iter(maps.values())).shape)
+    boxes = tiles["boxes"][(tiles["boxes"][:, 0] == canvas[0]) & (tiles["boxes"][:, 1] == canvas[1]), 2:]
+    figure = Figure(figsize=(4 * len(KINDS), 4.6), layout="constrained")
+    for ax, (caption, probability) in zip(figure.subplots(1, len(KINDS)), maps.items()):
+        plot_detection_overlay(raw, probability, boxes, pixel_size_A, Instances.with_defaults(), ax, caption)
     figure.suptitle(
-        f"{Path(files[canvas[0]]['path']).name} (held out): true boxes found (green), missed (red), "
+        f"{Path(source).name} ({domain}, val): true boxes found (green), missed (red), "
         "false detections (yellow), predicted particles (cyan)"
     )
-    save_figure(figure, out / "real_detection")
+    save_figure(figure, out / f"real_detection_{domain}")
+
+
+def thumbnails(results: Path, out: Path) -> None:
+    """Every micrograph file of the study's datasets, side by side, with its split."""
+    files = {}
+    for domain in (HELD_OUT, DARK):
+        for entry in data.read_attrs(results / "datasets" / f"{domain}.h5")["files"]:
+            files[entry["path"]] = f"{Path(entry['path']).name}\n{domain}, {entry['split']}"
+    figure = Figure(figsize=(3.2 * len(files), 3.6), layout="constrained")
+    for ax, (path, caption) in zip(figure.subplots(1, len(files)), files.items()):
+        image = read_images(path)[0][0]
+        ax.imshow(image, cmap="gray", vmin=np.percentile(image, 0.5), vmax=np.percentile(image, 99.5))
+        ax.set_title(caption, fontsize=9)
+        ax.set_axis_off()
+    save_figure(figure, out / "real_micrographs")
 
 
 def ood_scores(results: Path, rows: pd.DataFrame, out: Path) -> dict:
@@ -72,7 +103,7 @@ def ood_scores(results: Path, rows: pd.DataFrame, out: Path) -> dict:
     reference = meta["input_reference"]
     scores = {
         name: [ood.score(x, reference) for x in data.read_split(results / "datasets" / f"{name}.h5", "val")[0]]
-        for name in ("sim", "pt_weak", "pt_test")
+        for name in ("sim", HELD_OUT, DARK)
     }
     figure = Figure(figsize=(6, 3.5), layout="constrained")
     ax = figure.subplots()
@@ -94,12 +125,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = model_rows(args.results)
-    overlays(args.results, rows, args.out)
+    thumbnails(args.results, args.out)
+    for domain in (HELD_OUT, DARK):
+        overlays(args.results, rows, args.out, domain)
     print("median OOD score of val tiles:", ood_scores(args.results, rows, args.out))
-    columns = [f"val_{c}__pt_test" for c in COLUMNS] + ["val_iou__pt_weak", "val_ood_score__pt_test"]
-    summary = rows.groupby("kind", sort=False)[columns].median()
-    summary.columns = [*COLUMNS.values(), "IoU on weak labels (pt_weak val)", "OOD score (pt_test)"]
-    summary.insert(0, "models", rows.groupby("kind", sort=False).size())
+    summary = rows.groupby("kind", sort=False)[list(COLUMNS)].median().rename(columns=COLUMNS)
+    summary.insert(0, "models", rows.groupby("kind", sort=False).size().astype(str))
     print(summary.to_markdown(floatfmt=".3f"))
 
 

@@ -130,3 +130,9 @@ def test_instance_matching_counts_and_panoptic_quality():
     assert thresholds[0.8] == 1 and thresholds[0.9] == 0
     assert combined["mean_f1"] == pytest.approx(np.mean([0.5] * 6 + [0.0]))
     assert result["true_sizes_px"] == pytest.approx([2 * np.sqrt(36 / np.pi)] * 2)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5, float("nan")])
+def test_iou_threshold_out_of_range(threshold):
+    with pytest.raises(ValueError, match="iou_threshold must lie in"):
+        particles.match_boxes(np.zeros((1, 4)), np.zeros((1, 4)), threshold)

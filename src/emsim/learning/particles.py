@@ -153,6 +153,8 @@ def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, iou_threshold: f
 
 def _matched(iou: np.ndarray, iou_threshold: float, true_size: np.ndarray, pred_size: np.ndarray) -> dict:
     """Counts, pairs and sizes of the optimal assignment on an IoU matrix (true x predicted)."""
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must lie in (0, 1], got {iou_threshold}")
     matched = _assignment(iou, iou_threshold)
     tp = len(matched)
     return {
