@@ -7,6 +7,7 @@ import json
 import logging
 import pickle
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -79,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="export a model or an ensemble to ONNX")
     export.add_argument("models", nargs="+", help="model files or quoted globs")
     export.add_argument("-o", "--output", required=True, help="ONNX file to write")
+
+    match = commands.add_parser(
+        "match",
+        help="read defocus, dose and pixel size off micrographs (Thon rings, counts) and write the matching domain",
+    )
+    match.add_argument("files", nargs="+", help="single-image micrograph files (any format emsim predict reads)")
+    match.add_argument("--energy-kV", type=float, default=300.0, help="acceleration voltage (default 300)")
+    match.add_argument("--Cs-mm", type=float, default=0.0, help="spherical aberration [mm] (default 0: corrected)")
+    match.add_argument("--pixel-size", type=float, help="pixel size in Å (replaces the files' own)")
+    match.add_argument(
+        "--spacing-A", type=float, help="a lattice spacing that shows in the images (e.g. 3.35): gives the pixel size"
+    )
+    match.add_argument("--counts-per-electron", type=float, help="the camera's conversion (else: noise-floor estimate)")
+    match.add_argument("-o", "--output", help="YAML file for the matched domain (default: print it)")
+    match.add_argument("--plots", help="folder for one PNG per file: measured and fitted Thon rings")
 
     ood = commands.add_parser(
         "ood", help="OOD score against measured loss on every evaluated (model, domain) pair; a calibrated threshold"
@@ -242,6 +258,50 @@ def _export(args) -> int:
     return 0
 
 
+def _match(args) -> int:
+    import yaml
+
+    from emsim import match
+
+    for name in ("energy_kV", "pixel_size", "spacing_A", "counts_per_electron"):
+        value = getattr(args, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    if not (np.isfinite(args.Cs_mm) and args.Cs_mm >= 0):
+        raise ValueError(f"--Cs-mm must be a finite number >= 0, got {args.Cs_mm}")
+    if args.plots:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+    found, failed = [], 0
+    for path in args.files:
+        try:
+            conditions = match.match_file(
+                path,
+                args.energy_kV * 1e3,
+                args.Cs_mm * 1e7,
+                args.pixel_size,
+                args.spacing_A,
+                args.counts_per_electron,
+                None if not args.plots else str(Path(args.plots) / f"{Path(path).stem}_rings.png"),
+            )
+        except (ValueError, OSError) as error:
+            print(f"emsim match: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        found.append(conditions)
+        print(conditions.describe())
+    if found:
+        block = match.domain_block([c.defocus for c in found], [c.dose_e_per_A2 for c in found])
+        note = match.sign_note([c.defocus for c in found])
+        body = textwrap.indent(yaml.safe_dump(block, sort_keys=False), "  ")
+        text = f"# emsim match over {len(found)} file(s); {note}\ndomains:\n{body}"
+        if args.output:
+            Path(args.output).write_text(text)
+            print(f"domain written to {args.output}")
+        else:
+            print(text, end="")
+    return 1 if failed else 0
+
+
 def _ood(args) -> int:
     from emsim.io import atomic_path
     from emsim.learning import ood
@@ -278,6 +338,7 @@ COMMANDS = {
     "show": _show,
     "predict": _predict,
     "export": _export,
+    "match": _match,
     "ood": _ood,
     "findings": _findings,
 }
