@@ -80,21 +80,22 @@ def test_mrc_voxel_size_and_stacks(tmp_path):
         read_images(tmp_path / "c.mrc")
 
 
+def image_signal(seed: int, scale_nm: float) -> tuple[np.ndarray, dict]:
+    """A 40 x 50 random image and the rosettasciio signal dict that holds it (pixels ``scale_nm`` wide)."""
+    image = np.random.default_rng(seed).normal(size=(40, 50)).astype(np.float32)
+    axes = [
+        {"name": n, "size": s, "scale": scale_nm, "offset": 0.0, "units": "nm", "navigate": False}
+        for n, s in (("y", 40), ("x", 50))
+    ]
+    metadata = {"General": {"title": "t"}, "Signal": {}}
+    return image, {"data": image, "axes": axes, "metadata": metadata, "original_metadata": {}}
+
+
 def test_berkeley_emd_with_n_m_units(tmp_path):
     """A Berkeley (NCEM) EMD written by rosettasciio, its dims then relabelled 'n_m' as ncempy spells nm."""
     from rsciio.emd import file_writer
 
-    image = np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32)
-    axes = [
-        {"name": n, "size": s, "scale": 0.05, "offset": 0.0, "units": "nm", "navigate": False}
-        for n, s in (("y", 40), ("x", 50))
-    ]
-    signal = {
-        "data": image,
-        "axes": axes,
-        "metadata": {"General": {"title": "t"}, "Signal": {}},
-        "original_metadata": {},
-    }
+    image, signal = image_signal(1, 0.05)
     file_writer(str(tmp_path / "ncem.emd"), signal)
     with h5py.File(tmp_path / "ncem.emd", "r+") as f:
         dims = [f["signals/t"][name] for name in ("dim1", "dim2")]
@@ -107,16 +108,10 @@ def test_berkeley_emd_with_n_m_units(tmp_path):
 def test_hyperspy_file(tmp_path):
     from rsciio.hspy import file_writer
 
-    image = np.random.default_rng(2).normal(size=(40, 50)).astype(np.float32)
-    axes = [
-        {"name": n, "size": s, "scale": 0.2, "offset": 0.0, "units": "nm", "navigate": False}
-        for n, s in (("y", 40), ("x", 50))
-    ]
-    signal = {
-        "data": image, "axes": axes, "metadata": {"General": {"title": "t"}, "Signal": {"signal_type": ""}},
-        "original_metadata": {}, "tmp_parameters": {}, "attributes": {"_lazy": False}, "learning_results": {},
-        "models": {}, "package_info": {"name": "hyperspy", "version": "2.0"},
-    }  # fmt: skip
+    image, signal = image_signal(2, 0.2)
+    signal["metadata"]["Signal"] = {"signal_type": ""}
+    signal |= {"tmp_parameters": {}, "attributes": {"_lazy": False}, "learning_results": {}, "models": {}}
+    signal["package_info"] = {"name": "hyperspy", "version": "2.0"}
     file_writer(str(tmp_path / "a.hspy"), signal)
     [read], pixel = read_images(tmp_path / "a.hspy")
     assert np.array_equal(read, image) and pixel == pytest.approx(2.0)
