@@ -29,20 +29,21 @@ from emsim.study.settings import Instances
 
 
 def discs(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Poisson images of 2-6 dark discs (radius 5-12 px, some touching), their labels and instances."""
+    """Poisson images of 1-3 dark discs (radius 40-70 px, as the default study's 10-14 A particles at
+    0.2 A/px; some touching), their labels and instances."""
     yy, xx = np.mgrid[:size, :size]
     found = np.zeros((n, size, size), np.uint16)
     for i in range(n):
-        for k in range(1, rng.integers(2, 7) + 1):
-            cy, cx = rng.uniform(12, size - 12, 2)
-            found[i][((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 12) ** 2) & (found[i] == 0)] = k
+        for k in range(1, rng.integers(1, 4) + 1):
+            cy, cx = rng.uniform(0, size, 2)
+            found[i][((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(40, 70) ** 2) & (found[i] == 0)] = k
     labels = (found > 0).astype(np.uint8)
     return rng.poisson(40.0 * (1 - 0.5 * labels)).astype(np.float32), labels, found
 
 
 def write_domain(path: Path, seed: int, n_val: int, size: int) -> str:
     images, labels, found = discs(np.random.default_rng(seed), 3 * n_val, size)
-    image_of, instance = np.nonzero(np.stack([np.isin(np.arange(1, 7), np.unique(f)) for f in found]))
+    image_of, instance = np.nonzero(np.stack([np.isin(np.arange(1, 4), np.unique(f)) for f in found]))
     data.write_dataset(
         path,
         images,

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage import morphology, segmentation
 
 from emsim.learning import particles
 
@@ -136,3 +137,26 @@ def test_instance_matching_counts_and_panoptic_quality():
 def test_iou_threshold_out_of_range(threshold):
     with pytest.raises(ValueError, match="iou_threshold must lie in"):
         particles.match_boxes(np.zeros((1, 4)), np.zeros((1, 4)), threshold)
+
+
+def global_watershed(probability: np.ndarray, min_depth_px: float) -> np.ndarray:
+    """The reference split: one h-maxima watershed of the whole map (components without a marker kept)."""
+    mask = probability >= 0.5
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    markers, _ = ndimage.label(morphology.h_maxima(distance, min_depth_px), structure=np.ones((3, 3)))
+    split = segmentation.watershed(-distance, markers, mask=mask, connectivity=2)
+    unreached = mask & (split == 0)
+    split[unreached] = ndimage.label(unreached, structure=np.ones((3, 3)))[0][unreached] + split.max()
+    return split
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_per_component_equals_one_global_watershed(seed):
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 4)
+    probability = (blobs > np.quantile(blobs, 0.6)).astype(float)
+    mine, reference = particles.instances_from_probability(probability), global_watershed(probability, 2.0)
+    assert mine.max() == reference.max()
+    overlap = np.zeros((mine.max() + 1, reference.max() + 1), int)
+    np.add.at(overlap, (mine.ravel(), reference.ravel()), 1)
+    assert overlap.max(axis=1).sum() >= 0.99 * mine.size  # the same particles; ties on their borders may differ

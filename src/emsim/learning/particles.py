@@ -43,15 +43,38 @@ def instances_from_probability(
     mask = np.asarray(probability) >= threshold
     labels = instances_from_mask(mask)
     if split_touching and labels.max() > 0:
-        distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        markers, _ = ndimage.label(morphology.h_maxima(distance, min_depth_px), structure=EIGHT)
-        labels = segmentation.watershed(-distance, markers, mask=mask, connectivity=2).astype(np.int32)
+        labels = _split_touching(mask, labels, min_depth_px)
     areas = np.bincount(labels.ravel())
     keep = areas >= min_area_px
     keep[0] = False
     renumber = np.zeros(len(areas), np.int32)
     renumber[keep] = np.arange(1, keep.sum() + 1)
     return renumber[labels]
+
+
+def _split_touching(mask: np.ndarray, labels: np.ndarray, min_depth_px: float) -> np.ndarray:
+    """The watershed split of each component of ``labels`` with two or more h-maxima of its
+    distance to the background. Only components with more than one local-maximum region of the
+    distance can have two h-maxima, and each is flooded in its own bounding box: the particles of
+    one watershed of the whole map (pixels tied between two may fall to the other), at the cost of
+    the components that need it."""
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    peaks, _ = ndimage.label(mask & (distance == ndimage.maximum_filter(distance, size=3)), structure=EIGHT)
+    out, next_id = labels.copy(), int(labels.max()) + 1
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        own = labels[box] == k
+        if len(np.unique(peaks[box][own])) < 2:
+            continue
+        depth = np.where(own, distance[box], 0.0)
+        markers, n = ndimage.label(morphology.h_maxima(depth, min_depth_px) & own, structure=EIGHT)
+        if n < 2:
+            continue
+        flooded = segmentation.watershed(-depth, markers, mask=own, connectivity=2)
+        crop = out[box]
+        for m in range(2, n + 1):
+            crop[flooded == m] = next_id
+            next_id += 1
+    return out
 
 
 def cut_particles(probability: np.ndarray, pixel_size_A: float | None, settings) -> np.ndarray:
