@@ -28,7 +28,7 @@ import torch
 from scipy import stats
 
 from emsim import data
-from emsim.learning import evaluate, ood
+from emsim.learning import evaluate, ood, ood_check
 from emsim.learning.models import load_model, pad_to_multiple
 
 CANDIDATES = ("spectrum", "encoder_features", "bn_kl", "entropy")
@@ -80,8 +80,8 @@ def main() -> None:
     val = {}
     pairs = {}
     for record in records:
-        model, meta = load_model(ood._resolve(results, record["path"]))
-        train, _ = ood.training_images(results, meta)
+        model, meta = load_model(ood_check._resolve(results, record["path"]))
+        train, _ = ood_check.training_images(results, meta)
         ref = meta.get("input_reference") or ood.reference(train, None)
         train_stats = encoder_statistics(model, train)
         target = record["tags"]["target"]
@@ -104,7 +104,7 @@ def main() -> None:
     for p in pairs:
         p["gap"] = p["loss"] - np.mean(own[p["domain"]]) if p["domain"] in own else None
     gapped = [p for p in pairs if p["gap"] is not None]
-    degraded = np.array([p["loss"] > ood.LOSS_RATIO * p["in_domain_loss"] for p in pairs])
+    degraded = np.array([p["loss"] > ood_check.LOSS_RATIO * p["in_domain_loss"] for p in pairs])
     print(f"{len(pairs)} pairs, {len({p['model'] for p in pairs})} models; {len(gapped)} pairs with a shift gap")
     print(f"{'score':<18} {'rho loss: model':>16} {'pairs':>6} {'rho gap: model':>15} {'pairs':>6} {'AUROC':>6}")
     for name in CANDIDATES:

@@ -7,7 +7,7 @@ from test_evaluate import disc_images
 
 from emsim import data
 from emsim.cli import main
-from emsim.learning import evaluate, ood, train
+from emsim.learning import evaluate, ood, ood_check, train
 from emsim.learning.models import UNet, save_model
 from emsim.study.settings import Training
 
@@ -64,7 +64,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
         [{"path": str(p), "tags": {"target": "near", "stage": "pretrain"}} for p in (path, old)], datasets, "cpu"
     )
     evaluate.write_evaluation(records, results / "evaluation" / "x" / "pretrain.json")
-    found = ood.study_scores(results)
+    found = ood_check.study_scores(results)
     assert len(found["pairs"]) == 6
     by_domain = found["domains"]
     assert by_domain["near"]["score"] < by_domain["mid"]["score"] < by_domain["far"]["score"]
@@ -81,7 +81,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     assert (tmp_path / "ood.png").stat().st_size > 0
     assert "score vs shift gap" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
     with pytest.raises(ValueError, match="no evaluation files"):
-        ood.study_scores(tmp_path / "empty")
+        ood_check.study_scores(tmp_path / "empty")
 
 
 def test_calibrated_threshold_separates_degraded_pairs():
@@ -89,8 +89,8 @@ def test_calibrated_threshold_separates_degraded_pairs():
         {"score": s, "loss": loss, "in_domain_loss": 0.1}
         for s, loss in [(1.0, 0.1), (2.0, 0.12), (3.0, 0.5), (4.0, 0.4), (1.5, 0.3)]
     ]
-    assert ood._calibrate(pairs, 1.5) == pytest.approx(2.5)
-    assert ood._calibrate(pairs[:2], 1.5) is None
+    assert ood_check._calibrate(pairs, 1.5) == pytest.approx(2.5)
+    assert ood_check._calibrate(pairs[:2], 1.5) is None
 
 
 def test_rank_correlation_per_model():
@@ -99,5 +99,5 @@ def test_rank_correlation_per_model():
         for m, rows in {"a": [(1.0, 0.1), (2.0, 0.2), (3.0, 0.3)], "b": [(1.0, 0.3), (2.0, 0.2), (3.0, 0.1)]}.items()
         for s, loss in rows
     ]
-    assert ood._rho_per_model(pairs, "loss") == pytest.approx({"a": 1.0, "b": -1.0})
-    assert ood._median([1.0, None, 0.0]) == 0.5 and ood._median([None]) is None
+    assert ood_check._rho_per_model(pairs, "loss") == pytest.approx({"a": 1.0, "b": -1.0})
+    assert ood_check._median([1.0, None, 0.0]) == 0.5 and ood_check._median([None]) is None

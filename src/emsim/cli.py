@@ -304,11 +304,11 @@ def _match(args) -> int:
 
 def _ood(args) -> int:
     from emsim.io import atomic_path
-    from emsim.learning import ood
+    from emsim.learning import ood_check
     from emsim.report.figures import plot_ood_check
 
-    found = ood.study_scores(args.results, args.loss_ratio, progress=True)
-    print(ood.summary(found, args.loss_ratio))
+    found = ood_check.study_scores(args.results, args.loss_ratio, progress=True)
+    print(ood_check.summary(found, args.loss_ratio))
     if args.figure:
         plot_ood_check(found, args.figure)
     if args.output:

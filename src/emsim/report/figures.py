@@ -396,7 +396,7 @@ def plot_forgetting_vs_gain(table: pd.DataFrame, stem: str | os.PathLike) -> lis
 
 
 def plot_ood_check(found: dict, stem: str | os.PathLike) -> list[Path]:
-    """OOD score of every (model, domain) pair of :func:`emsim.learning.ood.study_scores` against
+    """OOD score of every (model, domain) pair of :func:`emsim.learning.ood_check.study_scores` against
     its val loss (left) and its shift gap (right), one colour per domain, in-domain pairs ringed,
     the calibrated threshold dashed."""
     pairs = found["pairs"]
