@@ -21,7 +21,7 @@ import scipy.fft as sfft
 from abtem.core import backend as abtem_backend
 
 from emsim.io import atomic_path, reading
-from emsim.simulation import calibration, optics, phonons
+from emsim.simulation import calibration, optics, phonons, structures
 from emsim.simulation import labels as labels_mod
 from emsim.study.settings import Image, Labels, Microscope, Simulation
 
@@ -281,8 +281,6 @@ def plan_fftw(sim: Simulation, energy_eV: float, image: Image, path: str | Path)
     Every exit-wave job loads this file first, so all jobs use the same plans and the same
     config + seed gives the same bytes in any process (FFTW_MEASURE plans differ per process).
     """
-    from emsim.simulation import structures
-
     particles = {"lattice": "Au_fcc", "radius_A": [6.0, 6.0], "count": [1, 1], "min_gap_A": 0.0}
     substrate = {"thickness_A": [10.0, 10.0]}
     scene = structures.build_scene(particles, substrate, optics.cell_A(image), np.random.default_rng(0))

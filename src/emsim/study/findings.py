@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emsim.progress import bar
+from emsim.study import experiments
 from emsim.study.settings import Study
 
 TRANSFER = "transfer"
@@ -260,8 +261,6 @@ def report_findings(
 ) -> dict[str, list[dict]]:
     """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``
     (``progress``: a bar over them when stderr is a terminal)."""
-    from emsim.study import experiments
-
     expanded = experiments.expand(study)
     results = {}
     for path in bar(sorted(Path(report_dir).glob("*/models.parquet")), "findings", "experiment", progress):
