@@ -160,3 +160,13 @@ def test_split_per_component_equals_one_global_watershed(seed):
     overlap = np.zeros((mine.max() + 1, reference.max() + 1), int)
     np.add.at(overlap, (mine.ravel(), reference.ravel()), 1)
     assert overlap.max(axis=1).sum() >= 0.99 * mine.size  # the same particles; ties on their borders may differ
+
+
+def test_ids_without_pixels_are_no_instances():
+    """A scene's particle outside the image window keeps its id but has no pixel: not a missed particle."""
+    true = np.zeros((20, 20), np.int32)
+    true[2:8, 2:8] = 3  # ids 1 and 2 lie outside the window
+    pred = np.zeros((20, 20), np.int32)
+    pred[2:8, 2:8] = 5
+    result = particles.match_instances(true, pred)
+    assert (result["n_true"], result["n_pred"], result["tp"], result["fn"]) == (1, 1, 1, 0)

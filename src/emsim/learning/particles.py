@@ -125,8 +125,9 @@ def equivalent_diameters_px(labels: np.ndarray) -> np.ndarray:
 
 def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict:
     """Optimal one-to-one matching of instance maps at mask IoU >= ``iou_threshold`` (StarDist's
-    ``matching``, criterion iou): the :func:`match_boxes` fields, with equivalent diameters as
+    ``matching``, criterion iou; ids without pixels are no instances): the :func:`match_boxes` fields, with equivalent diameters as
     sizes, and ``by_threshold``: (threshold, tp, fp, fn) at each of ``IOU_THRESHOLDS``."""
+    true_labels, pred_labels = _sequential(true_labels), _sequential(pred_labels)
     iou = instance_iou(true_labels, pred_labels)
     result = _matched(iou, iou_threshold, equivalent_diameters_px(true_labels), equivalent_diameters_px(pred_labels))
     by_threshold = []
@@ -158,6 +159,15 @@ def particle_table(labels: np.ndarray, pixel_size_A: float | None, maps: dict[st
         | {f"mean_{name}": float(mean[k - 1]) for name, mean in means.items()}
         for k in index
     ]
+
+
+def _sequential(labels: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered 1..n over the ids present (an id with no pixel is no instance)."""
+    ids = np.unique(labels)
+    lookup = np.zeros(int(ids.max(initial=0)) + 1, np.int64)
+    present = ids[ids > 0]
+    lookup[present] = np.arange(1, len(present) + 1)
+    return lookup[labels]
 
 
 def box_sizes(boxes: np.ndarray) -> np.ndarray:
