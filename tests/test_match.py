@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emsim import match
+from emsim import data, match
 from emsim.cli import main
 from emsim.simulation import optics
 from emsim.study import config
@@ -108,3 +108,29 @@ def test_cli_bad_input(tmp_path, capsys, flags, message):
     np.save(tmp_path / "m.npy", amorphous(10.0, 400.0))
     code = main(["match", str(tmp_path / "m.npy"), *flags])
     assert code != 0 and message in capsys.readouterr().err
+
+
+def test_cli_names_the_nearest_simulated_domains(tmp_path, capsys):
+    """By defocus from the study file; by spectrum from the domains' datasets (resampled files)."""
+    np.save(tmp_path / "m.npy", amorphous(10.0, 400.0))
+    coarse = amorphous(10.0, None, n=1024)[::2, ::2] + amorphous(10.0, None, n=1024)[1::2, 1::2]  # 0.4 A pixels
+    like = np.random.default_rng(0).poisson(400 * 0.16 * coarse[None, :64, :64].repeat(3, 0)).astype(np.float32)
+    flat = np.random.default_rng(1).poisson(200.0, like.shape).astype(np.float32)
+    for name, images in (("df10", like), ("df-10", flat)):
+        data.write_dataset(
+            tmp_path / "results" / "datasets" / f"{name}.h5",
+            images,
+            np.zeros(images.shape, np.uint8),
+            {"seed": np.zeros(3)},
+            {"train": [0], "val": [1, 2], "test": []},
+            {"domain": name},
+        )
+    study = ROOT / "config/test.yaml"
+    args = ["match", str(tmp_path / "m.npy"), "--pixel-size", "0.2", "--study", str(study)]
+    assert main([*args, "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "nearest by defocus: df-10 (|mean_nm| 10 against the files' 10.0 nm" in out
+    assert "nearest by spectrum (OOD score, about 1 = alike): df10 (df10 " in out
+    assert (
+        main([*args, "--results", str(tmp_path / "none")]) == 0 and "no spectrum comparison" in capsys.readouterr().out
+    )

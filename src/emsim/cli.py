@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     match.add_argument("--counts-per-electron", type=float, help="the camera's conversion (else: noise-floor estimate)")
     match.add_argument("-o", "--output", help="YAML file for the matched domain (default: print it)")
     match.add_argument("--plots", help="folder for one PNG per file: measured and fitted Thon rings")
+    match.add_argument("--study", help="a study config: name its simulated domains nearest to the files")
+    match.add_argument("--results", default="results", help="the study's results folder (default: results)")
 
     ood = commands.add_parser(
         "ood", help="OOD score against measured loss on every evaluated (model, domain) pair; a calibrated threshold"
@@ -262,6 +264,7 @@ def _match(args) -> int:
     import yaml
 
     from emsim import match
+    from emsim.study import config
 
     for name in ("energy_kV", "pixel_size", "spacing_A", "counts_per_electron"):
         value = getattr(args, name)
@@ -299,6 +302,8 @@ def _match(args) -> int:
             print(f"domain written to {args.output}")
         else:
             print(text, end="")
+        if args.study:
+            print("\n".join(match.nearest_domains(found, config.load(args.study), args.results)))
     return 1 if failed else 0
 
 

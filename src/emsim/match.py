@@ -26,13 +26,17 @@ Per image (a 2-D array of detector counts or intensities):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from emsim import data, micrographs
 from emsim.io import atomic_path
+from emsim.learning import ood
 from emsim.readers import read_images
 from emsim.simulation import optics
+from emsim.study.settings import Study
 
 WINDOW_PX = 512  # periodogram tile (smaller images use their largest power of two)
 BAND = (0.04, 0.45)  # fitted frequencies [cycles/px]: above the tile's lowest rings, below Nyquist and JPEG blocks
@@ -249,7 +253,7 @@ class Conditions:
 
 
 def match_file(
-    path: str,
+    path: str | Path,
     energy_eV: float = 300e3,
     Cs_A: float = 0.0,
     pixel_size_A: float | None = None,
@@ -315,3 +319,39 @@ def sign_note(defoci: list[Defocus]) -> str:
         "defocus sign unknown (the rings of +df and -df agree): mean_nm is written as underfocus; "
         "set its sign from the particles' contrast or the microscope's record"
     )
+
+
+def nearest_domains(found: list[Conditions], study: Study, results: str | Path) -> list[str]:
+    """Lines naming the study's simulated domains nearest to the files: by defocus (the files'
+    mean fitted |df|, near focus as 0, against each domain's |mean_nm|; doses shown beside) and,
+    where a domain's dataset exists under ``results``, by the OOD score of the files' images
+    (resampled to the study's pixel size) against that dataset's val images (about 1 = alike)."""
+    simulated = {name: d for name, d in study.domains.items() if "micrographs" not in d}
+    if not simulated:
+        return ["the study has no simulated domain"]
+    df = float(np.mean([c.defocus.magnitude_nm or 0.0 for c in found]))
+    dose = float(np.median([c.dose_e_per_A2 for c in found]))
+    mean_nm = {name: abs(d.get("defocus", {}).get("mean_nm", 0.0)) for name, d in simulated.items()}
+    best = min(simulated, key=lambda name: abs(mean_nm[name] - df))
+    domain_dose = simulated[best].get("dose", {}).get("e_per_A2")
+    lines = [
+        f"nearest by defocus: {best} (|mean_nm| {mean_nm[best]:g} against the files' {df:.1f} nm; "
+        f"dose {domain_dose} against the files' {dose:.4g} e/A^2, {found[0].dose_from})"
+    ]
+    pixel = study.image.pixel_size_A
+    images = []
+    for c in found:
+        image = read_images(c.path)[0][0]
+        factor = c.pixel_size_A / pixel
+        images.append(micrographs.resample(image, (round(image.shape[0] * factor), round(image.shape[1] * factor))))
+    scores = {}
+    for name in simulated:
+        path = Path(results) / "datasets" / f"{name}.h5"
+        if path.exists():
+            reference = ood.reference(data.read_split(path, "val")[0], pixel)
+            scores[name] = float(np.mean([ood.score(image, reference) for image in images]))
+    if not scores:
+        return [*lines, f"no simulated domain's dataset under {Path(results) / 'datasets'}: no spectrum comparison"]
+    ranked = sorted(scores, key=scores.get)
+    listed = ", ".join(f"{name} {scores[name]:.2f}" for name in ranked)
+    return [*lines, f"nearest by spectrum (OOD score, about 1 = alike): {ranked[0]} ({listed})"]
