@@ -83,6 +83,7 @@ def test_tiny_study_runs_end_to_end(finished_run):
     for domain in ("df-10", "df10"):  # particles against the scenes' own instances
         assert table[f"val_det_f1__{domain}"].between(0, 1).all() and table[f"val_pq__{domain}"].between(0, 1).all()
     assert (results / "report/defocus/figures/detection.png").is_file()
+    assert (results / "report/defocus/figures/size_distribution.png").is_file()
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     for rule in ("structures", "exit_waves", "datasets", "models", "evaluation"):
         assert list((results / "logs" / rule).rglob("*.log")), f"no log for {rule}"
