@@ -76,6 +76,14 @@ def load_split(path: str | os.PathLike, split: str, device: torch.device) -> tup
 
 
 @torch.no_grad()
+def _logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int, size: tuple[int, int]):
+    """The model's logits (B, 2, h, w) batch by batch, cropped to ``size`` (bf16 autocast on cuda)."""
+    model.eval()
+    for start in range(0, len(images), batch_size):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            yield model(images[start : start + batch_size])[..., : size[0], : size[1]]
+
+
 def score(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -85,24 +93,22 @@ def score(
 ) -> dict[str, float]:
     """Dataset-level metrics of ``model`` on a loaded split (bf16 autocast on cuda); the particle
     probabilities (N, H, W) are appended to ``keep`` if given."""
-    model.eval()
-    h, w = labels.shape[-2:]
     accumulator = MetricAccumulator()
-    on_cuda = images.device.type == "cuda"
-    for start in range(0, len(images), batch_size):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            logits = model(images[start : start + batch_size])[..., :h, :w]
+    for start, logits in zip(range(0, len(images), batch_size), _logits(model, images, batch_size, labels.shape[-2:])):
         accumulator.update(logits, labels[start : start + batch_size])
         if keep is not None:
-            keep.append(logits.float().softmax(dim=1)[:, 1].cpu().numpy())
+            keep.append(_probability(logits))
     return accumulator.result()
 
 
 def probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
     """Particle probability (N, H, W) float32 of loaded images (bf16 autocast on cuda)."""
-    keep: list[np.ndarray] = []
-    score(model, images, torch.zeros((len(images), *images.shape[-2:]), dtype=torch.long), batch_size, keep)
-    return np.concatenate(keep) if keep else np.zeros((0, *images.shape[-2:]), np.float32)
+    out = [_probability(logits) for logits in _logits(model, images, batch_size, images.shape[-2:])]
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), np.float32)
+
+
+def _probability(logits: torch.Tensor) -> np.ndarray:
+    return logits.float().softmax(dim=1)[:, 1].cpu().numpy()
 
 
 def stitch(probability: np.ndarray, tiles: dict) -> dict[tuple[int, int], np.ndarray]:
@@ -169,9 +175,10 @@ def domain_scores(model, domain: Domain, reference: dict | None, settings: Insta
     particle metrics against the true instances (simulated), the masks' connected components or
     the boxes (micrographs, on the tiles stitched back into each file); and for micrographs the
     mean predicted particle fraction and OOD score."""
-    keep: list[np.ndarray] = []
-    scores = score(model, domain.images, domain.labels, batch_size, keep)
     settings = settings if domain.pixel_size_A is not None else dataclasses.replace(settings, enabled=False)
+    needed = domain.tiles is not None or (settings.enabled and domain.instances is not None)
+    keep: list[np.ndarray] | None = [] if needed else None
+    scores = score(model, domain.images, domain.labels, batch_size, keep)
     scores = scores if domain.labelled else {}
     probability = np.concatenate(keep) if keep else np.zeros((0, *domain.labels.shape[-2:]), np.float32)
     if domain.tiles is None:

@@ -590,14 +590,11 @@ def plot_size_distributions(records: list[dict], stem: str | os.PathLike) -> lis
     """Particle sizes (equivalent diameter; boxes: square root of the box area) of the predictions
     against the truth on each domain's val split, per model family (the sum over its models,
     as fractions); nothing is drawn (and [] returned) without particle metrics."""
-    histograms = {
-        domain: [
-            (r, scores["val"]["size_histogram"]) for r in records for d, scores in r["metrics"].items() if d == domain
-        ]
-        for domain in dict.fromkeys(
-            d for r in records for d, scores in r["metrics"].items() if "size_histogram" in scores.get("val", {})
-        )
-    }
+    histograms: dict[str, list[tuple[str, dict]]] = {}  # domain -> (family, histogram) per model
+    for record in records:
+        for domain, scores in record["metrics"].items():
+            if "size_histogram" in scores.get("val", {}):
+                histograms.setdefault(domain, []).append((_record_family(record), scores["val"]["size_histogram"]))
     if not histograms:
         return []
     families = list(dict.fromkeys(_record_family(r) for r in records))
@@ -618,7 +615,7 @@ def plot_size_distributions(records: list[dict], stem: str | os.PathLike) -> lis
         )
         top = np.flatnonzero(truth)
         for f, family in enumerate(families):
-            counts = np.sum([np.asarray(h["pred"], float) for r, h in pairs if _record_family(r) == family], axis=0)
+            counts = np.sum([np.asarray(h["pred"], float) for name, h in pairs if name == family], axis=0)
             if np.ndim(counts) == 0 or not counts.sum():
                 continue
             fraction = counts / counts.sum()
