@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from emsim import match
-from emsim.simulation import optics, structures
+from emsim.simulation import optics, supports
 from emsim.study.settings import Microscope
 
 DEFOCI_NM = (-25, -20, -15, -10, -5, -2, 0, 2, 5, 10, 15, 20, 25)
@@ -34,7 +34,7 @@ def exit_wave(size_px: int) -> tuple[np.ndarray, float]:
     """Fourier-space exit wave of a 30 A amorphous carbon film (size_px * 0.2 A wide, 0.1 A
     sampling) and the distance [nm] from the film's middle to the exit plane."""
     cell = size_px * PIXEL_A
-    positions = structures.amorphous_carbon(cell, 30.0, 2.0, np.random.default_rng(0))
+    positions = supports.amorphous_carbon(cell, 30.0, 2.0, np.random.default_rng(0))
     atoms = ase.Atoms(
         numbers=[6] * len(positions), positions=positions, cell=(cell, cell, 34.0), pbc=(True, True, False)
     )

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 t0 = time.perf_counter()
-from emsim.simulation import structures  # noqa: E402
+from emsim.simulation import structures, supports  # noqa: E402
 
 IMPORT_S = time.perf_counter() - t0
 CELL_XY_A, THICKNESS_A, DENSITY_G_CM3 = 100.0, 30.0, 2.0
@@ -26,7 +26,7 @@ PARTICLES = {
 SUBSTRATE = {"thickness_A": [THICKNESS_A, THICKNESS_A], "density_g_cm3": DENSITY_G_CM3}
 
 
-def naive_carbon(cell_xy_A, thickness_A, n_atoms, rng, min_distance_A=structures.CARBON_MIN_DISTANCE_A):
+def naive_carbon(cell_xy_A, thickness_A, n_atoms, rng, min_distance_A=supports.CARBON_MIN_DISTANCE_A):
     """One candidate at a time against a dict cell list: the pure-Python reference."""
     n_cells = int(cell_xy_A // min_distance_A)
     size_A = cell_xy_A / n_cells
@@ -61,9 +61,9 @@ def main():
     cold_s = seconds(lambda: structures.build_scene(PARTICLES, SUBSTRATE, CELL_XY_A, rng))
     warm_s = [seconds(lambda: structures.build_scene(PARTICLES, SUBSTRATE, CELL_XY_A, rng)) for _ in range(10)]
     carbon_s = [
-        seconds(lambda: structures.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng)) for _ in range(10)
+        seconds(lambda: supports.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng)) for _ in range(10)
     ]
-    n_atoms = len(structures.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng))
+    n_atoms = len(supports.amorphous_carbon(CELL_XY_A, THICKNESS_A, DENSITY_G_CM3, rng))
     naive_s = seconds(lambda: naive_carbon(CELL_XY_A, THICKNESS_A, n_atoms, rng))
     print(f"scene {CELL_XY_A:.0f} x {CELL_XY_A:.0f} A, {THICKNESS_A:.0f} A carbon ({n_atoms} C), one r=20 A CdSe")
     print(f"import emsim.simulation.structures       {IMPORT_S:.3f} s")

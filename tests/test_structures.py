@@ -10,6 +10,7 @@ from ase.units import _Nav
 from scipy.spatial import cKDTree
 
 from emsim.simulation import structures as S
+from emsim.simulation import supports
 
 # Published lattice constants (A): a, c, and the wurtzite/spinel internal parameter (spinel u in origin choice 1).
 EXPECTED = {
@@ -157,10 +158,10 @@ def test_random_rotation_is_uniform():
 
 def test_carbon_hard_core_periodic_and_dense():
     cell_xy_A, thickness_A = 40.0, 20.0
-    carbon = S.amorphous_carbon(cell_xy_A, thickness_A, 2.0, np.random.default_rng(4))
+    carbon = supports.amorphous_carbon(cell_xy_A, thickness_A, 2.0, np.random.default_rng(4))
     assert carbon.min() >= 0 and carbon[:, :2].max() < cell_xy_A and carbon[:, 2].max() < thickness_A
     # minimum image in x/y: pairs across the cell edges count too
-    assert min_distance_A(carbon, boxsize=[cell_xy_A, cell_xy_A, 1e6]) >= S.CARBON_MIN_DISTANCE_A
+    assert min_distance_A(carbon, boxsize=[cell_xy_A, cell_xy_A, 1e6]) >= supports.CARBON_MIN_DISTANCE_A
     near_edge = (carbon[:, 0] < 0.5) | (carbon[:, 0] > cell_xy_A - 0.5)
     assert near_edge.sum() > 50  # atoms reach the edges: no depleted seam
     density = len(carbon) * 12.011 / _Nav / (cell_xy_A**2 * thickness_A * 1e-24)
@@ -214,7 +215,7 @@ def test_scene_particles_gap_count_radius_and_layout(scenes):
             assert particle[owner == i, 2].max() == pytest.approx(particle[:, 2].max(), abs=1e-3)
         assert particle[:, 2].min() == pytest.approx(S.VACUUM_MARGIN_A, abs=1e-3)
         assert scene.cell_A[2] == pytest.approx(carbon[:, 2].max() + S.VACUUM_MARGIN_A, abs=0.05)
-        assert min_distance_A(carbon, boxsize=[cell_xy_A, cell_xy_A, 1e6]) >= S.CARBON_MIN_DISTANCE_A - 1e-4
+        assert min_distance_A(carbon, boxsize=[cell_xy_A, cell_xy_A, 1e6]) >= supports.CARBON_MIN_DISTANCE_A - 1e-4
 
 
 def test_scene_atoms_and_particle_cut(scenes):
@@ -296,8 +297,8 @@ def test_validation_errors_name_the_key(particles, key):
 def test_partial_blocks_get_the_schema_defaults():
     particles = S.with_defaults({"lattice": "Au_fcc", "radius_A": [5, 6]}, S.PARTICLES_SCHEMA)
     assert particles["orientation"] == "zone_axis" and particles["count"] == [1, 1]
-    assert S.with_defaults(None, S.SUBSTRATE_SCHEMA) == {"thickness_A": [20.0, 60.0], "density_g_cm3": 2.0}
-    assert S.with_defaults({"density_g_cm3": 1.5}, S.SUBSTRATE_SCHEMA)["density_g_cm3"] == 1.5
+    assert supports.with_defaults(None) == {"thickness_A": [20.0, 60.0], "density_g_cm3": 2.0}
+    assert supports.with_defaults({"density_g_cm3": 1.5})["density_g_cm3"] == 1.5
 
 
 def test_structure_set_index_outside_the_set():
@@ -308,10 +309,10 @@ def test_structure_set_index_outside_the_set():
 def test_substrate_only_scene_and_impossible_density():
     scene = S.build_scene(PARTICLES | {"count": [0, 0]}, SUBSTRATE, 30.0, np.random.default_rng(6))
     assert scene.info["n_particles"] == 0 and not scene.is_particle.any() and len(scene.particle_atoms()) == 0
-    dense = S.amorphous_carbon(20.0, 10.0, 3.5, np.random.default_rng(0))  # diamond density
+    dense = supports.amorphous_carbon(20.0, 10.0, 3.5, np.random.default_rng(0))  # diamond density
     assert len(dense) == round(3.5 / 12.011 * _Nav * 4000e-24)
     with pytest.raises(ValueError, match="substrate.density_g_cm3"):
-        S.amorphous_carbon(20.0, 5.0, 6.0, np.random.default_rng(0))
+        supports.amorphous_carbon(20.0, 5.0, 6.0, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("radius_A", [5.0, 8.0, 12.3])

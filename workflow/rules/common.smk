@@ -43,6 +43,12 @@ def shard_paths(template, set_name):
     return [template.format(set=set_name, shard=i) for i in range(n_shards(set_name))]
 
 
+def domain_shard_paths(template, domain):
+    """The shards of every structure set a simulated domain draws from."""
+    sets = emsim_config.domain_sets(STUDY.domains[domain])
+    return [path for set_name in sets for path in shard_paths(template, set_name)]
+
+
 def domain_names(micrograph):
     """Wildcard regex of the simulated (False) or micrograph (True) domains' names."""
     names = [d for d in STUDY.domains if emsim_config.is_micrograph(STUDY, d) == micrograph]

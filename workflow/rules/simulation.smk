@@ -73,8 +73,8 @@ rule exit_waves:
 
 rule domain_dataset:
     input:
-        waves=lambda wc: shard_paths(paths.EXIT_WAVES, STUDY.domains[wc.domain]["structure_set"]),
-        scenes=lambda wc: shard_paths(paths.STRUCTURES, STUDY.domains[wc.domain]["structure_set"]),
+        waves=lambda wc: domain_shard_paths(paths.EXIT_WAVES, wc.domain),
+        scenes=lambda wc: domain_shard_paths(paths.STRUCTURES, wc.domain),
     output:
         paths.DATASET,
     log:

@@ -25,7 +25,8 @@ components; ``detection_precision``, ``detection_recall``, ``detection_f1`` (IoU
 ``panoptic_quality``. Micrograph domains get pixel metrics only where they have pixel labels; their
 tiles' probabilities are stitched back into each file (mean over overlapping tiles) before the
 particles are cut, and they add ``particle_fraction`` and ``ood_score`` (mean over tiles,
-:func:`emsim.learning.ood.score` against the model's training inputs).
+:func:`emsim.learning.ood.score` against the model's training inputs); with boxes also
+``outside_boxes``, the fraction of the predicted mask outside every box (support painted as particle).
 
 Non-finite numbers are written as ``null``.
 """
@@ -192,6 +193,7 @@ def domain_scores(model, domain: Domain, reference: dict | None, settings: Insta
     if settings.enabled and len(domain.tiles["boxes"]):
         boxes = domain.tiles["boxes"]
         truth = [boxes[(boxes[:, 0] == file) & (boxes[:, 1] == frame), 2:] for file, frame in maps]
+        scores["outside_boxes"] = particles.outside_boxes([m >= 0.5 for m in maps.values()], truth)
         scores |= particle_scores(np.stack(list(maps.values())), truth, domain.pixel_size_A, settings, boxes=True)
     elif settings.enabled and domain.labelled:
         masks = stitch(domain.labels.float().cpu().numpy(), domain.tiles)

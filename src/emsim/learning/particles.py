@@ -96,6 +96,20 @@ def boxes_of_instances(labels: np.ndarray) -> np.ndarray:
     return np.array(boxes, np.float64).reshape(-1, 4)
 
 
+def outside_boxes(masks: list[np.ndarray], boxes: list[np.ndarray]) -> float | None:
+    """Fraction of the masks' pixels that lie outside every box ``x0, y0, x1, y1`` of their map (the
+    support or background painted as particle, where only the boxes are known); None without any
+    masked pixel."""
+    outside = total = 0
+    for mask, map_boxes in zip(masks, boxes):
+        inside = np.zeros(mask.shape, bool)
+        for x0, y0, x1, y1 in np.asarray(map_boxes, float).reshape(-1, 4):
+            inside[max(int(np.floor(y0)), 0) : int(np.ceil(y1)), max(int(np.floor(x0)), 0) : int(np.ceil(x1))] = True
+        outside += int((mask & ~inside).sum())
+        total += int(mask.sum())
+    return outside / total if total else None
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (len(a), len(b)) of boxes ``x0, y0, x1, y1``."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)

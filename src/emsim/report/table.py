@@ -7,7 +7,8 @@ domain has pixel labels; particle metrics (:mod:`emsim.learning.evaluate`): ``de
 ``det_recall``, ``det_f1``, ``count_error``, ``abs_count_error`` (per image), ``size_error_nm``
 (matched particles), ``size_w1_nm`` (Wasserstein-1 of the size distributions), and against true
 instances (simulated domains, masks) ``det_mean_f1`` (IoU 0.3-0.9) and ``pq`` (panoptic quality);
-on micrograph domains ``particle_fraction`` and ``ood_score``), ``<d>`` a domain name:
+on micrograph domains ``particle_fraction`` and ``ood_score``, with boxes ``outside_boxes``: the fraction
+of the predicted mask outside every box), ``<d>`` a domain name:
 
 - ``model`` (file path); every tag as its own column (``experiment``, ``stage``, ``source``,
   ``target``, ``freeze``, ``method``, ``method_params``, ``size``, ``lr_pretrain``, ``lr_transfer``,
@@ -57,6 +58,7 @@ SHORT = {
     "accuracy": "accuracy",
     "particle_fraction": "particle_fraction",
     "ood_score": "ood_score",
+    "outside_boxes": "outside_boxes",
     "detection_precision": "det_precision",
     "detection_recall": "det_recall",
     "detection_f1": "det_f1",

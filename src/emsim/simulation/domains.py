@@ -8,13 +8,20 @@ cell. Each label is split into its scene's particles (``instances``, with a ``pa
 Image ``i`` draws from
 ``numpy.random.default_rng([domain_seed, i])``, so images are independent of each other and of
 the shard layout.
+
+A domain whose ``structure_set`` is a mapping ``{set: proportion}`` (a mixture) takes image ``i``
+from structure ``i`` of the set :func:`mixture_sets` assigns to it: each split holds the proportions
+(largest remainder), in a seeded random order. Sets that differ only in their support share their
+particles, so a mixture over supports shows the same particles on different supports.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from emsim import data, io
@@ -50,10 +57,39 @@ def render_image(waves: ShardWaves, index: int, domain: dict, microscope: Micros
     return np.asarray(optics.crop_window(image, image_cfg.size_px), np.float32), metadata
 
 
+def mixture_sets(structure_set: str | dict, splits: dict, seed: int) -> list[str]:
+    """The structure set of each image of a domain (train, val, test in order): one set, or a mixture
+    ``{set: proportion}`` split in proportion within each split (largest remainder, ties to the
+    set first in name order) and shuffled with ``default_rng([seed, n_images, 1511])``."""
+    n_images = sum(splits.values())
+    if isinstance(structure_set, str):
+        return [structure_set] * n_images
+    names = sorted(structure_set)
+    weights = np.array([structure_set[n] for n in names], float)
+    rng = np.random.default_rng([seed, n_images, 1511])
+    assigned = []
+    for split in data.SPLITS:
+        exact = weights / weights.sum() * splits[split]
+        counts = np.floor(exact).astype(int)
+        counts[np.argsort(-(exact - counts), kind="stable")[: splits[split] - counts.sum()]] += 1
+        assigned += list(rng.permutation(np.repeat(names, counts)))
+    return [str(name) for name in assigned]
+
+
+def _scene_shards(scene_paths: list) -> dict[tuple[str, int], tuple[int, int]]:
+    """(structure set, structure index) -> (position in ``scene_paths``, index in that shard), from the files' attributes."""
+    where = {}
+    for number, path in enumerate(scene_paths):
+        with io.reading(path, "scenes file"), h5py.File(path, "r") as f:
+            name, indices = json.loads(f.attrs["structure_set"]), json.loads(f.attrs["indices"])
+        where |= {(name, index): (number, local) for local, index in enumerate(indices)}
+    return where
+
+
 def build_domain_dataset(
     params: dict, shard_paths: list[str | Path], scene_paths: list[str | Path], out: str | Path
 ) -> None:
-    """Render every image of a domain from its structure set's exit-wave shards, split each label
+    """Render every image of a domain from its structure sets' exit-wave shards, split each label
     into the particles of its scene (``scene_paths``, the same shards' scenes,
     :mod:`emsim.simulation.instances`) and write the dataset (``params``:
     :func:`emsim.study.config.domain_slice`, recorded in the file)."""
@@ -63,27 +99,30 @@ def build_domain_dataset(
         config.load_extension(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     microscope, image_cfg = Microscope.from_dict(params["microscope"]), Image.from_dict(params["image"])
-    n_images = sum(splits.values())
+    sets = mixture_sets(domain["structure_set"], splits, seed)
+    where = _scene_shards(scene_paths)
+    loaded: dict[str, tuple] = {}  # set -> (shard number, waves, scenes): one shard per set in memory
     images, labels, instance_maps, rows, table = [], [], [], [], []
-    for path, scene_path in zip(shard_paths, scene_paths):  # one shard's waves in memory at a time
-        if len(images) == n_images:
+    for index, name in enumerate(sets):
+        if (name, index) not in where:
             break
-        shard, scenes = ShardWaves.load(path), structures.load_scenes(scene_path)
-        for local in range(len(shard.labels)):
-            index = len(images)
-            if index == n_images:
-                break
-            rng = np.random.default_rng([seed, index])
-            image, metadata = render_image(shard, local, domain, microscope, image_cfg, rng)
-            images.append(image)
-            labels.append(shard.labels[local])
-            found, particles = instances.instance_map(scenes[local], shard.labels[local], image_cfg)
-            instance_maps.append(found)
-            table += [{"image": index, **particle} for particle in particles]
-            rows.append({"structure_index": index, "seed": seed, **metadata})
-        log.info("%s: %d/%d images", params["name"], len(images), n_images)
-    if len(images) < n_images:
-        raise ValueError(f"{params['name']}: the structure set has {len(images)} structures, splits need {n_images}")
+        number, local = where[(name, index)]
+        if loaded.get(name, (None,))[0] != number:
+            loaded[name] = (number, ShardWaves.load(shard_paths[number]), structures.load_scenes(scene_paths[number]))
+        _, shard, scenes = loaded[name]
+        rng = np.random.default_rng([seed, index])
+        image, metadata = render_image(shard, local, domain, microscope, image_cfg, rng)
+        images.append(image)
+        labels.append(shard.labels[local])
+        found, particles = instances.instance_map(scenes[local], shard.labels[local], image_cfg)
+        instance_maps.append(found)
+        table += [{"image": index, **particle} for particle in particles]
+        mixture = {"structure_set": np.bytes_(name)} if isinstance(domain["structure_set"], dict) else {}
+        rows.append({"structure_index": index, "seed": seed, **metadata} | mixture)
+        if (index + 1) % 64 == 0:
+            log.info("%s: %d/%d images", params["name"], index + 1, len(sets))
+    if len(images) < len(sets):
+        raise ValueError(f"{params['name']}: the structure sets have {len(images)} structures, splits need {len(sets)}")
     bounds = np.cumsum([0, splits["train"], splits["val"], splits["test"]])
     split_index = {name: np.arange(bounds[i], bounds[i + 1]) for i, name in enumerate(data.SPLITS)}
     meta = {key: np.array([row[key] for row in rows]) for key in rows[0]}

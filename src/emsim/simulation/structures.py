@@ -1,14 +1,15 @@
-"""Scenes: ASE nanoparticles (lattice, size, stacking faults, orientation) on amorphous carbon.
+"""Scenes: ASE nanoparticles (lattice, size, stacking faults, orientation) on a support
+(amorphous carbon by default; the kinds are in :mod:`emsim.simulation.supports`).
 
 Geometry of a scene (all lengths in Angstrom):
 
 - the cell is ``(L, L, Lz)``, periodic in x/y only; the beam travels along +z (down the column),
   so z = 0 is the entrance surface and "lowest" means largest z;
 - the particles lie on the beam-entrance side of the carbon: every particle's lowest atom sits
-  ``CONTACT_GAP_A`` above the carbon surface, so all particle atoms share one contiguous z-range
+  ``CONTACT_GAP_A`` above the support's top plane, so all particle atoms share one contiguous z-range
   ``[VACUUM_MARGIN_A, carbon_top - CONTACT_GAP_A]`` and the particle-only cell can be cut just
   below the lowest particle atom (no vacuum propagation after the particles);
-- the carbon slab follows, then ``VACUUM_MARGIN_A`` of vacuum.
+- the support slab follows, then ``VACUUM_MARGIN_A`` of vacuum.
 
 Stacking faults exist for wurtzite lattices only; other lattices record ``n_faults = 0``.
 """
@@ -27,22 +28,16 @@ import ase
 import h5py
 import numpy as np
 from ase.build import bulk
-from ase.data import atomic_masses, atomic_numbers
+from ase.data import atomic_numbers
 from ase.spacegroup import crystal
-from ase.units import _Nav
-from scipy.spatial import cKDTree
 
 from emsim.io import atomic_path, reading
+from emsim.simulation import supports
 
 logger = logging.getLogger(__name__)
 
 VACUUM_MARGIN_A = 2.0
 CONTACT_GAP_A = 2.0
-CARBON_MIN_DISTANCE_A = 1.4
-# Densest substrate the hard-core sampler fills (amorphous_carbon): it failed at 3.4 g/cm3 in a
-# 128 x 128 x 80 A cell and at 3.5 in 60 x 60 x 40 A (the limit falls with cell size); amorphous
-# carbon support films are 1.8-2.3 g/cm3.
-MAX_CARBON_DENSITY_G_CM3 = 3.0
 PLACEMENT_TRIES = 256
 PLACEMENT_RESTARTS = 20
 FILE_FORMAT = "emsim.scenes/1"
@@ -177,17 +172,9 @@ PARTICLES_SCHEMA = {
 }
 SUBSTRATE_SCHEMA = {
     "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "thickness_A": _RANGE | {"default": [20.0, 60.0]},
-        "density_g_cm3": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": MAX_CARBON_DENSITY_G_CM3,
-            "default": 2.0,
-        },
-    },
+    "properties": {"kind": {"enum": list(supports.SUPPORTS)}},
     "default": {},
+    "description": "the support under the particles; its keys depend on kind (emsim.simulation.supports)",
 }
 STRUCTURE_SET_SCHEMA = {
     "type": "object",
@@ -200,7 +187,8 @@ STRUCTURE_SET_SCHEMA = {
         "substrate": SUBSTRATE_SCHEMA,
     },
 }
-"""JSON schema of a structure set (validated by emsim.study.config): the only home of its defaults."""
+"""JSON schema of a structure set (validated by emsim.study.config, the substrate block by its kind's
+schema, :func:`emsim.simulation.supports.Support.schema`): the only home of its defaults."""
 
 
 def with_defaults(block: dict | None, schema: dict) -> dict:
@@ -304,16 +292,7 @@ def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.
     in-plane axis. ``random``: uniform random rotation (no zone axis).
     """
     if mode == "random":
-        q = rng.normal(size=4)
-        w, x, y, z = q / np.linalg.norm(q)
-        matrix = np.array(
-            [
-                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-            ]
-        )
-        return matrix, {"zone_axis": None, "inplane_deg": None, "mistilt_deg": None, "tilt_azimuth_deg": None}
+        return supports.random_rotation(rng), {"zone_axis": None, "inplane_deg": None, "mistilt_deg": None, "tilt_azimuth_deg": None}
     axes = ZONE_AXES[lattice.kind]
     label, uvw = axes[rng.integers(len(axes))]
     inplane_deg, tilt_deg, azimuth_deg = rng.uniform(0, 360), rng.uniform(0, mistilt_deg), rng.uniform(0, 360)
@@ -385,61 +364,16 @@ def _place_discs(radii_A: np.ndarray, cell_xy_A: float, min_gap_A: float, rng: n
     )
 
 
-# ---------------------------------------------------------------- carbon
-
-
-def _first_greedy(pairs: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the greedy independent set in index order (sequential hard-core acceptance), vectorised."""
-    state = np.zeros(n, np.int8)  # 0 undecided, 1 accepted, -1 rejected
-    low, high = pairs[:, 0], pairs[:, 1]
-    while True:
-        lost = high[state[low] == 1]
-        state[lost[state[lost] == 0]] = -1
-        blocked = np.zeros(n, bool)
-        blocked[high[state[low] >= 0]] = True
-        accept = (state == 0) & ~blocked
-        if not accept.any():
-            return np.flatnonzero(state == 1)
-        state[accept] = 1
-
-
-def amorphous_carbon(
-    cell_xy_A: float,
-    thickness_A: float,
-    density_g_cm3: float,
-    rng: np.random.Generator,
-    min_distance_A: float = CARBON_MIN_DISTANCE_A,
-) -> np.ndarray:
-    """Hard-core random carbon positions (N, 3) in [0, L)^2 x [0, thickness), periodic in x/y.
-
-    N = round(density x volume / carbon mass). Random sequential addition, vectorised: uniform
-    candidates are accepted in index order unless closer than ``min_distance_A`` (minimum image in
-    x/y) to an earlier accepted one; a first batch of 1.6 N candidates, then top-up batches tested
-    against the accepted atoms with a periodic k-d tree.
-    """
-    n_atoms = int(round(density_g_cm3 / atomic_masses[6] * _Nav * 1e-24 * cell_xy_A**2 * thickness_A))
-    box = np.array([cell_xy_A, cell_xy_A, thickness_A + 2 * min_distance_A])  # z padding: no wrap-around in z
-    positions = np.empty((0, 3))
-    for batch in range(50):
-        need = n_atoms - len(positions)
-        if need == 0:
-            return positions
-        n_candidates = int(need * (1.6 if batch == 0 else 6.0)) + 32
-        candidates = rng.random((n_candidates, 3)) * (cell_xy_A, cell_xy_A, thickness_A)
-        if len(positions):
-            distance, _ = cKDTree(positions, boxsize=box).query(candidates, distance_upper_bound=min_distance_A)
-            candidates = candidates[np.isinf(distance)]
-        pairs = cKDTree(candidates, boxsize=box, balanced_tree=False).query_pairs(min_distance_A, output_type="ndarray")
-        positions = np.vstack([positions, candidates[_first_greedy(pairs, len(candidates))[:need]]])
-    raise ValueError(f"substrate.density_g_cm3: {density_g_cm3} g/cm3 is too dense for a {min_distance_A} A hard core")
-
-
 # ---------------------------------------------------------------- scenes
 
 
 def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.random.Generator) -> Scene:
-    """One scene: ``particles.count`` particles placed with their gap, lying on a random-thickness carbon slab."""
-    p, s = with_defaults(particles, PARTICLES_SCHEMA), with_defaults(substrate, SUBSTRATE_SCHEMA)
+    """One scene: ``particles.count`` particles placed with their gap, lying on a support of random thickness.
+
+    The particles draw from ``rng`` first, the support after, so structure sets that differ only
+    in their ``substrate`` (same seed) share their particles atom for atom.
+    """
+    p = with_defaults(particles, PARTICLES_SCHEMA)
     lattice = LATTICES[p["lattice"]]
     if 2 * p["radius_A"][1] + p["min_gap_A"] > cell_xy_A:
         raise ValueError(
@@ -461,14 +395,15 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
         records.append(record | {"n_faults": n_faults, "rotation": matrix.tolist()})
     height_A = max((float(np.ptp(b[:, 2])) for b in bodies), default=0.0)
     bottom_A = VACUUM_MARGIN_A + height_A
-    carbon_top_A = bottom_A + CONTACT_GAP_A
-    thickness_A = float(rng.uniform(*s["thickness_A"]))
-    carbon = amorphous_carbon(cell_xy_A, thickness_A, s["density_g_cm3"], rng) + [0.0, 0.0, carbon_top_A]
+    support_top_A = bottom_A + CONTACT_GAP_A
+    support_numbers, support, facts = supports.build(substrate, cell_xy_A, rng)
+    thickness_A = facts.pop("thickness_A")
+    support = support + [0.0, 0.0, support_top_A]
     centres_A = [[float(x), float(y), float(bottom_A - b[:, 2].max())] for (x, y), b in zip(centres_xy, bodies)]
-    positions = np.vstack([b + c for b, c in zip(bodies, centres_A)] + [carbon]).astype(np.float32)
+    positions = np.vstack([b + c for b, c in zip(bodies, centres_A)] + [support]).astype(np.float32)
     positions[:, :2] %= np.float32(cell_xy_A)
     positions[:, :2][positions[:, :2] >= cell_xy_A] = 0.0  # float32 rounding of values just below L
-    numbers = np.concatenate(body_numbers + [np.full(len(carbon), 6)]).astype(np.uint8)
+    numbers = np.concatenate(body_numbers + [support_numbers]).astype(np.uint8)
     per_particle = {
         key: [r[key] for r in records]
         for key in ("zone_axis", "inplane_deg", "mistilt_deg", "tilt_azimuth_deg", "rotation", "n_faults")
@@ -483,16 +418,15 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
         "rotations": per_particle.pop("rotation"),
         **per_particle,
         "substrate_thickness_A": thickness_A,
-        "substrate_top_A": carbon_top_A,
-        "density_g_cm3": float(s["density_g_cm3"]),
-        "n_carbon": len(carbon),
+        "substrate_top_A": support_top_A,
+        **facts,
     }
-    n_particle_atoms = len(numbers) - len(carbon)
+    n_particle_atoms = len(numbers) - len(support)
     return Scene(
         numbers=numbers,
         positions_A=positions,
         is_particle=np.arange(len(numbers)) < n_particle_atoms,
-        cell_A=(float(cell_xy_A), float(cell_xy_A), carbon_top_A + thickness_A + VACUUM_MARGIN_A),
+        cell_A=(float(cell_xy_A), float(cell_xy_A), support_top_A + thickness_A + VACUUM_MARGIN_A),
         info=info,
     )
 
@@ -502,7 +436,7 @@ def build_structure_set(spec: dict, cell_xy_A: float, indices: range) -> list[Sc
     and records ``i`` as ``info["index"]``."""
     spec = with_defaults(spec, STRUCTURE_SET_SCHEMA)
     particles = with_defaults(spec["particles"], PARTICLES_SCHEMA)
-    substrate = with_defaults(spec["substrate"], SUBSTRATE_SCHEMA)
+    substrate = supports.with_defaults(spec["substrate"])
     n_structures = spec.get("n_structures")
     for i in indices:
         if i < 0 or (n_structures is not None and i >= n_structures):

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from emsim import micrographs
-from emsim.simulation import optics, phonons, shifts, structures
+from emsim.simulation import optics, phonons, shifts, structures, supports
 from emsim.study import methods, settings
 from emsim.study import schema as study_schema
 
@@ -47,7 +47,15 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 def domain_schema() -> dict:
     """Schema of one expanded domain: a structure set, an optional seed and any registered shifts."""
-    properties = {"structure_set": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}}
+    mixture = {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    }
+    properties = {
+        "structure_set": {"anyOf": [{"type": "string"}, mixture]},
+        "seed": {"type": "integer", "minimum": 0},
+    }
     properties |= {name: kind.schema() for name, kind in shifts.SHIFTS.items()}
     return {"type": "object", "additionalProperties": False, "required": ["structure_set"], "properties": properties}
 
@@ -94,6 +102,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     )  # the set's overrides
     for name, spec in study["structure_sets"].items():
         _validate(spec, set_schema, f"structure_sets.{name}")
+        _validate(spec["substrate"], supports.kind_of(spec["substrate"]).schema(), f"structure_sets.{name}.substrate")
         _check_ranges(spec, f"structure_sets.{name}")
     study["domains"] = _expand_block(study["domains"], "domains", study["limits"])
     for name, domain in study["domains"].items():
@@ -110,11 +119,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
             continue
         _validate(domain, domain_schema(), f"domains.{name}")
         domain["sweep"] = sweep
-        if domain["structure_set"] not in study["structure_sets"]:
-            raise ConfigError(
-                f"domains.{name}.structure_set: {domain['structure_set']!r} is not a structure set; "
-                f"defined: {', '.join(study['structure_sets'])}"
-            )
+        _check_mixture(domain["structure_set"], study["structure_sets"], f"domains.{name}.structure_set")
     study = settings.Study.from_dict(study)
     _check_image(study)
     _check_particles_fit(study)
@@ -124,6 +129,24 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     _check_experiments(study)
     _check_sizes(study)
     return study
+
+
+def domain_sets(domain: dict) -> dict[str, float]:
+    """The structure sets a simulated domain draws from, with their proportions (one set: proportion 1)."""
+    value = domain["structure_set"]
+    return {value: 1.0} if isinstance(value, str) else dict(value)
+
+
+def _check_mixture(value, structure_sets: dict, key: str) -> None:
+    """A domain's structure set: a defined set, or a mapping of defined sets to proportions summing to one."""
+    names = [value] if isinstance(value, str) else list(value)
+    for set_name in names:
+        if set_name not in structure_sets:
+            raise ConfigError(
+                f"{key}: {set_name!r} is not a structure set; defined: {', '.join(structure_sets)}"
+            )
+    if isinstance(value, dict) and abs(sum(value.values()) - 1) > 1e-6:
+        raise ConfigError(f"{key}: the proportions {value} sum to {sum(value.values()):g}, not 1")
 
 
 def load_extension(path: str | Path) -> None:
@@ -385,7 +408,6 @@ def _check_ranges(spec: dict, where: str) -> None:
         ("particles", "radius_A"),
         ("particles", "count"),
         ("particles", "stacking_faults"),
-        ("substrate", "thickness_A"),
     ):
         low, high = spec[block][key]
         if low > high:
@@ -425,12 +447,16 @@ def _check_particles_fit(study: settings.Study) -> None:
             structures.check_stacking_faults(particles)
         except ValueError as error:  # the message starts with its key
             raise ConfigError(f"structure_sets.{name}.{error}") from None
+        try:
+            supports.check(spec["substrate"], cell_A)
+        except ValueError as error:  # the message starts with its key
+            raise ConfigError(f"structure_sets.{name}.{error}") from None
 
 
 def _check_phonons(study: settings.Study) -> None:
-    """Every element of every structure set (and the carbon substrate) has a phonon sigma."""
+    """Every element of every structure set (particles and support) has a phonon sigma."""
     for name, spec in study.structure_sets.items():
-        symbols = [*structures.LATTICES[spec["particles"]["lattice"]].symbols, "C"]
+        symbols = [*structures.LATTICES[spec["particles"]["lattice"]].symbols, *supports.elements(spec["substrate"])]
         try:
             phonons.sigmas_A(symbols, study.simulation.phonon_sigma_A)
         except ValueError as error:
@@ -455,7 +481,7 @@ def _check_delocalisation(study: settings.Study) -> None:
             continue
         defocus_A = _largest_defocus_A(domain)
         if not sim.calibrate_zero_defocus:
-            defocus_A += 2 * study.structure_sets[domain["structure_set"]]["particles"]["radius_A"][1]
+            defocus_A += 2 * max(study.structure_sets[s]["particles"]["radius_A"][1] for s in domain_sets(domain))
         reach_A = optics.delocalisation_A(k_max, defocus_A, microscope.Cs_A, microscope.energy_eV)
         if reach_A > image.padding_A + 1e-9:
             needed = np.ceil(reach_A / image.pixel_size_A) * image.pixel_size_A

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emsim.progress import bar
-from emsim.study import experiments
+from emsim.study import config, experiments
 from emsim.study.settings import Study
 
 TRANSFER = "transfer"
@@ -247,11 +247,11 @@ def domain_facts(study: Study, domains: list[str]) -> pd.DataFrame:
     rows = {}
     for name in domains:
         domain = study.domains[name]
-        particles = study.structure_sets[domain["structure_set"]]["particles"]
+        lattices = {study.structure_sets[s]["particles"]["lattice"] for s in config.domain_sets(domain)}
         rows[name] = {
             "defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
             "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
-            "lattice": particles.get("lattice"),
+            "lattice": "+".join(sorted(lattices)),
         }
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
 
