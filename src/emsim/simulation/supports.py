@@ -10,15 +10,15 @@ scene shifts it under the particles) and is periodic in x/y with the cell. Kinds
 - ``graphene``: 1-n flat graphene layers ``interlayer_A`` apart, each with its own random in-plane
   rotation and shift (turbostratic); each layer is a commensurate supercell of the cell (strain
   under 2 %, recorded), so the layer has no seam at the cell edge; optional holes.
-- ``graphitic``: carbon-black / onion carbon: polyhedral graphitic onions (nested icosahedral
-  Goldberg shells, ``interlayer_A`` apart, outer radius drawn from ``onion_radius_A``, graphitic
+- ``graphitic``: carbon-black / onion carbon: graphitic onions (nested icosahedral Goldberg
+  shells, spherical or polyhedral, ``interlayer_A`` apart, outer radius drawn from ``onion_radius_A``, graphitic
   down to ``shell_thickness_A`` below the surface, hollow core), placed at random until they fill
   ``fill_fraction`` of the slab, clipped to it; a later onion is cut where it enters an earlier
   one. Edge-on facets give the (002) fringes (``interlayer_A``), face-on facets the (100) lattice.
 - ``silica``: amorphous SiO2 by a two-species hard-core sampler at the given density.
 
 Carbon-carbon distances: graphene C-C 1.42 A (a = 2.46 A); graphite (002) 3.354 A, turbostratic
-carbon 3.44 A (Franklin, Acta Cryst. 4 (1951) 253). Silica: vitreous SiO2 2.20 g/cm3, first-neighbour
+carbon up to 3.44 A (Franklin, Acta Cryst. 4 (1951) 253); the onions' default 3.40 A lies between. Silica: vitreous SiO2 2.20 g/cm3, first-neighbour
 Si-O 1.62 A, O-O 2.65 A, Si-Si 3.12 A (Mozzi & Warren, J. Appl. Cryst. 2 (1969) 164). A random
 hard-core packing cannot reach that density with those distances as hard cores: the sampler's cores
 (``SILICA_MIN_DISTANCE_A``: 1.45, 2.0, 2.4 A) are 10-23 % shorter, so the density, composition and
@@ -382,19 +382,30 @@ def _loeschian() -> tuple[np.ndarray, np.ndarray]:
     return hk, hk[:, 0] ** 2 + hk[:, 0] * hk[:, 1] + hk[:, 1] ** 2
 
 
-def goldberg_shell(inradius_A: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """A closed graphitic shell: the icosahedral Goldberg polyhedron whose face distance from the
-    centre is ``inradius_A``; (h, k) chosen so the graphene strain is smallest. Returns (positions, (h, k))."""
+def goldberg_shell(radius_A: float, shape: str = "spherical") -> tuple[np.ndarray, tuple[int, int]]:
+    """A closed graphitic shell from the icosahedral Goldberg polyhedron (h, k): graphene triangles
+    on the 20 faces, 12 pentagons at the vertices; (h, k) chosen so the graphene strain is smallest.
+
+    ``polyhedral``: flat facets whose distance from the centre is ``radius_A`` (graphitised
+    carbon). ``spherical``: every atom pushed radially onto the sphere of ``radius_A`` (the
+    polyhedron of the sphere's area; bonds then vary by about +-10 %), as in carbon onions and
+    carbon black. Returns (positions, (h, k)).
+    """
     hk, t = _loeschian()
-    edge_A = inradius_A / _ICOSAHEDRON_INRADIUS * 2
+    if shape == "polyhedral":
+        edge_A = 2 * radius_A / _ICOSAHEDRON_INRADIUS
+    else:  # 20 faces of side s have the sphere's area: 5 sqrt(3) s^2 = 4 pi r^2
+        edge_A = radius_A * np.sqrt(4 * np.pi / (5 * np.sqrt(3)))
     h, k = hk[np.argmin(np.abs(np.sqrt(t) * GRAPHENE_A - edge_A))]
     lam = _goldberg_face(int(h), int(k))
     vertices = _ICOSAHEDRON[_icosahedron_faces()] * (edge_A / 2)  # (20, 3 vertices, 3)
     v0, e1, e2 = vertices[:, 0], vertices[:, 1] - vertices[:, 0], vertices[:, 2] - vertices[:, 0]
     points = (v0[:, None] + lam[None, :, :1] * e1[:, None] + lam[None, :, 1:] * e2[:, None]).reshape(-1, 3)
     pairs = cKDTree(points).query_pairs(0.3, output_type="ndarray")  # atoms on shared edges
-    keep = np.setdiff1d(np.arange(len(points)), pairs[:, 1])
-    return points[keep], (int(h), int(k))
+    points = points[np.setdiff1d(np.arange(len(points)), pairs[:, 1])]
+    if shape == "spherical":
+        points *= radius_A / np.linalg.norm(points, axis=1, keepdims=True)
+    return points, (int(h), int(k))
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -426,7 +437,7 @@ def _build_graphitic(params, cell_xy_A, rng):
         centre = rng.random(3) * (cell_xy_A, cell_xy_A, thickness_A)
         rotation = random_rotation(rng)
         radii = radius - spacing * np.arange(int(min(depth, radius - spacing) // spacing) + 1)
-        shells = np.concatenate([goldberg_shell(r)[0] for r in radii]) @ rotation.T + centre
+        shells = np.concatenate([goldberg_shell(r, params["shape"])[0] for r in radii]) @ rotation.T + centre
         for earlier in onions:  # a later onion is cut where it enters an earlier one
             delta = _minimum_image(shells - earlier["centre_A"], cell_xy_A)
             shells = shells[np.einsum("ij,ij->i", delta, delta) > (earlier["radius_A"] + spacing / 2) ** 2]
@@ -519,7 +530,12 @@ SUPPORTS: dict[str, Support] = {
                 "onion_radius_A": _RANGE | {"default": [25.0, 50.0], "description": "outer shell radius range [A]"},
                 "shell_thickness_A": _RANGE
                 | {"default": [10.0, 25.0], "description": "depth of the graphitic shells below the surface [A]"},
-                "interlayer_A": _INTERLAYER | {"default": 3.44},
+                "interlayer_A": _INTERLAYER | {"default": 3.40},
+                "shape": {
+                    "enum": ["spherical", "polyhedral"],
+                    "default": "spherical",
+                    "description": "shell shape: carbon-black onions (spherical) or graphitised carbon (polyhedral)",
+                },
                 "fill_fraction": {
                     "type": "number",
                     "exclusiveMinimum": 0,
