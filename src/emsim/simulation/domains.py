@@ -43,6 +43,7 @@ def render_image(waves: ShardWaves, index: int, domain: dict, microscope: Micros
     for kind, kind_params in shifts.ordered(domain, "optics"):
         aberrations, values = kind.apply(aberrations, kind_params, rng, context)
         metadata |= values
+    aberrations.setdefault("C10_A", -zero_defocus_A)  # no defocus shift: at the calibrated zero defocus
     image = optics.image_from_waves(
         waves.waves[index],
         waves.sampling_A,
@@ -76,12 +77,16 @@ def mixture_sets(structure_set: str | dict, splits: dict, seed: int) -> list[str
     return [str(name) for name in assigned]
 
 
-def _scene_shards(scene_paths: list) -> dict[tuple[str, int], tuple[int, int]]:
-    """(structure set, structure index) -> (position in ``scene_paths``, index in that shard), from the files' attributes."""
+def _scene_shards(scene_paths: list, default_set: str | None) -> dict[tuple[str, int], tuple[int, int]]:
+    """(structure set, structure index) -> (position in ``scene_paths``, index in that shard), from each
+    file's ``structure_set`` attribute (else ``default_set``) and its scenes' recorded indices."""
     where = {}
     for number, path in enumerate(scene_paths):
         with io.reading(path, "scenes file"), h5py.File(path, "r") as f:
-            name, indices = json.loads(f.attrs["structure_set"]), json.loads(f.attrs["indices"])
+            name = json.loads(f.attrs["structure_set"]) if "structure_set" in f.attrs else default_set
+            indices = [json.loads(info)["index"] for info in f["info"].asstr()[:]]
+        if name is None:
+            raise ValueError(f"{path}: a mixture domain needs the scenes file's structure_set attribute")
         where |= {(name, index): (number, local) for local, index in enumerate(indices)}
     return where
 
@@ -100,7 +105,8 @@ def build_domain_dataset(
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     microscope, image_cfg = Microscope.from_dict(params["microscope"]), Image.from_dict(params["image"])
     sets = mixture_sets(domain["structure_set"], splits, seed)
-    where = _scene_shards(scene_paths)
+    single = domain["structure_set"] if isinstance(domain["structure_set"], str) else None
+    where = _scene_shards(scene_paths, single)
     loaded: dict[str, tuple] = {}  # set -> (shard number, waves, scenes): one shard per set in memory
     images, labels, instance_maps, rows, table = [], [], [], [], []
     for index, name in enumerate(sets):

@@ -8,11 +8,12 @@ scene shifts it under the particles) and is periodic in x/y with the cell. Kinds
 - ``holey``: the amorphous film with vacuum holes through it (discs of random radius until a given
   projected area fraction is open), as lacey/holey carbon grids.
 - ``graphene``: 1-n flat graphene layers ``interlayer_A`` apart, each with its own random in-plane
-  rotation and shift (turbostratic); each layer is a commensurate supercell of the cell (strain
-  under 2 %, recorded), so the layer has no seam at the cell edge; optional holes.
+  rotation and shift (turbostratic); each layer is a commensurate supercell of the cell, so it
+  has no seam at the cell edge (strain, recorded, at most 2.2 % from a 40 A cell, 1.4 % from 64 A,
+  0.8 % at 134 A, measured over rotations); optional holes.
 - ``graphitic``: carbon-black / onion carbon: graphitic onions (nested icosahedral Goldberg
-  shells, spherical or polyhedral, ``interlayer_A`` apart, outer radius drawn from ``onion_radius_A``, graphitic
-  down to ``shell_thickness_A`` below the surface, hollow core), placed at random until they fill
+  shells, spherical or polyhedral, ``interlayer_A`` apart, outer radius drawn from
+  ``onion_radius_A``, graphitic down to ``shell_thickness_A`` below the surface, hollow core), placed at random until they fill
   ``fill_fraction`` of the slab, clipped to it; a later onion is cut where it enters an earlier
   one. Edge-on facets give the (002) fringes (``interlayer_A``), face-on facets the (100) lattice.
 - ``silica``: amorphous SiO2 by a two-species hard-core sampler at the given density.
@@ -298,15 +299,19 @@ def honeycomb(n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
 def graphene_layer(cell_xy_A: float, angle_rad: float, shift: np.ndarray) -> tuple[np.ndarray, float]:
     """One graphene layer filling the periodic L x L cell at in-plane rotation ``angle_rad``.
 
-    The cell's edges are matched to the nearest graphene lattice vectors (a commensurate
-    supercell); the small affine strain that makes them exact is applied to every atom, so the
+    The cell's edges are matched to graphene lattice vectors next to them (a commensurate
+    supercell, the pair with the least strain; the rotation moves by up to a few degrees); the small affine strain that makes them exact is applied to every atom, so the
     layer is seamless across the cell edge. Returns (positions (N, 2), largest strain).
     """
     basis = np.array([[GRAPHENE_A, GRAPHENE_A / 2], [0.0, GRAPHENE_A * np.sqrt(3) / 2]])  # columns a1, a2
     c, s = np.cos(-angle_rad), np.sin(-angle_rad)
     edges = cell_xy_A * np.array([[c, -s], [s, c]])  # columns: the cell's x and y edges in the layer's frame
-    integer = np.round(np.linalg.solve(basis, edges))
-    supercell = basis @ integer
+    nearest = np.round(np.linalg.solve(basis, edges))
+    steps = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)]).T
+    candidates = [
+        basis @ np.column_stack([nearest[:, 0] + a, nearest[:, 1] + b]) for a in steps.T for b in steps.T
+    ]  # the lattice vectors next to each cell edge: the pair with the least strain
+    supercell = min(candidates, key=lambda c: np.abs(np.linalg.svd(cell_xy_A * np.linalg.inv(c), compute_uv=False) - 1).max())
     corners = supercell @ np.array([[0, 1, 0, 1], [0, 0, 1, 1]])
     low, high = np.floor(np.linalg.solve(basis, corners).min(1)) - 1, np.ceil(np.linalg.solve(basis, corners).max(1)) + 1
     n1, n2 = np.meshgrid(np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1), indexing="ij")
@@ -335,7 +340,7 @@ def _build_graphene(params, cell_xy_A, rng):
 def _check_graphene(params, cell_xy_A):
     _check_holes(params, cell_xy_A)
     if cell_xy_A < 40:
-        raise ValueError(f"substrate.kind: graphene needs a cell of at least 40 A to stay under 2 % strain ({cell_xy_A:g} A)")
+        raise ValueError(f"substrate.kind: graphene needs a cell of at least 40 A to stay under 2.5 % strain ({cell_xy_A:g} A)")
 
 
 # ---------------------------------------------------------------- graphitic onions
@@ -388,8 +393,8 @@ def goldberg_shell(radius_A: float, shape: str = "spherical") -> tuple[np.ndarra
 
     ``polyhedral``: flat facets whose distance from the centre is ``radius_A`` (graphitised
     carbon). ``spherical``: every atom pushed radially onto the sphere of ``radius_A`` (the
-    polyhedron of the sphere's area; bonds then vary by about +-10 %), as in carbon onions and
-    carbon black. Returns (positions, (h, k)).
+    polyhedron of the sphere's area), as in carbon onions and carbon black; bonds then have a
+    median of 1.44 A, 90 % within 1.22-1.55 A (compressed towards the pentagons; measured at 20-60 A). Returns (positions, (h, k)).
     """
     hk, t = _loeschian()
     if shape == "polyhedral":
