@@ -1,7 +1,9 @@
-"""Seconds per scene: 100 x 100 A cell, 30 A carbon, one 20 A radius CdSe particle.
+"""Seconds per scene: 100 x 100 A cell, 30 A carbon, one 20 A radius CdSe particle; then each support
+kind under the same particle in a 12.8 nm cell with a 20 nm thick support (target: 2 s on one core).
 
 Prints the cold first call (fresh process, after import), the warm mean over 10 calls, the carbon
-sampler alone, and a naive Python hard-core sampler (one point at a time, cell list) as baseline.
+sampler alone, a naive Python hard-core sampler (one point at a time, cell list) as baseline, and
+the mean of 3 scenes per support kind with its atom count.
 Run: ``PYTHONPATH=src python benchmarks/bench_scenes.py``.
 """
 
@@ -71,6 +73,19 @@ def main():
     print(f"build_scene warm mean of 10   {np.mean(warm_s):.3f} s (min {np.min(warm_s):.3f}, max {np.max(warm_s):.3f})")
     print(f"amorphous_carbon mean of 10   {np.mean(carbon_s):.3f} s")
     print(f"naive Python carbon sampler   {naive_s:.3f} s")
+    thick = {
+        "amorphous": {"thickness_A": [200, 200]},
+        "holey": {"kind": "holey", "thickness_A": [200, 200]},
+        "graphene": {"kind": "graphene", "layers": [50, 50]},
+        "graphitic": {"kind": "graphitic", "thickness_A": [200, 200]},
+        "graphitic, polyhedral": {"kind": "graphitic", "thickness_A": [200, 200], "shape": "polyhedral"},
+        "silica": {"kind": "silica", "thickness_A": [200, 200]},
+    }
+    print("support kinds, 128 x 128 A cell, 200 A thick (graphene: 50 layers, 164 A), one r=20 A CdSe:")
+    for name, substrate in thick.items():
+        scenes = [structures.build_scene(PARTICLES, substrate, 128.0, np.random.default_rng(i)) for i in range(1)]
+        times = [seconds(lambda: scenes.append(structures.build_scene(PARTICLES, substrate, 128.0, rng))) for _ in range(3)]
+        print(f"  {name:22s} {np.mean(times):.2f} s (max {np.max(times):.2f})  {len(scenes[-1].numbers)} atoms")
 
 
 if __name__ == "__main__":

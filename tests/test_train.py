@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emsim import data
-from emsim.learning import evaluate, train
+from emsim.learning import evaluate, models, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
 from emsim.study import config, experiments
@@ -361,3 +361,78 @@ def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp
     with pytest.raises(ValueError, match="training.augmentation: 'none' is not one of"):
         Training.from_dict({**asdict(CFG), "augmentation": "none"})
     assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))
+
+
+def flip_tensor_byte(path: Path, member: int = 0) -> None:
+    """Flip one byte inside the stored bytes of a tensor of a torch zip file (as a disk error would)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = [i for i in archive.infolist() if "/data/" in i.filename][member]
+    with open(path, "r+b") as raw:
+        raw.seek(info.header_offset + 26)
+        name_length, extra_length = np.frombuffer(raw.read(4), "<u2")
+        offset = info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size // 2
+        raw.seek(offset)
+        byte = raw.read(1)
+        raw.seek(offset)
+        raw.write(bytes([byte[0] ^ 0x40]))
+
+
+def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, tmp_path, caplog):
+    clean = tmp_path / "clean.pt"
+    train.pretrain(domains["a"], clean, CFG, LR, seed=3)
+    out = tmp_path / "m.pt"
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=stop)
+    flip_tensor_byte(Path(f"{out}.ckpt"), member=3)
+    epochs_run = []
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+        train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == [1, 2, 3]
+    assert f"discarded damaged checkpoint: checkpoint {out}.ckpt is damaged" in caplog.text
+    a, b = load_model(clean)[0].state_dict(), load_model(out)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "nan weights"])
+def test_damaged_finished_model_is_retrained_and_refused_by_readers(domains, tmp_path, caplog, damage):
+    out = tmp_path / "m.pt"
+    train.pretrain(domains["a"], out, CFG, LR, seed=4)
+    clean = load_model(out)[0].state_dict()
+    if damage == "flipped byte":
+        flip_tensor_byte(out, member=1)
+    else:
+        payload = torch.load(out, weights_only=True)
+        first = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+        payload["state_dict"][first][0] = float("nan")
+        payload["state_sha256"] = models.state_digest(payload["state_dict"])  # a sound file of NaN weights
+        torch.save(payload, out)
+    with pytest.raises(ValueError, match=f"{out}"):
+        load_model(out)
+    epochs_run = []
+    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"), train.shared_inputs():  # a batch job
+        train.pretrain(domains["a"], out, CFG, LR, seed=4, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+    assert epochs_run == [1, 2, 3] and f"retraining {out}" in caplog.text
+    assert all(torch.equal(clean[k], v) for k, v in load_model(out)[0].state_dict().items())
+
+
+def test_model_file_with_missing_or_misshaped_weights_names_the_file(domains, tmp_path):
+    out = tmp_path / "m.pt"
+    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=4)
+    payload = torch.load(out, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    for change in ("missing", "misshaped"):
+        state = dict(payload["state_dict"])
+        if change == "missing":
+            del state[name]
+        else:
+            state[name] = torch.zeros(3, 3)
+        torch.save(payload | {"state_dict": state, "state_sha256": models.state_digest(state)}, out)
+        with pytest.raises(ValueError, match=f"{out}: the weights do not fit"):
+            load_model(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import pickle
 import sys
 import textwrap
@@ -14,8 +15,37 @@ from pathlib import Path
 import numpy as np
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the argument (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(low: float | None = None, high: float | None = None, above: bool = False, integer: bool = False):
+    """An argparse type: a finite number (an integer if ``integer``) >= ``low`` (> if ``above``) and <= ``high``."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        too_low = low is not None and (value <= low if above else value < low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bounds = [f"{'>' if above else '>='} {low:g}"] if low is not None else []
+            bounds += [f"<= {high:g}"] if high is not None else []
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number {' and '.join(bounds)}".strip())
+        return value
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+PIXEL_SIZE_A = _number(1e-3, 1e5)  # 1 pm to 10 um per pixel
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emsim", description=__doc__)
+    parser = _Parser(prog="emsim", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="validate a study config and list its domains and models")
@@ -27,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     show = commands.add_parser("show", help="draw a montage of a dataset's images with label outlines")
     show.add_argument("file")
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
-    show.add_argument("-n", "--count", type=int, default=8)
+    show.add_argument("-n", "--count", type=_number(1, 10000, integer=True), default=8)
     show.add_argument("--split", default="train", choices=["train", "val", "test"])
 
     predict = commands.add_parser(
@@ -48,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("-o", "--output", required=True, help="folder for masks, maps and summary.csv")
     predict.add_argument("--device", default="auto")
     predict.add_argument(
-        "--pixel-size", type=float, help="pixel size in Å of the inputs (replaces what the files record)"
+        "--pixel-size", type=PIXEL_SIZE_A, help="pixel size in Å of the inputs (replaces what the files record)"
     )
     predict.add_argument(
         "--allow-rescale",
@@ -61,18 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         default="luminance",
         help="an image whose colour channels differ (burned-in annotations): read as luminance, or refuse it",
     )
-    predict.add_argument("--tile", type=int, default=512, help="tile size in px (multiple of 32)")
-    predict.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
-    predict.add_argument("--ood-threshold", type=float, help="replaces the models' OOD threshold")
+    predict.add_argument("--tile", type=_number(32, 8192, integer=True), default=512, help="tile size in px (multiple of 32)")
+    predict.add_argument("--batch", type=_number(1, 4096, integer=True), default=8, help="tiles per forward pass")
+    predict.add_argument("--ood-threshold", type=_number(0, above=True), help="replaces the models' OOD threshold")
     predict.add_argument(
-        "--min-area-nm2", type=float, help="smaller predicted particles are dropped [nm^2] (default 1)"
+        "--max-memory-GB",
+        type=_number(0, above=True),
+        default=8.0,
+        help="refuse an image whose estimated memory is larger (default 8)",
+    )
+    predict.add_argument(
+        "--min-area-nm2", type=_number(0), help="smaller predicted particles are dropped [nm^2] (default 1)"
     )
     predict.add_argument(
         "--no-split", action="store_true", help="keep touching particles together (no watershed split)"
     )
     predict.add_argument(
         "--min-depth-px",
-        type=float,
+        type=_number(0, above=True),
         help="a neck this much narrower than both particles' centres (distance to background, px) splits them "
         "(default 2)",
     )
@@ -86,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         help="read defocus, dose and pixel size off micrographs (Thon rings, counts) and write the matching domain",
     )
     match.add_argument("files", nargs="+", help="single-image micrograph files (any format emsim predict reads)")
-    match.add_argument("--energy-kV", type=float, default=300.0, help="acceleration voltage (default 300)")
-    match.add_argument("--Cs-mm", type=float, default=0.0, help="spherical aberration [mm] (default 0: corrected)")
-    match.add_argument("--pixel-size", type=float, help="pixel size in Å (replaces the files' own)")
+    match.add_argument("--energy-kV", type=_number(1, 3000), default=300.0, help="acceleration voltage (default 300)")
+    match.add_argument("--Cs-mm", type=_number(-100, 100), default=0.0, help="spherical aberration [mm] (default 0: corrected)")
+    match.add_argument("--pixel-size", type=PIXEL_SIZE_A, help="pixel size in Å (replaces the files' own)")
     match.add_argument(
-        "--spacing-A", type=float, help="a lattice spacing that shows in the images (e.g. 3.35): gives the pixel size"
+        "--spacing-A", type=_number(0.5, 100), help="a lattice spacing that shows in the images (e.g. 3.35): gives the pixel size"
     )
-    match.add_argument("--counts-per-electron", type=float, help="the camera's conversion (else: noise-floor estimate)")
+    match.add_argument("--counts-per-electron", type=_number(0, above=True), help="the camera's conversion (else: noise-floor estimate)")
     match.add_argument("-o", "--output", help="YAML file for the matched domain (default: print it)")
     match.add_argument("--plots", help="folder for one PNG per file: measured and fitted Thon rings")
     match.add_argument("--study", help="a study config: name its simulated domains nearest to the files")
@@ -102,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "ood", help="OOD score against measured loss on every evaluated (model, domain) pair; a calibrated threshold"
     )
     ood.add_argument("results", help="a study's results folder")
-    ood.add_argument("--loss-ratio", type=float, default=1.5, help="a pair is degraded above this x its in-domain loss")
+    ood.add_argument("--loss-ratio", type=_number(0, above=True), default=1.5, help="a pair is degraded above this x its in-domain loss")
     ood.add_argument("-o", "--output", help="also write everything as JSON here")
     ood.add_argument("--figure", help="also draw score vs loss and shift gap to FIGURE.png/.svg")
 
@@ -155,6 +191,7 @@ def _info(args) -> int:
     from emsim import data, io
     from emsim.progress import bar
 
+    n_arrays = data.verify(args.file)
     attrs = data.read_attrs(args.file)
     meta = data.read_meta(args.file)
     with data.open_dataset(args.file) as f, io.reading(args.file, "dataset"):
@@ -179,12 +216,14 @@ def _info(args) -> int:
         print(f"  {key}: min {values.min():.4g}, mean {values.mean():.4g}, max {values.max():.4g}")
     for file in attrs.get("files", []):
         print(f"  file {file['path']}: {file['split']}, {file['pixel_size_A']:.4g} Å/px, sha256 {file['sha256'][:12]}")
-    domain = attrs["config"].get("domain") or attrs["config"].get("micrographs")
+    domain = attrs.get("config", {}).get("domain") or attrs.get("config", {}).get("micrographs") or {}
     print(f"  config: {json.dumps({k: v for k, v in domain.items() if k != 'files'}, sort_keys=True)}")
-    print(
-        f"  provenance: emsim {attrs['provenance']['emsim']}, "
-        + ", ".join(f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v)
-    )
+    if "provenance" in attrs:
+        print(
+            f"  provenance: emsim {attrs['provenance']['emsim']}, "
+            + ", ".join(f"{k} {v}" for k, v in attrs["provenance"]["packages"].items() if v)
+        )
+    print(f"  integrity: all {n_arrays} arrays read, checksums verified")
     return 0
 
 
@@ -225,6 +264,7 @@ def _predict(args) -> int:
         allow_rescale=args.allow_rescale,
         colour=args.colour,
         instances=instances,
+        max_memory_GB=args.max_memory_GB,
     )
     failed = [r for r in results if r.get("status") != "ok"]
     for r in results:

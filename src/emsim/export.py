@@ -8,6 +8,8 @@ are stored as JSON in the model's ``emsim_meta`` metadata property.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import warnings
@@ -32,7 +34,7 @@ def export_onnx(models: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     ensemble, metas, paths = load_ensemble(models, "cpu")
     example = torch.zeros(1, 1, EXAMPLE_PX, EXAMPLE_PX)
     axes = {0: "batch", 2: "height", 3: "width"}
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings(), _naming(out, tmp):
         warnings.simplefilter("ignore")  # tracer and legacy-exporter notices
         torch.onnx.export(
             ensemble,
@@ -50,6 +52,16 @@ def export_onnx(models: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         onnx.save(graph, str(tmp))
         check(ensemble, tmp)
     return paths
+
+
+@contextlib.contextmanager
+def _naming(out, tmp):
+    """Errors of the export or its check name the output file, not the temporary one beside it."""
+    try:
+        yield
+    except Exception as error:
+        message = str(error).replace(str(tmp), str(out))
+        raise ValueError(f"{out}: the ONNX export failed ({type(error).__name__}: {message})") from error
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):

@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 MIN_SIZE_PX = DOWNSAMPLING  # after resampling: the U-Net's bottleneck is 1 px
 PIXEL_TOLERANCE = 0.02  # relative pixel-size mismatch tolerated without resampling
 MAX_RESCALE = 4.0  # larger scale mismatches between an input and the models stop that input (--allow-rescale)
+# Peak memory per pixel, measured as the arrays segment() holds: at the input's pixels (image, probability,
+# uncertainty, mask, particle labels, maps resampled back) and at the models' pixels (resampled image,
+# probability, tile weights)
+BYTES_PER_INPUT_PX = 40
+BYTES_PER_MODEL_PX = 24
+MAX_MEMORY_GB = 8.0  # an image whose estimate is larger is refused (--max-memory-GB)
 UNCERTAIN_BITS = 0.5  # entropy above which a pixel counts as uncertain (p in about 0.11-0.89)
 OVERLAY_TINT = np.array([255, 140, 0], np.float32)  # orange tint inside particles
 OUTLINE = np.array([0, 230, 255], np.uint8)  # cyan outline
@@ -171,6 +177,7 @@ def predict_files(
     allow_rescale: bool = False,
     colour: str = "luminance",
     instances: Instances | None = None,
+    max_memory_GB: float = MAX_MEMORY_GB,
 ) -> list[dict]:
     """Segment every image of ``inputs`` with the ensemble of ``models`` (paths or globs).
 
@@ -181,8 +188,9 @@ def predict_files(
     none); an input more than ``MAX_RESCALE`` times off the models' pixel size fails unless
     ``allow_rescale``; ``colour`` is the colour rule of :func:`emsim.readers.read_images`;
     ``ood_threshold`` replaces the models' own; ``instances`` sets how particles are cut (default:
-    the schema's); ``progress`` shows a bar over the inputs when stderr is a terminal."""
-    for name, value in (("pixel_size_A", pixel_size_A), ("ood_threshold", ood_threshold)):
+    the schema's); an image whose estimated memory exceeds ``max_memory_GB`` is refused before it
+    is resampled or segmented; ``progress`` shows a bar over the inputs when stderr is a terminal."""
+    for name, value in (("pixel_size_A", pixel_size_A), ("ood_threshold", ood_threshold), ("max_memory_GB", max_memory_GB)):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
     instances = Instances.with_defaults() if instances is None else instances
@@ -227,6 +235,7 @@ def predict_files(
                     instances,
                     progress,
                     allow_rescale,
+                    max_memory_GB,
                 )
             except ValueError as error:
                 logger.error("%s", error)
@@ -296,11 +305,12 @@ def segment(
     instances: Instances,
     progress: bool = False,
     allow_rescale: bool = False,
+    max_memory_GB: float = MAX_MEMORY_GB,
 ) -> dict:
     """Probability, uncertainty, mask, particles (``instances``) and OOD score of one raw image;
-    ValueError naming ``where`` for a NaN, constant or too small image or a missing pixel size
-    or a scale mismatch beyond ``MAX_RESCALE`` (unless ``allow_rescale``) (``progress``: a bar over
-    the tile batches, see :func:`tiled_probability`)."""
+    ValueError naming ``where`` for a NaN, constant or too small image, a missing pixel size, a
+    scale mismatch beyond ``MAX_RESCALE`` (unless ``allow_rescale``) or an estimated memory above
+    ``max_memory_GB`` (``progress``: a bar over the tile batches, see :func:`tiled_probability`)."""
     if not np.isfinite(image).all():
         raise ValueError(f"{where}: image contains NaN or infinite values")
     if image.min() == image.max():
@@ -320,8 +330,14 @@ def segment(
                 f"(more than {MAX_RESCALE:g}x); if the file's calibration is wrong give --pixel-size, "
                 "to resample anyway give --allow-rescale"
             )
-    if model_pixel_size_A is not None and abs(pixel_size_A / model_pixel_size_A - 1) > PIXEL_TOLERANCE:
-        factor = pixel_size_A / model_pixel_size_A
+    factor = 1.0 if model_pixel_size_A is None else pixel_size_A / model_pixel_size_A
+    needed_GB = (BYTES_PER_INPUT_PX * h * w + BYTES_PER_MODEL_PX * round(h * factor) * round(w * factor)) / 1e9
+    if needed_GB > max_memory_GB:
+        raise ValueError(
+            f"{where}: segmenting this {h}x{w} px image at the models' pixel size needs about {needed_GB:.1f} GB "
+            f"(limit {max_memory_GB:g} GB); crop or bin it, or raise --max-memory-GB"
+        )
+    if model_pixel_size_A is not None and abs(factor - 1) > PIXEL_TOLERANCE:
         scaled, resampled = resample(image, (round(h * factor), round(w * factor))), True
     if min(scaled.shape) < MIN_SIZE_PX:
         raise ValueError(

@@ -11,6 +11,7 @@ class count, attention, auxiliary classifier, input skip) gives that number exac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -212,13 +213,54 @@ def _json_default(value):
     raise TypeError(f"model meta value of type {type(value).__name__} is not JSON-serialisable")
 
 
-def save_model(path: str | os.PathLike, model: UNet, *, meta: dict) -> None:
-    """Write ``{"emsim_model": version, "state_dict", "model_config", "meta"}`` atomically.
+def state_digest(state) -> str:
+    """sha256 over a (nested) state: every tensor's name, dtype, shape and bytes, other values by
+    their JSON text, mappings in key order. The integrity check of model files and checkpoints."""
+    h = hashlib.sha256()
 
-    ``meta`` must be JSON-serialisable (numpy scalars and paths are converted)."""
+    def walk(value, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk(value[key], f"{name}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}/{i}")
+        else:
+            h.update(f"{name}={json.dumps(value, default=str)}".encode())
+
+    walk(state, "")
+    return h.hexdigest()
+
+
+def check_state(state: dict, digest: str | None, what: str) -> None:
+    """Raise ValueError naming ``what`` if ``state`` does not match its stored ``digest`` or holds a
+    non-finite floating-point weight (a missing digest: a file from before checksums, accepted)."""
+    if digest is not None and state_digest(state) != digest:
+        raise ValueError(f"{what} is damaged: its weights do not match the checksum stored with them")
+    weights = state.get("state_dict", state) if isinstance(state, dict) else state
+    bad = [
+        name
+        for name, tensor in weights.items()
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        raise ValueError(f"{what} holds NaN or infinite weights in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+
+
+def save_model(path: str | os.PathLike, model: UNet, *, meta: dict) -> None:
+    """Write ``{"emsim_model": version, "state_dict", "state_sha256", "model_config", "meta"}`` atomically.
+
+    ``meta`` must be JSON-serialisable (numpy scalars and paths are converted); ``state_sha256``
+    (:func:`state_digest` of the weights) is verified by every reader."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "emsim_model": FORMAT_VERSION,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "state_sha256": state_digest(state),
         "model_config": dict(model.config),
         "meta": json.loads(json.dumps(meta, default=_json_default)),
     }
@@ -226,24 +268,37 @@ def save_model(path: str | os.PathLike, model: UNet, *, meta: dict) -> None:
         torch.save(payload, tmp)
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict]:
-    """Load a model written by :func:`save_model`; returns ``(model in eval mode, meta)``.
-
-    Raises ValueError naming the file if it is not an emsim model file."""
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The verified payload of a model file: ValueError naming the file if it is not an emsim model
+    file of this format, is damaged (checksum) or holds non-finite weights."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:
         raise ValueError(f"{path} is not an emsim model file ({error.__class__.__name__})") from error
-    if not isinstance(payload, dict) or "emsim_model" not in payload:
+    if not isinstance(payload, dict) or "emsim_model" not in payload or not isinstance(payload.get("state_dict"), dict):
         raise ValueError(f"{path} is not an emsim model file (no 'emsim_model' key)")
     if payload["emsim_model"] != FORMAT_VERSION:
         raise ValueError(
             f"{path}: emsim model format {payload['emsim_model']} is not supported (expected {FORMAT_VERSION})"
         )
-    model = UNet(**payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
+    check_state(payload["state_dict"], payload.get("state_sha256"), f"model file {path}")
+    return payload
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, dict]:
+    """Load a model written by :func:`save_model`; returns ``(model in eval mode, meta)``.
+
+    Raises ValueError naming the file if it is not an emsim model file, is damaged or its weights
+    do not fit the model it describes."""
+    payload = read_model_file(path)
+    try:
+        model = UNet(**payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{path}: the weights do not fit the model the file describes ({first})") from None
     return model.to(map_location).eval(), payload["meta"]
 
 

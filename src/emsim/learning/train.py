@@ -64,7 +64,16 @@ from emsim import data, io
 from emsim.learning import ood
 from emsim.learning.methods import Method
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
-from emsim.learning.models import FORMAT_VERSION, UNet, count_parameters, load_model, resolve_device, save_model
+from emsim.learning.models import (
+    UNet,
+    check_state,
+    count_parameters,
+    load_model,
+    read_model_file,
+    resolve_device,
+    save_model,
+    state_digest,
+)
 from emsim.study import methods as method_specs
 from emsim.study.settings import EarlyStopping, Training
 
@@ -72,7 +81,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "transfer", "baseline")
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4  # 4: with a checksum of the whole state
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -556,17 +565,15 @@ def _switch(value, device: torch.device) -> bool:
 
 
 def _finished(out: Path, run: dict) -> dict | None:
-    """The meta of ``out`` if it is a current-format model file written by ``run``, else None
-    (a file of an older format, another run or changed inputs is trained again, and the log says why)."""
+    """The meta of ``out`` if it is a sound current-format model file written by ``run``, else None
+    (a damaged file, one of an older format, another run or changed inputs is trained again, and
+    the log says why)."""
     if not out.exists():
         return None
     try:
-        payload = torch.load(out, map_location="cpu", weights_only=True)
-    except Exception as error:
-        logger.warning("retraining %s: unreadable (%s)", out, error.__class__.__name__)
-        return None
-    if not isinstance(payload, dict) or payload.get("emsim_model") != FORMAT_VERSION:
-        logger.warning("retraining %s: not an emsim model file of format %d", out, FORMAT_VERSION)
+        payload = read_model_file(out)
+    except ValueError as error:
+        logger.warning("retraining %s: %s", out, error)
         return None
     meta = payload.get("meta") or {}
     expected = json.loads(json.dumps(run, default=str))
@@ -600,18 +607,17 @@ def _train_loss(step, train_x, train_y, order, ops, training: Training, stage: s
 
 
 def _save_checkpoint(path: Path, run: dict, model: UNet, optimizer, history: list, best: dict) -> None:
+    """Write the resumable state with ``sha256`` (:func:`state_digest` of all of it) atomically."""
+    state = {
+        "emsim_checkpoint": CHECKPOINT_VERSION,
+        "run": run,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "best": best,
+    }
     with io.atomic_path(path) as tmp:
-        torch.save(
-            {
-                "emsim_checkpoint": CHECKPOINT_VERSION,
-                "run": run,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-                "best": best,
-            },
-            tmp,
-        )
+        torch.save(state | {"sha256": state_digest(state)}, tmp)
 
 
 def _save_best(
@@ -661,6 +667,15 @@ def _load_checkpoint(path: Path, run: dict, device: torch.device) -> dict | None
         return None
     if not isinstance(state, dict) or state.get("emsim_checkpoint") != CHECKPOINT_VERSION:
         logger.warning("ignoring checkpoint %s: not a version %d emsim checkpoint", path, CHECKPOINT_VERSION)
+        return None
+    digest = state.pop("sha256", None)
+    try:
+        if digest is None:
+            raise ValueError(f"checkpoint {path} carries no checksum")
+        check_state(state, digest, f"checkpoint {path}")
+        check_state(state["model"], None, f"checkpoint {path}")
+    except ValueError as error:
+        logger.warning("discarded damaged checkpoint: %s; training restarts from the first epoch", error)
         return None
     old = state.get("run") or {}
     if old == run:

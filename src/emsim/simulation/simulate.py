@@ -136,12 +136,17 @@ def check_device(device: str) -> str:
 
 
 def load_fftw_wisdom(path: str | Path) -> bool:
-    """Import FFTW wisdom saved by ``save_fftw_wisdom``; False if ``path`` does not exist."""
+    """Import FFTW wisdom saved by ``save_fftw_wisdom``; False if ``path`` does not exist or is
+    damaged (a warning names it; FFTW then plans afresh)."""
     path = Path(path)
     if not path.exists():
         return False
-    with np.load(path, allow_pickle=False) as data:
-        pyfftw.import_wisdom(tuple(data[key].tobytes() for key in ("double", "single", "long")))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pyfftw.import_wisdom(tuple(data[key].tobytes() for key in ("double", "single", "long")))
+    except Exception as error:  # damaged: plan afresh (the file is rewritten by save_fftw_wisdom)
+        log.warning("ignoring damaged FFTW wisdom file %s (%s: %s); planning afresh", path, type(error).__name__, error)
+        return False
     return True
 
 

@@ -21,6 +21,7 @@ import fnmatch
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ class ConfigError(ValueError):
 
 
 UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
+MAX_NAME_CHARS = 120  # names become parts of file names (file systems take 255 bytes)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
 
@@ -254,16 +256,36 @@ def _extension_path(base_dir, path):
     return os.path.relpath(Path(base_dir) / path)
 
 
+MAX_DEPTH = 32  # nesting of mappings and lists in a study config
+
+
 def _read(source) -> dict:
+    """The study as a mapping with text keys, nested at most ``MAX_DEPTH`` deep (UTF-8 or UTF-16/32 with a BOM)."""
     if isinstance(source, dict):
-        return source
-    path = Path(source)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read the study config ({error})") from None
+        data, where = source, "the study config"
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_bytes())  # PyYAML detects UTF-16/32 by their byte-order mark
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the study config ({error})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: the study config is nested too deeply to read") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the study config must be a mapping")
+        raise ConfigError(f"{where}: the study config must be a mapping")
+    stack = [(data, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{key or '<top level>'}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if not isinstance(name, str):
+                    raise ConfigError(f"{key + '.' if key else ''}{name!r}: keys must be text, not {type(name).__name__}")
+                stack.append((item, f"{key}.{name}" if key else name, depth + 1))
+        elif isinstance(value, list):
+            stack += [(item, f"{key}[{i}]", depth + 1) for i, item in enumerate(value)]
     return data
 
 
@@ -284,6 +306,12 @@ def _validate(instance: dict, schema: dict, where: str) -> None:
         message = error.message
         if error.validator == "type" and _looks_numeric(error.instance):
             message += " (YAML reads exponents without a sign as text: write e.g. 1.2e+7 instead of 1.2e7)"
+        if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
+            message = f"{error.instance} is not allowed: every number must be finite"
+        if error.validator == "uniqueItems":
+            seen = []
+            repeated = next(item for item in error.instance if item in seen or seen.append(item))
+            message = f"{repeated!r} is listed twice"
         if error.validator == "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed keys: {', '.join(allowed)}"
@@ -390,6 +418,8 @@ def _expand_block(block: dict, where: str, limits: dict) -> dict:
                 raise ConfigError(
                     f"{where}.{template}: name field {error} is not a swept key; swept: {', '.join(fields) or 'none'}"
                 ) from None
+            except ValueError as error:  # unbalanced braces
+                raise ConfigError(f"{where}.{template}: not a name template ({error})") from None
             if found and name == template:
                 raise ConfigError(
                     f"{where}.{template}: an entry with sweeps needs a name template such as '{template}{{{fields[0]}}}'"
@@ -415,6 +445,9 @@ def _check_ranges(spec: dict, where: str) -> None:
 
 
 def _check_image(study: settings.Study) -> None:
+    low, high = study.simulation.zero_defocus_search_A
+    if low >= high:
+        raise ConfigError(f"simulation.zero_defocus_search_A: min {low} is not below max {high}")
     image, sampling = study.image, study.simulation.sampling_A
     for key, length in (("pixel_size_A", image.pixel_size_A), ("padding_A", image.padding_A)):
         ratio = length / sampling
@@ -517,7 +550,9 @@ def _check_splits(study: settings.Study) -> None:
 
 
 def _check_name(name, key: str, swept: bool = False) -> None:
-    """Names become file and folder names: letters, digits, ``_ . = -``; no ``..``."""
+    """Names become file and folder names: letters, digits, ``_ . = -``; no ``..``; at most ``MAX_NAME_CHARS``."""
+    if isinstance(name, str) and len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{key}: the name {name[:40]}... is {len(name)} characters long; at most {MAX_NAME_CHARS}")
     if isinstance(name, str) and SAFE_NAME.fullmatch(name) and ".." not in name:
         return
     hint = " (choose labels with a {values: {label: value}} sweep)" if swept else ""

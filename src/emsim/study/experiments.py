@@ -19,6 +19,7 @@ size; pretraining batches are study-wide per source (experiments share pretraine
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 
 from emsim.study import config as config_module
@@ -64,9 +65,25 @@ class Experiment:
         return [m for group in self.groups.values() for m in group]
 
 
+MAX_NAME_BYTES = 200  # one file name (file systems take 255; checkpoints and temporaries add suffixes)
+MAX_PATH_BYTES = 1000  # a whole result path, relative to the working directory
+
+
 def expand(study: Study) -> dict[str, Experiment]:
-    """Every experiment of a validated study, grid expanded."""
-    return {name: _expand_one(study, name, spec) for name, spec in study.experiments.items()}
+    """Every experiment of a validated study, grid expanded; ConfigError if a generated file name
+    is longer than file systems take (``MAX_NAME_BYTES``, ``MAX_PATH_BYTES``), showing the longest."""
+    expanded = {name: _expand_one(study, name, spec) for name, spec in study.experiments.items()}
+    for name, experiment in expanded.items():
+        paths = [m.path for m in experiment.models] + [d for m in experiment.models for d in m.datasets]
+        longest = max(paths, key=lambda p: max(len(os.fsencode(part)) for part in p.split("/")), default=None)
+        part = max(longest.split("/"), key=lambda p: len(os.fsencode(p))) if longest else ""
+        if len(os.fsencode(part)) > MAX_NAME_BYTES or any(len(os.fsencode(p)) > MAX_PATH_BYTES for p in paths):
+            raise config_module.ConfigError(
+                f"experiments.{name}: generated file names are too long for file systems (at most "
+                f"{MAX_NAME_BYTES} bytes per name, {MAX_PATH_BYTES} per path), e.g. {longest} "
+                f"({len(os.fsencode(part))} bytes in one name); shorten the domain names or method labels"
+            )
+    return expanded
 
 
 def all_models(study: Study) -> dict[str, ModelSpec]:

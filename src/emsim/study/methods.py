@@ -11,6 +11,8 @@ Block groups, from the head towards the input (:data:`GROUPS`): ``head`` (the se
 
 from __future__ import annotations
 
+import math
+
 GROUPS = ("head", "decoder", "layer4", "layer3", "layer2", "layer1", "stem")
 PARAMS = {
     "finetune": {"adabn": False},
@@ -42,7 +44,7 @@ def resolve(entry, key: str, epochs: int, width: float) -> dict:
     if not isinstance(entry, dict) or "method" not in entry:
         raise ValueError(f"{key}: {entry!r} is neither a method name nor a mapping with a 'method' key")
     name = entry["method"]
-    if name not in PARAMS:
+    if not isinstance(name, str) or name not in PARAMS:
         raise ValueError(f"{key}.method: unknown method {name!r}; allowed: {', '.join(PARAMS)}")
     defaults = PARAMS[name]
     for param in entry:
@@ -58,7 +60,7 @@ def _check(method: dict, key: str, epochs: int, width: float) -> None:
     def number(param, low, high=None, integer=False):
         value = method[param]
         kind = int if integer else (int, float)
-        ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low
+        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and value >= low
         if not ok or (high is not None and value > high):
             bounds = f"{low}..{high}" if high is not None else f">= {low}"
             raise ValueError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from importlib import resources
 
 import jsonschema
@@ -35,8 +36,14 @@ def _fill_defaults(validator, properties, instance, schema):
 Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
     {"properties": _fill_defaults},
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {
+            "integer": lambda checker, value: isinstance(value, int) and not isinstance(value, bool),
+            "number": lambda checker, value: isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value),
+        }
     ),
 )
-"""Draft 2020-12 validator that fills each missing key's ``default`` as it validates; bools are not integers."""
+"""Draft 2020-12 validator that fills each missing key's ``default`` as it validates; bools are not
+integers, and NaN and infinity are not numbers."""
