@@ -84,7 +84,9 @@ def main():
     print("support kinds, 128 x 128 A cell, 200 A thick (graphene: 50 layers, 164 A), one r=20 A CdSe:")
     for name, substrate in thick.items():
         scenes = [structures.build_scene(PARTICLES, substrate, 128.0, np.random.default_rng(i)) for i in range(1)]
-        times = [seconds(lambda: scenes.append(structures.build_scene(PARTICLES, substrate, 128.0, rng))) for _ in range(3)]
+        times = [
+            seconds(lambda: scenes.append(structures.build_scene(PARTICLES, substrate, 128.0, rng))) for _ in range(3)
+        ]
         print(f"  {name:22s} {np.mean(times):.2f} s (max {np.max(times):.2f})  {len(scenes[-1].numbers)} atoms")
 
 

@@ -100,8 +100,14 @@ def test_mixture_domain_draws_each_split_in_proportion_with_shared_particles(tmp
         scene_paths.append(tmp_path / f"{name}_scenes.h5")
         structures.save_scenes(scene_paths[-1], scenes, {"structure_set": name, "indices": list(range(6))})
         shard = simulate.simulate_shard(
-            scenes, range(6), study.simulation, study.microscope.energy_eV, study.image,
-            config.set_labels(study, name), seed=spec["seed"], microscope=study.microscope,
+            scenes,
+            range(6),
+            study.simulation,
+            study.microscope.energy_eV,
+            study.image,
+            config.set_labels(study, name),
+            seed=spec["seed"],
+            microscope=study.microscope,
         )
         waves.append(tmp_path / f"{name}_waves.h5")
         shard.save(waves[-1], {"structure_set": name})

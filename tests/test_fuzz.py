@@ -21,7 +21,12 @@ from emsim.study import config, experiments
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared/data/micrographs"
 SHIPPED = ["test", "config", "validation", "ood", "real", "paper"]
-FUZZ = settings(max_examples=int(os.environ.get("EMSIM_FUZZ_EXAMPLES", 40)), deadline=5000, suppress_health_check=[HealthCheck.too_slow], derandomize="EMSIM_FUZZ_EXAMPLES" not in os.environ)
+FUZZ = settings(
+    max_examples=int(os.environ.get("EMSIM_FUZZ_EXAMPLES", 40)),
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize="EMSIM_FUZZ_EXAMPLES" not in os.environ,
+)
 
 leaves = (
     st.none()
@@ -47,7 +52,11 @@ def load_or_config_error(raw: dict, base_dir=ROOT / "config") -> None:
 
 
 @FUZZ
-@given(document=st.dictionaries(st.sampled_from(list(yaml.safe_load((ROOT / "config/test.yaml").read_text())) + ["x"]), values, max_size=8))
+@given(
+    document=st.dictionaries(
+        st.sampled_from(list(yaml.safe_load((ROOT / "config/test.yaml").read_text())) + ["x"]), values, max_size=8
+    )
+)
 def test_generated_documents_load_or_name_a_key(document):
     load_or_config_error(document)
 

@@ -97,7 +97,9 @@ def test_holey_film_opens_the_requested_area():
     for hole in facts["holes"]:
         delta = supports._minimum_image(positions[:, :2] - hole["centre_A"], 80.0)
         assert np.hypot(delta[:, 0], delta[:, 1]).min() >= hole["radius_A"]  # vacuum through the film
-        inside |= np.hypot(*supports._minimum_image(grid - hole["centre_A"], 80.0).transpose(2, 0, 1)) < hole["radius_A"]
+        inside |= (
+            np.hypot(*supports._minimum_image(grid - hole["centre_A"], 80.0).transpose(2, 0, 1)) < hole["radius_A"]
+        )
     last_hole = np.pi * 15**2 / 80.0**2
     assert 0.4 <= inside.mean() <= 0.4 + last_hole and len(facts["holes"]) >= 2
     density = len(positions) / (80.0**2 * (1 - inside.mean()) * 20)
@@ -130,14 +132,19 @@ def test_graphitic_onions_fill_the_slab_without_overlaps():
 
 
 def test_silica_density_composition_and_hard_cores():
-    numbers, positions, facts = supports.build({"kind": "silica", "thickness_A": [20, 20]}, 40.0, np.random.default_rng(3))
+    numbers, positions, facts = supports.build(
+        {"kind": "silica", "thickness_A": [20, 20]}, 40.0, np.random.default_rng(3)
+    )
     si, o = numbers == 14, numbers == 8
     assert o.sum() == 2 * si.sum() and si.sum() + o.sum() == len(numbers)
     mass_g = (si.sum() * atomic_masses[14] + o.sum() * atomic_masses[8]) / _Nav
     assert mass_g / (40.0**2 * 20 * 1e-24) == pytest.approx(2.2, rel=0.002)  # vitreous silica (Mozzi & Warren 1969)
     box = [40.0, 40.0, 1e6]
     for (a, b), core in supports.SILICA_MIN_DISTANCE_A.items():
-        first, second = positions[numbers == ase.data.atomic_numbers[a]], positions[numbers == ase.data.atomic_numbers[b]]
+        first, second = (
+            positions[numbers == ase.data.atomic_numbers[a]],
+            positions[numbers == ase.data.atomic_numbers[b]],
+        )
         distance, _ = cKDTree(second, boxsize=box).query(first, k=2 if a == b else 1)
         nearest = distance[:, 1] if a == b else distance
         assert nearest.min() >= core - 1e-9
@@ -176,7 +183,9 @@ def test_graphene_potential_matches_abtem_on_ase_graphene():
     """emsim's layer against ASE's graphene (the independent reference for the atoms), both through
     plain abTEM: the same mean projected potential and the same (100) reflection."""
     layer, _ = supports.graphene_layer(63.96, 0.0, np.zeros(2))
-    ours = ase.Atoms("C" * len(layer), positions=np.column_stack([layer, np.full(len(layer), 2.0)]), cell=(63.96, 63.96, 4))
+    ours = ase.Atoms(
+        "C" * len(layer), positions=np.column_stack([layer, np.full(len(layer), 2.0)]), cell=(63.96, 63.96, 4)
+    )
     reference = abtem.orthogonalize_cell(ase.build.graphene(a=supports.GRAPHENE_A, vacuum=2.0)) * (26, 15, 1)
     spectra = []
     for atoms in (ours, reference):

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         default="luminance",
         help="an image whose colour channels differ (burned-in annotations): read as luminance, or refuse it",
     )
-    predict.add_argument("--tile", type=_number(32, 8192, integer=True), default=512, help="tile size in px (multiple of 32)")
+    predict.add_argument(
+        "--tile", type=_number(32, 8192, integer=True), default=512, help="tile size in px (multiple of 32)"
+    )
     predict.add_argument("--batch", type=_number(1, 4096, integer=True), default=8, help="tiles per forward pass")
     predict.add_argument("--ood-threshold", type=_number(0, above=True), help="replaces the models' OOD threshold")
     predict.add_argument(
@@ -123,12 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     match.add_argument("files", nargs="+", help="single-image micrograph files (any format emsim predict reads)")
     match.add_argument("--energy-kV", type=_number(1, 3000), default=300.0, help="acceleration voltage (default 300)")
-    match.add_argument("--Cs-mm", type=_number(-100, 100), default=0.0, help="spherical aberration [mm] (default 0: corrected)")
+    match.add_argument(
+        "--Cs-mm", type=_number(-100, 100), default=0.0, help="spherical aberration [mm] (default 0: corrected)"
+    )
     match.add_argument("--pixel-size", type=PIXEL_SIZE_A, help="pixel size in Å (replaces the files' own)")
     match.add_argument(
-        "--spacing-A", type=_number(0.5, 100), help="a lattice spacing that shows in the images (e.g. 3.35): gives the pixel size"
+        "--spacing-A",
+        type=_number(0.5, 100),
+        help="a lattice spacing that shows in the images (e.g. 3.35): gives the pixel size",
     )
-    match.add_argument("--counts-per-electron", type=_number(0, above=True), help="the camera's conversion (else: noise-floor estimate)")
+    match.add_argument(
+        "--counts-per-electron",
+        type=_number(0, above=True),
+        help="the camera's conversion (else: noise-floor estimate)",
+    )
     match.add_argument("-o", "--output", help="YAML file for the matched domain (default: print it)")
     match.add_argument("--plots", help="folder for one PNG per file: measured and fitted Thon rings")
     match.add_argument("--study", help="a study config: name its simulated domains nearest to the files")
@@ -138,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         "ood", help="OOD score against measured loss on every evaluated (model, domain) pair; a calibrated threshold"
     )
     ood.add_argument("results", help="a study's results folder")
-    ood.add_argument("--loss-ratio", type=_number(0, above=True), default=1.5, help="a pair is degraded above this x its in-domain loss")
+    ood.add_argument(
+        "--loss-ratio",
+        type=_number(0, above=True),
+        default=1.5,
+        help="a pair is degraded above this x its in-domain loss",
+    )
     ood.add_argument("-o", "--output", help="also write everything as JSON here")
     ood.add_argument("--figure", help="also draw score vs loss and shift gap to FIGURE.png/.svg")
 
@@ -152,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         "--study", metavar="NOTEBOOKS", help="the article repository's notebooks/ folder: the study's findings"
     )
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad argument (one line on stderr)
+        return int(stop.code or 0)
     if args.command == "findings" and (args.study is None) == (args.report_dir is None):
         parser.error("findings: give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
     if args.command == "findings" and args.report_dir and not args.configfile:
@@ -306,12 +324,6 @@ def _match(args) -> int:
     from emsim import match
     from emsim.study import config
 
-    for name in ("energy_kV", "pixel_size", "spacing_A", "counts_per_electron"):
-        value = getattr(args, name)
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-    if not (np.isfinite(args.Cs_mm) and args.Cs_mm >= 0):
-        raise ValueError(f"--Cs-mm must be a finite number >= 0, got {args.Cs_mm}")
     if args.plots:
         Path(args.plots).mkdir(parents=True, exist_ok=True)
     found, failed = [], 0

@@ -9,7 +9,6 @@ are stored as JSON in the model's ``emsim_meta`` metadata property.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import warnings

@@ -190,7 +190,11 @@ def predict_files(
     ``ood_threshold`` replaces the models' own; ``instances`` sets how particles are cut (default:
     the schema's); an image whose estimated memory exceeds ``max_memory_GB`` is refused before it
     is resampled or segmented; ``progress`` shows a bar over the inputs when stderr is a terminal."""
-    for name, value in (("pixel_size_A", pixel_size_A), ("ood_threshold", ood_threshold), ("max_memory_GB", max_memory_GB)):
+    for name, value in (
+        ("pixel_size_A", pixel_size_A),
+        ("ood_threshold", ood_threshold),
+        ("max_memory_GB", max_memory_GB),
+    ):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
     instances = Instances.with_defaults() if instances is None else instances

@@ -248,7 +248,9 @@ def check_state(state: dict, digest: str | None, what: str) -> None:
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()
     ]
     if bad:
-        raise ValueError(f"{what} holds NaN or infinite weights in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+        raise ValueError(
+            f"{what} holds NaN or infinite weights in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
 
 
 def save_model(path: str | os.PathLike, model: UNet, *, meta: dict) -> None:

@@ -292,7 +292,12 @@ def orientation(lattice: Lattice, mode: str, mistilt_deg: float, rng: np.random.
     in-plane axis. ``random``: uniform random rotation (no zone axis).
     """
     if mode == "random":
-        return supports.random_rotation(rng), {"zone_axis": None, "inplane_deg": None, "mistilt_deg": None, "tilt_azimuth_deg": None}
+        return supports.random_rotation(rng), {
+            "zone_axis": None,
+            "inplane_deg": None,
+            "mistilt_deg": None,
+            "tilt_azimuth_deg": None,
+        }
     axes = ZONE_AXES[lattice.kind]
     label, uvw = axes[rng.integers(len(axes))]
     inplane_deg, tilt_deg, azimuth_deg = rng.uniform(0, 360), rng.uniform(0, mistilt_deg), rng.uniform(0, 360)

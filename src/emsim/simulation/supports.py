@@ -311,9 +311,14 @@ def graphene_layer(cell_xy_A: float, angle_rad: float, shift: np.ndarray) -> tup
     candidates = [
         basis @ np.column_stack([nearest[:, 0] + a, nearest[:, 1] + b]) for a in steps.T for b in steps.T
     ]  # the lattice vectors next to each cell edge: the pair with the least strain
-    supercell = min(candidates, key=lambda c: np.abs(np.linalg.svd(cell_xy_A * np.linalg.inv(c), compute_uv=False) - 1).max())
+    supercell = min(
+        candidates, key=lambda c: np.abs(np.linalg.svd(cell_xy_A * np.linalg.inv(c), compute_uv=False) - 1).max()
+    )
     corners = supercell @ np.array([[0, 1, 0, 1], [0, 0, 1, 1]])
-    low, high = np.floor(np.linalg.solve(basis, corners).min(1)) - 1, np.ceil(np.linalg.solve(basis, corners).max(1)) + 1
+    low, high = (
+        np.floor(np.linalg.solve(basis, corners).min(1)) - 1,
+        np.ceil(np.linalg.solve(basis, corners).max(1)) + 1,
+    )
     n1, n2 = np.meshgrid(np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1), indexing="ij")
     atoms = honeycomb(n1, n2) + shift @ basis.T
     frac = np.linalg.solve(supercell, atoms.T).T
@@ -332,15 +337,21 @@ def _build_graphene(params, cell_xy_A, rng):
         angles.append(float(np.rad2deg(angle)))
         strains.append(strain)
     positions = np.concatenate(layers)
-    facts = {"thickness_A": n_layers * params["interlayer_A"], "layers": n_layers, "rotation_deg": angles,
-             "strain": strains}
+    facts = {
+        "thickness_A": n_layers * params["interlayer_A"],
+        "layers": n_layers,
+        "rotation_deg": angles,
+        "strain": strains,
+    }
     return _with_holes(np.full(len(positions), 6, np.uint8), positions, params, cell_xy_A, rng, facts)
 
 
 def _check_graphene(params, cell_xy_A):
     _check_holes(params, cell_xy_A)
     if cell_xy_A < 40:
-        raise ValueError(f"substrate.kind: graphene needs a cell of at least 40 A to stay under 2.5 % strain ({cell_xy_A:g} A)")
+        raise ValueError(
+            f"substrate.kind: graphene needs a cell of at least 40 A to stay under 2.5 % strain ({cell_xy_A:g} A)"
+        )
 
 
 # ---------------------------------------------------------------- graphitic onions

@@ -144,9 +144,7 @@ def _check_mixture(value, structure_sets: dict, key: str) -> None:
     names = [value] if isinstance(value, str) else list(value)
     for set_name in names:
         if set_name not in structure_sets:
-            raise ConfigError(
-                f"{key}: {set_name!r} is not a structure set; defined: {', '.join(structure_sets)}"
-            )
+            raise ConfigError(f"{key}: {set_name!r} is not a structure set; defined: {', '.join(structure_sets)}")
     if isinstance(value, dict) and abs(sum(value.values()) - 1) > 1e-6:
         raise ConfigError(f"{key}: the proportions {value} sum to {sum(value.values()):g}, not 1")
 
@@ -282,7 +280,9 @@ def _read(source) -> dict:
         if isinstance(value, dict):
             for name, item in value.items():
                 if not isinstance(name, str):
-                    raise ConfigError(f"{key + '.' if key else ''}{name!r}: keys must be text, not {type(name).__name__}")
+                    raise ConfigError(
+                        f"{key + '.' if key else ''}{name!r}: keys must be text, not {type(name).__name__}"
+                    )
                 stack.append((item, f"{key}.{name}" if key else name, depth + 1))
         elif isinstance(value, list):
             stack += [(item, f"{key}[{i}]", depth + 1) for i, item in enumerate(value)]

@@ -39,9 +39,9 @@ Validator = jsonschema.validators.extend(
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
         {
             "integer": lambda checker, value: isinstance(value, int) and not isinstance(value, bool),
-            "number": lambda checker, value: isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value),
+            "number": lambda checker, value: (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ),
         }
     ),
 )
