@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     match.add_argument("files", nargs="+", help="single-image micrograph files (any format emsim predict reads)")
     match.add_argument("--energy-kV", type=_number(1, 3000), default=300.0, help="acceleration voltage (default 300)")
     match.add_argument(
-        "--Cs-mm", type=_number(-100, 100), default=0.0, help="spherical aberration [mm] (default 0: corrected)"
+        "--Cs-mm", type=_number(0, 100), default=0.0, help="spherical aberration [mm] (default 0: corrected)"
     )
     match.add_argument("--pixel-size", type=PIXEL_SIZE_A, help="pixel size in Å (replaces the files' own)")
     match.add_argument(
