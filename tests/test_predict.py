@@ -19,7 +19,7 @@ from test_evaluate import disc_images
 from emsim.cli import main
 from emsim.data import standardize
 from emsim.learning import ood
-from emsim.learning.models import UNet, save_model
+from emsim.learning.models import UNet, save_model, state_digest
 from emsim.predict import CSV_FIELDS, PARTICLE_FIELDS, entropy_bits, predict_files
 from emsim.readers import read_images
 from emsim.study.settings import Instances
@@ -450,3 +450,25 @@ def test_cli_rejects_bad_particle_settings(model_path, tmp_path, flag, value, ca
     code = main(["predict", str(model_path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), flag, value])
     error = capsys.readouterr().err.strip()
     assert code == 2 and flag in error and len(error.splitlines()) == 1
+
+
+def test_models_with_nan_weights_are_refused_by_name(model_path, tmp_path):
+    payload = torch.load(model_path, weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+    payload["state_sha256"] = state_digest(payload["state_dict"])
+    bad = tmp_path / "nan.pt"
+    torch.save(payload, bad)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((64, 64)))
+    for models in ([bad], [model_path, bad]):  # alone and in an ensemble
+        with pytest.raises(ValueError, match=f"model file {bad} holds NaN or infinite weights in {name}"):
+            predict_files(models, [tmp_path / "x.npy"], tmp_path / "out")
+
+
+def test_an_image_beyond_the_memory_limit_is_refused_with_its_estimate(model_path, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((256, 256)).astype(np.float32))
+    code = main(
+        ["predict", str(model_path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "--max-memory-GB", "0.001"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1 and "needs about 0.0" in out and "raise --max-memory-GB" in out

@@ -136,3 +136,24 @@ def test_images_near_the_float32_limit_standardise_like_small_ones():
     assert np.allclose(data.standardize(big), data.standardize(image), atol=1e-4)
     with pytest.raises(ValueError, match="non-finite"):
         data.standardize(np.full((1, 4, 4), np.inf, np.float32))
+
+
+def test_damaged_fftw_wisdom_is_ignored_with_a_warning_naming_it(tmp_path, caplog):
+    from emsim.simulation import simulate
+
+    path = tmp_path / "wisdom.npz"
+    simulate.save_fftw_wisdom(path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="emsim.simulation.simulate"):
+        assert simulate.load_fftw_wisdom(path) is False
+    assert f"ignoring damaged FFTW wisdom file {path}" in caplog.text
+
+
+def test_info_reads_every_array_and_names_the_damaged_one(tmp_path, capsys):
+    path = make_domain(tmp_path / "d.h5", "d", seed=0)
+    assert cli.main(["info", str(path)]) == 0 and "checksums verified" in capsys.readouterr().out
+    flip_byte(path, "splits/val")
+    assert cli.main(["info", str(path)]) == 2
+    assert f"{path}: array 'splits/val' is damaged" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from damage import flip_tensor_byte
+
 from emsim import data
 from emsim.learning import evaluate, models, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
@@ -361,22 +363,6 @@ def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp
     with pytest.raises(ValueError, match="training.augmentation: 'none' is not one of"):
         Training.from_dict({**asdict(CFG), "augmentation": "none"})
     assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))
-
-
-def flip_tensor_byte(path: Path, member: int = 0) -> None:
-    """Flip one byte inside the stored bytes of a tensor of a torch zip file (as a disk error would)."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        info = [i for i in archive.infolist() if "/data/" in i.filename][member]
-    with open(path, "r+b") as raw:
-        raw.seek(info.header_offset + 26)
-        name_length, extra_length = np.frombuffer(raw.read(4), "<u2")
-        offset = info.header_offset + 30 + int(name_length) + int(extra_length) + info.file_size // 2
-        raw.seek(offset)
-        byte = raw.read(1)
-        raw.seek(offset)
-        raw.write(bytes([byte[0] ^ 0x40]))
 
 
 def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, tmp_path, caplog):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from damage import flip_tensor_byte
 from micrograph_files import write_micrographs
 
 from emsim import data
@@ -185,14 +186,7 @@ def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
     assert images.std() > 0
 
 
-def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_study, tmp_path):
-    """kill -9 mid-pretraining, change the domain's dose, rerun: the stale checkpoint is discarded."""
-    target = "results/models/pretrain/df-10/batch0.json"
-    model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
-    ckpt = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt.ckpt"
-    model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
-    config = copy.deepcopy(tiny_study)
-    config["training"]["epochs"] = 8
+def _kill_after_first_checkpoint(rerun_dir: Path, target: str, ckpt: Path, config: dict) -> None:
     command = snakemake_command(rerun_dir, "--cores", "1", target, config=config)
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -202,6 +196,17 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # snakemake and its training subprocess
         job.wait()
+
+
+def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_study, tmp_path):
+    """kill -9 mid-pretraining, change the domain's dose, rerun: the stale checkpoint is discarded."""
+    target = "results/models/pretrain/df-10/batch0.json"
+    model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
+    ckpt = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt.ckpt"
+    model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
+    config = copy.deepcopy(tiny_study)
+    config["training"]["epochs"] = 8
+    _kill_after_first_checkpoint(rerun_dir, target, ckpt, config)
     assert ckpt.exists() and not model.exists(), "the kill must land after the first epoch, before the last"
     config["domains"]["df{mean_nm}"]["dose"]["e_per_A2"] = 100
     snakemake(rerun_dir, "--unlock", config=config)
@@ -218,6 +223,49 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     )
     a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_damaged_checkpoint_is_discarded_and_the_model_equals_a_clean_run(rerun_dir, tiny_study, tmp_path):
+    """kill -9 mid-pretraining, flip one byte of the checkpoint's weights, rerun: the checkpoint is
+    discarded with a warning naming it, and the model equals an uninterrupted run's."""
+    target = "results/models/pretrain/df-10/batch0.json"
+    model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
+    ckpt = Path(f"{model}.ckpt")
+    model.unlink()
+    config = copy.deepcopy(tiny_study)
+    config["training"]["epochs"] = 8
+    _kill_after_first_checkpoint(rerun_dir, target, ckpt, config)
+    assert ckpt.exists() and not model.exists(), "the kill must land after the first epoch, before the last"
+    time.sleep(0.2)  # let an atomic rename in flight settle
+    flip_tensor_byte(ckpt, member=2)
+    snakemake(rerun_dir, "--unlock", config=config)
+    snakemake(rerun_dir, "--cores", "1", "--rerun-incomplete", target, config=config)
+    log = (rerun_dir / "results/logs/models/pretrain/df-10/batch0.log").read_text()
+    assert f"discarded damaged checkpoint: checkpoint {ckpt.relative_to(rerun_dir)} is damaged" in log
+    weights, meta = load_model(model)
+    fresh = tmp_path / "fresh.pt"
+    settings = {k: v for k, v in meta["config"].items() if k != "lr"}
+    train.pretrain(
+        rerun_dir / "results/datasets/df-10.h5",
+        fresh,
+        Training.with_defaults(**settings),
+        meta["config"]["lr"],
+        seed=meta["seed"],
+        device="cpu",
+    )
+    a, b = weights.state_dict(), load_model(fresh)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_damaged_model_is_retrained_on_a_forced_rerun(rerun_dir, tiny_study):
+    target = "results/models/pretrain/df-10/batch0.json"
+    model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
+    clean = load_model(model)[0].state_dict()
+    flip_tensor_byte(model, member=1)
+    snakemake(rerun_dir, "--cores", "1", "--forcerun", "pretrain", "--until", target, config=tiny_study)
+    log = (rerun_dir / "results/logs/models/pretrain/df-10/batch0.log").read_text()
+    assert f"retraining {model.relative_to(rerun_dir)}: model file" in log and "is damaged" in log
+    assert all(torch.equal(clean[k], v) for k, v in load_model(model)[0].state_dict().items())
 
 
 def test_adding_a_replicate_trains_only_the_new_models(rerun_dir, tiny_study):

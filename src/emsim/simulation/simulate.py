@@ -144,7 +144,7 @@ def load_fftw_wisdom(path: str | Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as data:
             pyfftw.import_wisdom(tuple(data[key].tobytes() for key in ("double", "single", "long")))
-    except Exception as error:  # damaged: plan afresh (the file is rewritten by save_fftw_wisdom)
+    except Exception as error:  # damaged: plan afresh
         log.warning("ignoring damaged FFTW wisdom file %s (%s: %s); planning afresh", path, type(error).__name__, error)
         return False
     return True
