@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from damage import flip_tensor_byte
 
 from emsim import data
