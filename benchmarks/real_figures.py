@@ -5,7 +5,9 @@ micrograph files side by side, (1) for each
 micrograph domain with boxes, its first val file with the particles each kind of model finds
 against the boxes (first replicate; the same stitching and instances as the evaluation), (2) the
 OOD scores of simulated and real val tiles against the pretrained model's training spectrum,
-(3) the detection table (median over replicates) as Markdown::
+(3) the detection table (median over replicates) as Markdown, (4) the support series: the models
+pretrained (and fine-tuned) on amorphous, graphitic and mixed supports on the held-out file, with the
+fraction of their mask outside the boxes per replicate::
 
     python benchmarks/real_figures.py results docs/figures
 """
@@ -21,7 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from emsim import data, micrographs
-from emsim.learning import evaluate, ood
+from emsim.learning import evaluate, ood, particles
 from emsim.learning.models import load_model
 from emsim.readers import read_images
 from emsim.report.figures import plot_detection_overlay, save_figure
@@ -33,6 +35,14 @@ KINDS = {  # caption -> (experiment, stage, method)
     "fine-tuned on the weak micrograph labels": ("transfer", "transfer", "finetune"),
     "trained on the weak micrograph labels alone": ("transfer", "transfer", "scratch"),
     "single-stage: simulation + micrographs": ("transfer", "baseline", None),
+}
+SUPPORT_KINDS = {  # caption -> (experiment, stage, method, source)
+    "pretrained, amorphous support": ("supports", "pretrain", None, "sim"),
+    "pretrained, graphitic support": ("supports", "pretrain", None, "sim_graphitic"),
+    "pretrained, mixed supports": ("supports", "pretrain", None, "sim_mixed"),
+    "fine-tuned from amorphous": ("supports", "transfer", "finetune", "sim"),
+    "fine-tuned from graphitic": ("supports", "transfer", "finetune", "sim_graphitic"),
+    "fine-tuned from mixed": ("supports", "transfer", "finetune", "sim_mixed"),
 }
 HELD_OUT = "pt_weak"  # its val file (Pt_carbon1) is bright-field and never trained on
 DARK = "pt_dark"
@@ -49,17 +59,40 @@ COLUMNS = {  # table column -> caption
 }
 
 
-def model_rows(results: Path) -> pd.DataFrame:
-    tables = [pd.read_csv(results / f"report/{e}/models.csv") for e in ("transfer", "adabn")]
+def model_rows(results: Path, kinds: dict) -> pd.DataFrame:
+    """The report rows of each kind of model (caption -> experiment, stage, method[, source])."""
+    tables = {e: pd.read_csv(results / f"report/{e}/models.csv") for e in {k[0] for k in kinds.values()}}
     rows = []
-    for caption, (experiment, stage, method) in KINDS.items():
-        table = next(t for t in tables if t["experiment"].iloc[0] == experiment)
+    for caption, (experiment, stage, method, *source) in kinds.items():
+        table = tables[experiment]
         chosen = table[(table["stage"] == stage) & ((table["method"] == method) if method else True)]
+        if source:
+            chosen = chosen[chosen["source"] == source[0]]
         rows.append(chosen.copy().assign(kind=caption))
     return pd.concat(rows)
 
 
-def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str) -> None:
+def per_replicate(rows: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """Each column's values per replicate (seed order) as 'a / b', one row per kind."""
+    cells = {
+        caption: {
+            name: " / ".join("-" if pd.isna(v) else f"{v:.3f}" for v in group.sort_values("seed")[column])
+            for column, name in columns.items()
+        }
+        for caption, group in rows.groupby("kind", sort=False)
+    }
+    return pd.DataFrame.from_dict(cells, orient="index")
+
+
+def box_coverage(tiles: dict) -> float:
+    """Fraction of the split's first file covered by its boxes (on the tiles' canvas)."""
+    file, frame = int(tiles["file"][0]), int(tiles["frame"][0])
+    height, width = tiles["files"][file]["shape"][1:]
+    boxes = tiles["boxes"][(tiles["boxes"][:, 0] == file) & (tiles["boxes"][:, 1] == frame), 2:]
+    return 1 - particles.outside_boxes([np.ones((height, width), bool)], [boxes])
+
+
+def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str, name: str = "real_detection") -> None:
     path = results / "datasets" / f"{domain}.h5"
     tiles = evaluate.micrograph_tiles(path, "val")
     pixel_size_A = data.read_attrs(path)["config"]["image"]["pixel_size_A"]
@@ -73,14 +106,14 @@ def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str) -> None:
         maps[caption] = evaluate.stitch(evaluate.probabilities(model, images), tiles)[canvas]
     raw = micrographs.resample(raw, next(iter(maps.values())).shape)
     boxes = tiles["boxes"][(tiles["boxes"][:, 0] == canvas[0]) & (tiles["boxes"][:, 1] == canvas[1]), 2:]
-    figure = Figure(figsize=(4 * len(KINDS), 4.6), layout="constrained")
-    for ax, (caption, probability) in zip(figure.subplots(1, len(KINDS)), maps.items()):
+    figure = Figure(figsize=(4 * len(maps), 4.6), layout="constrained")
+    for ax, (caption, probability) in zip(figure.subplots(1, len(maps)), maps.items()):
         plot_detection_overlay(raw, probability, boxes, pixel_size_A, Instances.with_defaults(), ax, caption)
     figure.suptitle(
         f"{Path(source).name} ({domain}, val): true boxes found (green), missed (red), "
         "false detections (yellow), predicted particles (cyan)"
     )
-    save_figure(figure, out / f"real_detection_{domain}")
+    save_figure(figure, out / f"{name}_{domain}")
 
 
 def thumbnails(results: Path, out: Path) -> None:
@@ -124,7 +157,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = model_rows(args.results)
+    rows = model_rows(args.results, KINDS)
     thumbnails(args.results, args.out)
     for domain in (HELD_OUT, DARK):
         overlays(args.results, rows, args.out, domain)
@@ -132,6 +165,19 @@ def main() -> None:
     summary = rows.groupby("kind", sort=False)[list(COLUMNS)].median().rename(columns=COLUMNS)
     summary.insert(0, "models", rows.groupby("kind", sort=False).size().astype(str))
     print(summary.to_markdown(floatfmt=".3f"))
+    supports = model_rows(args.results, SUPPORT_KINDS)
+    overlays(args.results, supports[supports["stage"] == "pretrain"], args.out, HELD_OUT, "real_supports")
+    columns = {
+        f"val_outside_boxes__{HELD_OUT}": "mask outside boxes",
+        f"val_particle_fraction__{HELD_OUT}": "masked fraction",
+        f"val_det_f1__{HELD_OUT}": "F1",
+        f"val_det_recall__{HELD_OUT}": "recall",
+        f"val_det_precision__{HELD_OUT}": "precision",
+        f"val_outside_boxes__{DARK}": "outside boxes, dark-field",
+    }
+    print(per_replicate(supports, columns).to_markdown())
+    tiles = evaluate.micrograph_tiles(args.results / "datasets" / f"{HELD_OUT}.h5", "val")
+    print(f"boxes cover {box_coverage(tiles):.3f} of the held-out file's pixels")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,12 @@ class Support:
     properties: dict
     build: Callable[[dict, float, np.random.Generator], tuple[np.ndarray, np.ndarray, dict]]
     check: Callable[[dict, float], None]
+    elements: tuple[str, ...] = ("C",)
 
     def schema(self) -> dict:
         """JSON schema of a ``substrate`` block of this kind."""
-        kind = {"kind": {"const": self.name}} if self.name != "amorphous" else {"kind": {"const": "amorphous"}}
-        return {"type": "object", "additionalProperties": False, "properties": kind | self.properties}
+        properties = {"kind": {"const": self.name}} | self.properties
+        return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
 def kind_of(substrate: dict | None) -> Support:
@@ -90,7 +91,7 @@ def with_defaults(substrate: dict | None) -> dict:
 
 def elements(substrate: dict | None) -> list[str]:
     """Chemical symbols a support of this block contains."""
-    return ["O", "Si"] if kind_of(substrate).name == "silica" else ["C"]
+    return sorted(kind_of(substrate).elements)
 
 
 def build(substrate: dict | None, cell_xy_A: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -577,6 +578,7 @@ SUPPORTS: dict[str, Support] = {
             },
             _build_silica,
             _check_nothing,
+            elements=("Si", "O"),
         ),
     ]
 }
