@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from test_evaluate import disc_images
 
 from emsim import data
@@ -68,8 +69,13 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     assert len(found["pairs"]) == 6
     by_domain = found["domains"]
     assert by_domain["near"]["score"] < by_domain["mid"]["score"] < by_domain["far"]["score"]
-    assert found["rho_domains"] is None or -1 <= found["rho_domains"] <= 1
-    assert set(found["rho_per_model"]) == {str(path), str(old)} and -1 <= found["rho_median"] <= 1
+    rho = stats.spearmanr([v["score"] for v in by_domain.values()], [v["loss"] for v in by_domain.values()])
+    assert found["rho_domains"] == pytest.approx(rho.statistic)  # checked against scipy
+    assert set(found["rho_per_model"]) == {str(path), str(old)}
+    for model, value in found["rho_per_model"].items():
+        mine = [p for p in found["pairs"] if p["model"] == model]
+        assert value == pytest.approx(stats.spearmanr([p["score"] for p in mine], [p["loss"] for p in mine]).statistic)
+    assert found["rho_median"] == pytest.approx(np.median(list(found["rho_per_model"].values())))
     own = np.mean([p["loss"] for p in found["pairs"] if p["domain"] == "near"])  # both models pretrained on near
     gaps = {p["domain"]: [] for p in found["pairs"]}
     for p in found["pairs"]:

@@ -5,9 +5,9 @@ Geometry of a scene (all lengths in Angstrom):
 
 - the cell is ``(L, L, Lz)``, periodic in x/y only; the beam travels along +z (down the column),
   so z = 0 is the entrance surface and "lowest" means largest z;
-- the particles lie on the beam-entrance side of the carbon: every particle's lowest atom sits
+- the particles lie on the beam-entrance side of the support: every particle's lowest atom sits
   ``CONTACT_GAP_A`` above the support's top plane, so all particle atoms share one contiguous z-range
-  ``[VACUUM_MARGIN_A, carbon_top - CONTACT_GAP_A]`` and the particle-only cell can be cut just
+  ``[VACUUM_MARGIN_A, support_top - CONTACT_GAP_A]`` and the particle-only cell can be cut just
   below the lowest particle atom (no vacuum propagation after the particles);
 - the support slab follows, then ``VACUUM_MARGIN_A`` of vacuum.
 
