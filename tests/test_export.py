@@ -51,3 +51,14 @@ def test_export_errors_name_the_file(models, tmp_path):
         export_onnx([models / "m0.pt", tmp_path / "wide.pt"], tmp_path / "x.onnx")
     assert main(["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "y.onnx")]) == 2
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+
+
+def test_a_failing_export_names_the_output_not_its_temporary(models, tmp_path, monkeypatch):
+    def broken(model, args, path, **kwargs):
+        raise RuntimeError(f"cannot write {path}")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ValueError, match=rf"{out}: the ONNX export failed \(RuntimeError: cannot write {out}\)$"):
+        export_onnx([models / "m0.pt"], out)
+    assert not list(tmp_path.iterdir())  # no temporary left behind
