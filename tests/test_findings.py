@@ -104,8 +104,7 @@ def test_spread_before_after_per_pair():
     assert spreads.loc[("df-5", "df5")].tolist() == pytest.approx([0.15, 0.0])
     assert spreads.loc[("df-5", "df0")].tolist() == pytest.approx([0.15, 0.15])
     text, verdict = fd.judge_spread(spreads)
-    assert verdict == "agree" and "50%" in text
-    assert fd.judge_spread(spreads.rename(columns={"before": "after", "after": "before"}))[1] == "disagree"
+    assert verdict == "measured" and "before 0.15, after 0.075; narrower for 50% of pairs" in text
 
 
 def test_dose_and_lattice_by_target():
@@ -284,3 +283,19 @@ def test_command_line(tmp_path, capsys):
     (report / "defocus/models.parquet").rename(report / "other/models.parquet")
     assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 2
     assert "experiment 'other' is not in the study config" in capsys.readouterr().err
+
+
+def test_shipped_study_tables_give_the_articles_numbers():
+    """The converted tables (no download, no unpickler) against numbers read from the article's pickles."""
+    tables = fd.shipped_study()
+    assert {name: len(table) for name, (table, _) in tables.items()} == {
+        "defocus": 7200,
+        "dose": 180,
+        "structure": 2457,
+    }
+    found = {(name, r["finding"]): r for name, (t, f) in tables.items() for r in fd.findings(t, f, fd.STUDY_METRIC)}
+    assert "64: 0.0173 (IQR 0.00385), 128: 0.0161" in found[("defocus", "F1")]["statistic"]
+    assert found[("defocus", "F4")]["verdict"] == "agree" and "df0 0.0797" in found[("defocus", "F4")]["statistic"]
+    assert "30: 0.0607, 75: 0.0272, 150: 0.0186, 300: 0.0141, 600: 0.0125" in found[("dose", "F6")]["statistic"]
+    assert found[("structure", "F7")]["statistic"].endswith("Si_diamond 0.0487, C_diamond 0.0975")
+    assert found[("defocus", "F5")]["verdict"] == "measured"

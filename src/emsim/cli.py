@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     findings.add_argument("--configfile", help="the study config the results were made with")
     findings.add_argument("--metric", default="ce", help="metric short name of the table's loss columns (default: ce)")
     findings.add_argument(
-        "--study", metavar="NOTEBOOKS", help="the article repository's notebooks/ folder: the study's findings"
+        "--study",
+        metavar="NOTEBOOKS",
+        nargs="?",
+        const=True,
+        help="the study's own findings: from the tables shipped with emsim, or from the article repository's notebooks/ folder",
     )
 
     try:
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help, or a bad argument (one line on stderr)
         return int(stop.code or 0)
     if args.command == "findings" and (args.study is None) == (args.report_dir is None):
-        parser.error("findings: give either REPORT_DIR (with --configfile) or --study NOTEBOOKS")
+        parser.error("findings: give either REPORT_DIR (with --configfile) or --study [NOTEBOOKS]")
     if args.command == "findings" and args.report_dir and not args.configfile:
         parser.error("findings: REPORT_DIR needs --configfile (the study config of the run)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -379,9 +383,10 @@ def _findings(args) -> int:
     from emsim.study import config, findings
 
     if args.study:
+        tables = findings.shipped_study() if args.study is True else findings.load_study(args.study)
         results = {
             name: findings.findings(table, facts, findings.STUDY_METRIC)
-            for name, (table, facts) in bar(findings.load_study(args.study).items(), "findings", "experiment")
+            for name, (table, facts) in bar(tables.items(), "findings", "experiment")
         }
     else:
         results = findings.report_findings(args.report_dir, config.load(args.configfile), args.metric, progress=True)
