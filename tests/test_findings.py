@@ -3,6 +3,7 @@ column mapping on miniature copies of their formats; the command line."""
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,8 @@ def test_by_size_medians_iqr_and_verdict():
     assert stats["n"].tolist() == [5, 3]
     assert stats["median"].tolist() == pytest.approx([0.3, 0.15])
     assert stats["iqr"].tolist() == pytest.approx([0.2, 0.05])
-    assert fd.judge_size(stats)[1] == "agree"
-    assert fd.judge_size(stats.iloc[::-1])[1] == "disagree"
+    assert fd.verdict(fd.judge_size(stats)[1]) == "agree"
+    assert fd.verdict(fd.judge_size(stats.iloc[::-1])[1]) == "disagree"
 
 
 def test_by_freeze_verdict():
@@ -58,9 +59,9 @@ def test_by_freeze_verdict():
     )
     stats = fd.by_freeze(table)
     assert stats.loc["encoder", "median"] == pytest.approx(0.13)
-    assert fd.judge_freeze(stats)[1] == "agree"
+    assert fd.verdict(fd.judge_freeze(stats)[1]) == "agree"
     table.loc[1, "target_val_ce"] = 0.2  # decoder worse than encoder
-    assert fd.judge_freeze(fd.by_freeze(table))[1] == "disagree"
+    assert fd.verdict(fd.judge_freeze(fd.by_freeze(table))[1]) == "disagree"
 
 
 def test_by_lr_pair_verdict():
@@ -68,10 +69,10 @@ def test_by_lr_pair_verdict():
     table = pd.DataFrame([transfer(lr_pretrain=a, lr_transfer=b, loss=v) for (a, b), v in losses.items()])
     stats = fd.by_lr_pair(table)
     assert stats.loc[(1e-4, 1e-5), "median"] == pytest.approx(0.15)
-    text, verdict = fd.judge_lr(stats)
-    assert verdict == "agree" and text.index("(1e-3, 1e-4)") < text.index("(1e-4, 1e-5)")
+    text, margin = fd.judge_lr(stats)
+    assert fd.verdict(margin) == "agree" and text.index("(1e-3, 1e-4)") < text.index("(1e-4, 1e-5)")
     table.loc[3, "target_val_ce"] = 0.05
-    assert fd.judge_lr(fd.by_lr_pair(table))[1] == "disagree"
+    assert fd.verdict(fd.judge_lr(fd.by_lr_pair(table))[1]) == "disagree"
 
 
 def test_by_domain_and_in_focus_verdict():
@@ -83,11 +84,11 @@ def test_by_domain_and_in_focus_verdict():
     )
     medians = fd.by_domain(table)
     assert medians.to_dict() == pytest.approx({"df-5": 0.2, "df0": 0.6, "df5": 0.2})
-    assert fd.judge_domain(medians, "df0")[1] == "agree"
-    assert fd.judge_domain(medians, "df5")[1] == "disagree"
+    assert fd.verdict(fd.judge_domain(medians, "df0")[1]) == "agree"
+    assert fd.verdict(fd.judge_domain(medians, "df5")[1]) == "disagree"
     close = medians.copy()
     close["df5"] = 0.5  # hardest, but not by far
-    assert fd.judge_domain(close, "df0")[1] == "disagree"
+    assert fd.verdict(fd.judge_domain(close, "df0")[1]) == "disagree"
 
 
 def test_spread_before_after_per_pair():
@@ -103,8 +104,8 @@ def test_spread_before_after_per_pair():
     # before: medians over the source's models 0.1 and 0.4 -> std 0.15; after df5: 0; after df0: 0.15
     assert spreads.loc[("df-5", "df5")].tolist() == pytest.approx([0.15, 0.0])
     assert spreads.loc[("df-5", "df0")].tolist() == pytest.approx([0.15, 0.15])
-    text, verdict = fd.judge_spread(spreads)
-    assert verdict == "measured" and "before 0.15, after 0.075; narrower for 50% of pairs" in text
+    text, margin = fd.judge_spread(spreads)
+    assert fd.verdict(margin) == "measured" and "before 0.15, after 0.075; narrower for 50% of pairs" in text
 
 
 def test_dose_and_lattice_by_target():
@@ -121,11 +122,11 @@ def test_dose_and_lattice_by_target():
     )
     doses = fd.by_target_fact(table, facts, "dose_e_per_A2")
     assert doses.to_dict() == pytest.approx({30.0: 0.5, 300.0: 0.2})
-    assert fd.judge_dose(doses)[1] == "agree"
-    assert fd.judge_dose(doses[::-1].set_axis(doses.index))[1] == "disagree"
+    assert fd.verdict(fd.judge_dose(doses)[1]) == "agree"
+    assert fd.verdict(fd.judge_dose(doses[::-1].set_axis(doses.index))[1]) == "disagree"
     lattices = fd.by_target_fact(table, facts, "lattice")
-    assert fd.judge_lattice(lattices)[1] == "agree"
-    assert fd.judge_lattice(lattices.rename({"C_diamond": "Si_diamond"}))[1] == "disagree"
+    assert fd.verdict(fd.judge_lattice(lattices)[1]) == "agree"
+    assert fd.verdict(fd.judge_lattice(lattices.rename({"C_diamond": "Si_diamond"}))[1]) == "disagree"
 
 
 def test_findings_apply_by_series_and_exclude_in_focus():
@@ -266,7 +267,7 @@ def test_load_study_maps_columns(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     study_files(tmp_path)
-    assert main(["findings", "--study", str(tmp_path)]) == 0
+    assert main(["findings", "--study", str(tmp_path), "--bootstrap", "0"]) == 0
     assert capsys.readouterr().out.startswith("| experiment | finding |")
     report = tmp_path / "report"
     (report / "defocus").mkdir(parents=True)
@@ -276,9 +277,9 @@ def test_command_line(tmp_path, capsys):
             for s, v in ((2, 0.5), (4, 0.4))
         ]
     ).to_parquet(report / "defocus/models.parquet")
-    assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 0
+    assert main(["findings", str(report), "--configfile", "config/test.yaml", "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
-    assert "| defocus | F1 |" in out and "2: 0.5 (IQR 0), 4: 0.4 (IQR 0) | disagree |" in out
+    assert "| defocus | F1 |" in out and "2: 0.5 (IQR 0), 4: 0.4 (IQR 0) | 0 | disagree |" in out
     (report / "other").mkdir()
     (report / "defocus/models.parquet").rename(report / "other/models.parquet")
     assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 2
@@ -299,3 +300,31 @@ def test_shipped_study_tables_give_the_articles_numbers():
     assert "30: 0.0607, 75: 0.0272, 150: 0.0186, 300: 0.0141, 600: 0.0125" in found[("dose", "F6")]["statistic"]
     assert found[("structure", "F7")]["statistic"].endswith("Si_diamond 0.0487, C_diamond 0.0975")
     assert found[("defocus", "F5")]["verdict"] == "measured"
+
+
+def test_bootstrap_verdicts_have_three_outcomes():
+    """A margin whose interval straddles 0 is inconclusive; clear ones agree or disagree."""
+    assert fd.verdict(0.2, (0.1, 0.3)) == "agree" and fd.verdict(-0.2, (-0.3, -0.1)) == "disagree"
+    assert fd.verdict(0.05, (-0.01, 0.1)) == "inconclusive" and fd.verdict(None) == "measured"
+    rng = np.random.default_rng(0)
+    rows = [
+        transfer(size=size, loss=loss)
+        for size, centre, sd in ((2, 0.5, 0.05), (4, 0.3, 0.01))  # lower and narrower with more data
+        for loss in rng.normal(centre, sd, 40)
+    ]
+    clear = fd.findings(pd.DataFrame(rows), FACTS, "ce", bootstrap=100)[0]
+    assert clear["finding"] == "F1" and clear["interval"][0] > 0 and clear["verdict"] == "agree"
+    rows = [  # narrower with more data, but the medians' drop is lost in the noise
+        transfer(size=size, loss=loss) for size, sd in ((2, 0.2), (4, 0.02)) for loss in rng.normal(0.4, sd, 20)
+    ]
+    noisy = fd.findings(pd.DataFrame(rows), FACTS, "ce", bootstrap=100)[0]
+    assert noisy["interval"][0] < 0 < noisy["interval"][1] and noisy["verdict"] == "inconclusive"
+    again = fd.findings(pd.DataFrame(rows), FACTS, "ce", bootstrap=100)[0]
+    assert again["interval"] == noisy["interval"]  # seeded
+
+
+def test_the_generated_study_table_in_the_docs_is_the_commands_output(capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs/validation.md").read_text()
+    block = text.split("<!-- findings:study -->\n")[1].split("\n<!-- /findings:study -->")[0]
+    assert main(["findings", "--study"]) == 0
+    assert capsys.readouterr().out.strip() == block.strip()

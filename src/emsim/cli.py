@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     findings.add_argument("--configfile", help="the study config the results were made with")
     findings.add_argument("--metric", default="ce", help="metric short name of the table's loss columns (default: ce)")
     findings.add_argument(
+        "--bootstrap",
+        type=_number(0, 100000, integer=True),
+        default=200,
+        help="resamplings of the models for each verdict's 95 %% interval (default 200; 0: verdicts by sign only)",
+    )
+    findings.add_argument(
         "--study",
         metavar="NOTEBOOKS",
         nargs="?",
@@ -385,11 +391,12 @@ def _findings(args) -> int:
     if args.study:
         tables = findings.shipped_study() if args.study is True else findings.load_study(args.study)
         results = {
-            name: findings.findings(table, facts, findings.STUDY_METRIC)
+            name: findings.findings(table, facts, findings.STUDY_METRIC, args.bootstrap)
             for name, (table, facts) in bar(tables.items(), "findings", "experiment")
         }
     else:
-        results = findings.report_findings(args.report_dir, config.load(args.configfile), args.metric, progress=True)
+        study = config.load(args.configfile)
+        results = findings.report_findings(args.report_dir, study, args.metric, progress=True, bootstrap=args.bootstrap)
     print(findings.markdown(results))
     return 0
 

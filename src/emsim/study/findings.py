@@ -129,50 +129,52 @@ def _lrs(pair) -> str:
     return "(" + ", ".join(f"{v:.0e}".replace("e-0", "e-") for v in pair) + ")"
 
 
-def _verdict(agree: bool) -> str:
-    return "agree" if agree else "disagree"
-
-
-def judge_size(stats: pd.DataFrame) -> tuple[str, str]:
-    """Agree if the median falls at every size step and the largest set has a smaller IQR than the smallest."""
+def judge_size(stats: pd.DataFrame) -> tuple[str, float]:
+    """Agree if the median falls at every size step and the largest set has a smaller IQR than the
+    smallest; margin: the smallest of those drops."""
     text = ", ".join(f"{size:g}: {_g(r['median'])} (IQR {_g(r['iqr'])})" for size, r in stats.iterrows())
-    agree = bool(np.all(np.diff(stats["median"]) < 0) and stats["iqr"].iloc[-1] < stats["iqr"].iloc[0])
-    return f"median target loss by size: {text}", _verdict(agree)
+    margin = min(float(np.min(-np.diff(stats["median"]), initial=np.inf)), stats["iqr"].iloc[0] - stats["iqr"].iloc[-1])
+    return f"median target loss by size: {text}", margin
 
 
-def judge_freeze(stats: pd.DataFrame) -> tuple[str, str]:
-    """Agree if encoder-frozen is worse than nothing frozen, by more than decoder-frozen differs."""
+def judge_freeze(stats: pd.DataFrame) -> tuple[str, float]:
+    """Agree if encoder-frozen is worse than nothing frozen, by more than decoder-frozen differs;
+    margin: (encoder - none) - |decoder - none|."""
     none, encoder, decoder = (stats.loc[f, "median"] for f in ("none", "encoder", "decoder"))
     text = f"median target loss: none {_g(none)}, decoder {_g(decoder)}, encoder {_g(encoder)}"
-    return text, _verdict(encoder > none and abs(decoder - none) < encoder - none)
+    return text, (encoder - none) - abs(decoder - none)
 
 
 def _find_pair(stats: pd.DataFrame, pair: tuple[float, float]):
     return next((key for key in stats.index if np.allclose(key, pair)), None)
 
 
-def judge_lr(stats: pd.DataFrame) -> tuple[str, str]:
-    """Agree if (1e-3, 1e-4) has the lowest median target loss and (1e-4, 1e-5) the highest."""
+def judge_lr(stats: pd.DataFrame) -> tuple[str, float]:
+    """Agree if (1e-3, 1e-4) has the lowest median target loss and (1e-4, 1e-5) the highest;
+    margin: the smaller of the gaps to the nearest other pair."""
     text = ", ".join(
         f"{_lrs(k)}: {_g(r['median'])} (IQR {_g(r['iqr'])})" for k, r in stats.sort_values("median").iterrows()
     )
-    best, worst = stats["median"].idxmin(), stats["median"].idxmax()
-    agree = bool(np.allclose(best, BEST_LRS) and np.allclose(worst, WORST_LRS))
-    return f"median target loss, best first: {text}", _verdict(agree)
+    medians = stats["median"]
+    best, worst = medians[_find_pair(stats, BEST_LRS)], medians[_find_pair(stats, WORST_LRS)]
+    others = medians.drop([_find_pair(stats, BEST_LRS), _find_pair(stats, WORST_LRS)])
+    margin = min(others.min() - best, worst - others.max()) if len(others) else worst - best
+    return f"median target loss, best first: {text}", float(margin)
 
 
-def judge_domain(medians: pd.Series, in_focus: str) -> tuple[str, str]:
-    """Agree if the in-focus domain has the highest median loss, at least BY_FAR x the next."""
+def judge_domain(medians: pd.Series, in_focus: str) -> tuple[str, float]:
+    """Agree if the in-focus domain has the highest median loss, at least BY_FAR x the next;
+    margin: its ratio to the hardest other domain minus BY_FAR."""
     ranked = medians.sort_values(ascending=False)
     ratio = ranked.iloc[0] / ranked.iloc[1]
     text = (
         f"hardest {ranked.index[0]} {_g(ranked.iloc[0])}, next {ranked.index[1]} "
         f"{_g(ranked.iloc[1])} ({ratio:.2g}x); easiest {ranked.index[-1]} {_g(ranked.iloc[-1])}"
     )
-    return text, _verdict(ranked.index[0] == in_focus and ratio >= BY_FAR)
+    return text, float(medians[in_focus] / medians.drop(in_focus).max() - BY_FAR)
 
 
-def judge_spread(spreads: pd.DataFrame) -> tuple[str, str]:
+def judge_spread(spreads: pd.DataFrame) -> tuple[str, None]:
     """The spread across domains before and after transfer, shown with no verdict ("measured"):
     the article says transfer "does not necessarily improve" it, which no rule can contradict."""
     before, after = spreads["before"].median(), spreads["after"].median()
@@ -181,64 +183,118 @@ def judge_spread(spreads: pd.DataFrame) -> tuple[str, str]:
         f"median over {len(spreads)} pairs of std across domains: before {_g(before)}, "
         f"after {_g(after)}; narrower for {narrower:.0%} of pairs"
     )
-    return text, "measured"
+    return text, None
 
 
-def judge_dose(medians: pd.Series) -> tuple[str, str]:
-    """Agree if the median target loss falls at every step up in dose."""
+def judge_dose(medians: pd.Series) -> tuple[str, float]:
+    """Agree if the median target loss falls at every step up in dose; margin: the smallest fall."""
     text = ", ".join(f"{dose:g}: {_g(v)}" for dose, v in medians.items())
-    return (f"median target loss by dose (e/A^2): {text}", _verdict(bool(np.all(np.diff(medians.to_numpy()) < 0))))
+    return f"median target loss by dose (e/A^2): {text}", float(np.min(-np.diff(medians.to_numpy()), initial=np.inf))
 
 
-def judge_lattice(medians: pd.Series) -> tuple[str, str]:
-    """Agree if C_diamond has the highest median target loss and a wurtzite lattice the lowest."""
+def judge_lattice(medians: pd.Series) -> tuple[str, float]:
+    """Agree if C_diamond has the highest median target loss and a wurtzite lattice the lowest;
+    margin: the smaller of C's lead over the next and the best wurtzite's lead over the best other."""
     ranked = medians.sort_values()
     text = ", ".join(f"{lattice} {_g(v)}" for lattice, v in ranked.items())
-    agree = ranked.index[-1] == "C_diamond" and ranked.index[0].endswith("_wurtzite")
-    return f"median target loss, easiest first: {text}", _verdict(agree)
+    wurtzite = medians[medians.index.str.endswith("_wurtzite")]
+    others = medians.drop(wurtzite.index)
+    c_lead = medians["C_diamond"] - medians.drop("C_diamond").max() if "C_diamond" in medians else -np.inf
+    w_lead = others.min() - wurtzite.min() if len(wurtzite) and len(others) else -np.inf
+    return f"median target loss, easiest first: {text}", float(min(c_lead, w_lead))
 
 
-def findings(table: pd.DataFrame, facts: pd.DataFrame, metric: str = "ce") -> list[dict]:
-    """Every finding that applies to one experiment: ``finding``, ``claim``, ``statistic``,
-    ``verdict``. F1-F3 need at least two sizes / the three frozen parts / both named LR pairs;
-    F4 a varied defocus with a 0 nm domain (left out of F1-F3 and F5, as in the study); F6 a
-    varied dose; F7 a varied lattice."""
+def verdict(margin: float | None, interval: tuple[float, float] | None = None) -> str:
+    """``agree`` when the rule's margin is positive, ``disagree`` when negative; with a bootstrap
+    ``interval`` of the margin, ``inconclusive`` when it contains 0; ``measured`` for no rule."""
+    if margin is None:
+        return "measured"
+    if interval is None:
+        return "agree" if margin > 0 else "disagree"
+    low, high = interval
+    return "agree" if low > 0 else "disagree" if high < 0 else "inconclusive"
+
+
+def _measures(table: pd.DataFrame, facts: pd.DataFrame, metric: str) -> dict:
+    """finding -> a function of a per-model table giving (statistic text, rule margin), for the
+    findings that apply. F1-F3 need at least two sizes / the three frozen parts / both named LR
+    pairs; F4 a varied defocus with a 0 nm domain (left out of F1-F3 and F5, as in the study); F6
+    a varied dose; F7 a varied lattice."""
     transfer = transfer_rows(table, metric)
-    if transfer.empty:
-        return []
     varied = facts["defocus_nm"].nunique() > 1
     exclude = [d for d in facts.index[facts["defocus_nm"] == 0] if varied]
-    out = []
-
-    def add(finding: str, judged: tuple[str, str]) -> None:
-        out.append({"finding": finding, "claim": CLAIMS[finding], "statistic": judged[0], "verdict": judged[1]})
-
+    out = {}
     if "size" in transfer and transfer["size"].nunique() > 1:
-        add("F1", judge_size(by_size(table, metric, exclude)))
+        out["F1"] = lambda t: judge_size(by_size(t, metric, exclude))
     if "freeze" in transfer and {"none", "encoder", "decoder"} <= set(transfer["freeze"]):
-        add("F2", judge_freeze(by_freeze(table, metric, exclude)))
+        out["F2"] = lambda t: judge_freeze(by_freeze(t, metric, exclude))
     if {"lr_pretrain", "lr_transfer"} <= set(transfer):
         stats = by_lr_pair(table, metric, exclude)
         if _find_pair(stats, BEST_LRS) is not None and _find_pair(stats, WORST_LRS) is not None:
-            add("F3", judge_lr(stats))
-    if exclude:
-        add("F4", judge_domain(by_domain(table, metric), exclude[0]))
-    if any(c.startswith(f"before_val_{metric}__") for c in transfer):
-        spreads = spread(table, metric, exclude).dropna()
-        if len(spreads):
-            add("F5", judge_spread(spreads))
+            out["F3"] = lambda t: judge_lr(by_lr_pair(t, metric, exclude))
+    if exclude and exclude[0] in (domains := by_domain(table, metric)) and len(domains) > 1:
+        out["F4"] = lambda t: judge_domain(by_domain(t, metric), exclude[0])
+    if any(c.startswith(f"before_val_{metric}__") for c in transfer) and len(spread(table, metric, exclude).dropna()):
+        out["F5"] = lambda t: judge_spread(spread(t, metric, exclude).dropna())
     if facts["dose_e_per_A2"].nunique() > 1:
-        add("F6", judge_dose(by_target_fact(table, facts, "dose_e_per_A2", metric)))
+        out["F6"] = lambda t: judge_dose(by_target_fact(t, facts, "dose_e_per_A2", metric))
     if facts["lattice"].nunique() > 1:
-        add("F7", judge_lattice(by_target_fact(table, facts, "lattice", metric)))
+        out["F7"] = lambda t: judge_lattice(by_target_fact(t, facts, "lattice", metric))
+    return out
+
+
+def findings(
+    table: pd.DataFrame, facts: pd.DataFrame, metric: str = "ce", bootstrap: int = 0, seed: int = 0
+) -> list[dict]:
+    """Every finding that applies to one experiment: ``finding``, ``claim``, ``statistic``,
+    ``margin`` (of the finding's rule; > 0 agrees), ``interval`` (the 2.5-97.5 % quantiles of the
+    margin over ``bootstrap`` resamplings of the transfer models with replacement, seeded; None
+    without) and ``verdict`` (:func:`verdict`)."""
+    transfer = transfer_rows(table, metric)
+    if transfer.empty:
+        return []
+    measures = _measures(table, facts, metric)
+    rng = np.random.default_rng(seed)
+    resampled = [transfer.iloc[rng.integers(0, len(transfer), len(transfer))] for _ in range(bootstrap)]
+    out = []
+    for finding, measure in measures.items():
+        text, margin = measure(transfer)
+        interval = None
+        if bootstrap and margin is not None:
+            margins = []
+            for sample in resampled:
+                try:
+                    margins.append(measure(sample)[1])
+                except (KeyError, IndexError, ValueError):  # a group left out of the resample
+                    margins.append(np.nan)
+            interval = tuple(float(q) for q in np.nanquantile(margins, [0.025, 0.975]))
+        out.append(
+            {
+                "finding": finding,
+                "claim": CLAIMS[finding],
+                "statistic": text,
+                "margin": margin,
+                "interval": interval,
+                "verdict": verdict(margin, interval),
+            }
+        )
     return out
 
 
 def markdown(results: dict[str, list[dict]]) -> str:
-    """The findings of every experiment as one markdown table."""
-    lines = ["| experiment | finding | claim | statistic | verdict |", "|---|---|---|---|---|"]
+    """The findings of every experiment as one markdown table (margin with its bootstrap interval)."""
+    lines = [
+        "| experiment | finding | claim | statistic | rule margin [95 % interval] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for experiment, rows in results.items():
-        lines += [f"| {experiment} | {r['finding']} | {r['claim']} | {r['statistic']} | {r['verdict']} |" for r in rows]
+        for r in rows:
+            margin = "-" if r["margin"] is None else _g(r["margin"])
+            if r.get("interval"):
+                margin += f" [{_g(r['interval'][0])}, {_g(r['interval'][1])}]"
+            lines.append(
+                f"| {experiment} | {r['finding']} | {r['claim']} | {r['statistic']} | {margin} | {r['verdict']} |"
+            )
     return "\n".join(lines)
 
 
@@ -260,10 +316,10 @@ def domain_facts(study: Study, domains: list[str]) -> pd.DataFrame:
 
 
 def report_findings(
-    report_dir: str | Path, study: Study, metric: str = "ce", progress: bool = False
+    report_dir: str | Path, study: Study, metric: str = "ce", progress: bool = False, bootstrap: int = 0
 ) -> dict[str, list[dict]]:
     """Findings of every experiment with a ``<report_dir>/<experiment>/models.parquet``
-    (``progress``: a bar over them when stderr is a terminal)."""
+    (``progress``: a bar over them when stderr is a terminal; ``bootstrap``: :func:`findings`)."""
     expanded = experiments.expand(study)
     results = {}
     for path in bar(sorted(Path(report_dir).glob("*/models.parquet")), "findings", "experiment", progress):
@@ -273,7 +329,7 @@ def report_findings(
                 f"{path}: experiment {name!r} is not in the study config (experiments: {', '.join(expanded)})"
             )
         table = pd.read_parquet(path)
-        results[name] = findings(table, domain_facts(study, expanded[name].domains), metric)
+        results[name] = findings(table, domain_facts(study, expanded[name].domains), metric, bootstrap)
     if not results:
         raise ValueError(f"{report_dir}: no <experiment>/models.parquet found")
     return results
