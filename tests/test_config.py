@@ -98,6 +98,24 @@ def _edit(study, path, value):
         (("domains", "df{mean_nm}", "astigmatsm"), {"magnitude_nm": 1}, ["domains.df-10", "astigmatsm", "astigmatism"]),
         (("structure_sets", "au", "particles", "radius_A"), [9, 5], ["structure_sets.au.particles.radius_A", "larger"]),
         (("microscope", "Cs_A"), "1.2e7", ["microscope.Cs_A", "1.2e+7"]),
+        (("microscope", "focal_spread_A"), float("nan"), ["microscope.focal_spread_A", "nan", "finite"]),
+        (("training", "lr_decay"), float("inf"), ["training.lr_decay", "inf", "finite"]),
+        (("domains", "df{mean_nm}", "dose", "e_per_A2"), float("-inf"), ["dose.e_per_A2", "-inf", "finite"]),
+        (
+            ("experiments", "defocus", "transfer_sizes"),
+            [2, 2],
+            ["experiments.defocus.transfer_sizes", "2 is listed twice"],
+        ),
+        (("experiments", "defocus", "lr_pairs"), [[1e-3, 1e-4]] * 2, ["lr_pairs", "[0.001, 0.0001] is listed twice"]),
+        (
+            ("experiments", "defocus", "freeze"),
+            ["none", "none"],
+            ["experiments.defocus.freeze", "'none' is listed twice"],
+        ),
+        (("simulation", "zero_defocus_search_A"), [100, -100], ["simulation.zero_defocus_search_A", "not below"]),
+        (("labels",), {"threshold_rad": 7.0}, ["labels.threshold_rad", "3.14159"]),
+        (("labels",), {"blur_A": 50}, ["labels.blur_A", "10"]),
+        (("structure_sets", "au", "seed"), float("nan"), ["structure_sets.au.seed"]),
         (
             ("structure_sets", "au", "particles", "count"),
             [1, 6],
@@ -290,3 +308,17 @@ def test_every_shipped_config_loads(path):
         pytest.skip("its micrographs (../shared/data/micrographs) are not beside this clone")
     study = config.load(path)
     assert study.domains and study.experiments
+
+
+def test_generated_names_too_long_for_file_systems_are_refused_at_load(study):
+    long = "d" * 110
+    study["domains"] = {f"{long}{{mean_nm}}": study["domains"]["df{mean_nm}"]}
+    study["experiments"]["defocus"]["domains"] = ["d*"]
+    study["experiments"]["defocus"]["sources"] = [f"{long}-10"]
+    with pytest.raises(
+        ConfigError, match=r"experiments.defocus: generated file names are too long .* e.g. results/models"
+    ):
+        experiments.expand(config.load(study))
+    study["domains"] = {"d" * 130 + "{mean_nm}": study["domains"][f"{long}{{mean_nm}}"]}
+    with pytest.raises(ConfigError, match="is 133 characters long; at most 120"):
+        config.load(study)

@@ -309,13 +309,19 @@ def _validate(instance: dict, schema: dict, where: str) -> None:
         if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
             message = f"{error.instance} is not allowed: every number must be finite"
         if error.validator == "uniqueItems":
-            seen = []
-            repeated = next(item for item in error.instance if item in seen or seen.append(item))
-            message = f"{repeated!r} is listed twice"
+            message = f"{_first_repeat(error.instance)!r} is listed twice"
         if error.validator == "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed keys: {', '.join(allowed)}"
         raise ConfigError(f"{key}: {message}")
+
+
+def _first_repeat(items: list):
+    """The first item of ``items`` that equals an earlier one."""
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            return item
+    return None
 
 
 def _whole_float(value) -> bool:
