@@ -75,11 +75,10 @@ from emsim.learning.models import (
     state_digest,
 )
 from emsim.study import methods as method_specs
-from emsim.study.settings import EarlyStopping, Training
+from emsim.study.settings import STAGES, EarlyStopping, Training
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "transfer", "baseline")
 DIVERGENCE_LOSS = 1e3  # a 2-class cross-entropy above this counts as exploded
 CHECKPOINT_VERSION = 4  # 4: with a checksum of the whole state
 

@@ -23,8 +23,8 @@ from emsim.io import atomic_path
 from emsim.learning import evaluate, metrics, particles
 from emsim.learning.models import load_model, resolve_device
 from emsim.predict import segment_image
-from emsim.report.table import BASELINE, PRETRAIN, TRANSFER, is_number
-from emsim.study.settings import Instances
+from emsim.report.table import is_number
+from emsim.study.settings import BASELINE, PRETRAIN, TRANSFER, Instances
 
 CE_LABEL = "cross-entropy (nats/pixel)"
 FIGURE_METRICS = {"ce": CE_LABEL, "study_loss": "study loss (CE of softmax outputs - 0.3133)"}

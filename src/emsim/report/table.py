@@ -45,6 +45,7 @@ import pandas as pd
 
 from emsim.io import atomic_path
 from emsim.learning.evaluate import TRAINING_FIELDS
+from emsim.study.settings import BASELINE, TRANSFER
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ SHORT = {
     "size_error_nm": "size_error_nm",
     "size_wasserstein_nm": "size_w1_nm",
 }
-PRETRAIN, TRANSFER, BASELINE = "pretrain", "transfer", "baseline"
 
 
 def domain_order(records: list[dict], domain_values: dict | None = None) -> list[str]:

@@ -27,8 +27,6 @@ from emsim.study import methods as method_specs
 from emsim.study.paths import baseline_path, batch_path, dataset_path, pretrain_path, transfer_path
 from emsim.study.settings import Study
 
-STAGES = ("pretrain", "transfer", "baseline")
-
 
 @dataclass(frozen=True)
 class ModelSpec:

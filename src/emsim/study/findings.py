@@ -27,9 +27,8 @@ import pandas as pd
 
 from emsim.progress import bar
 from emsim.study import config, experiments
-from emsim.study.settings import Study
+from emsim.study.settings import TRANSFER, Study
 
-TRANSFER = "transfer"
 STUDY_METRIC = "study_loss"
 STUDY_OFFSET = 0.3133  # ln(1 + e^-1), subtracted by the article from every loss it reports
 BEST_LRS, WORST_LRS = (1e-3, 1e-4), (1e-4, 1e-5)

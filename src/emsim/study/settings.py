@@ -19,6 +19,9 @@ import jsonschema
 
 from emsim.study import schema as study_schema
 
+STAGES = PRETRAIN, TRANSFER, BASELINE = ("pretrain", "transfer", "baseline")
+"""The stages of a model (its ``stage`` tag): the one home of their names."""
+
 
 class _Block:
     """``from_dict`` for a frozen dataclass that mirrors one block of the study schema."""
