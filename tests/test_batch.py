@@ -83,7 +83,10 @@ def test_rerun_keeps_finished_models_and_retrains_changed_or_old_ones(domains, p
     kept = {e["path"] for e in entries if e["kept"]}
     assert kept == {models[1]["path"]}, "only the unchanged current-format model is kept"
     assert (tmp_path / models[1]["path"]).stat().st_mtime_ns == stamp[models[1]["path"]]
-    assert f"retraining {models[0]['path']}: {models[0]['path']}: emsim model format {FORMAT_VERSION - 1} is not supported" in caplog.text
+    assert (
+        f"retraining {models[0]['path']}: {models[0]['path']}: emsim model format {FORMAT_VERSION - 1} is not supported"
+        in caplog.text
+    )
     # another learning rate: the same file name no longer matches its run
     changed = [{**m, "lr": 2e-3} for m in added[:1]]
     assert not batch.train_batch(changed, CFG_BATCH, tmp_path / "r.json", device="cpu")[0]["kept"]
