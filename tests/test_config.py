@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from emsim.simulation import optics
-from emsim.study import config, experiments
+from emsim.study import config, experiments, settings
 from emsim.study.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
     assert len(study.domains) == 11 + 5 + 18
     grids = experiments.expand(study)
     counts = {
-        name: {stage: sum(m.stage == stage for m in exp.models) for stage in experiments.STAGES}
+        name: {stage: sum(m.stage == stage for m in exp.models) for stage in settings.STAGES}
         for name, exp in grids.items()
     }
     assert counts["defocus"] == {"pretrain": 30, "transfer": 7200, "baseline": 720}

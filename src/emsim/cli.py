@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(args) -> int:
     from emsim import micrographs
-    from emsim.study import config, experiments
+    from emsim.study import config, experiments, settings
 
     study = config.load(args.config)
     print(f"{args.config}: valid")
@@ -211,7 +211,7 @@ def _check(args) -> int:
             )
     for name, exp in experiments.expand(study).items():
         counts = Counter(m.stage for m in exp.models)
-        print(f"experiment {name}: " + ", ".join(f"{counts[s]} {s}" for s in experiments.STAGES))
+        print(f"experiment {name}: " + ", ".join(f"{counts[s]} {s}" for s in settings.STAGES))
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 
 from emsim import io
 from emsim.learning import train
+from emsim.study import settings
 from emsim.study.settings import Training
 
 logger = logging.getLogger(__name__)
@@ -94,5 +95,5 @@ def _train_one(spec: Mapping, training: Training, device) -> tuple[dict, bool]:
     elif stage == "baseline":
         meta = train.baseline(tuple(datasets), tuple(spec["mix"]), path, training, lr, seed=spec["seed"], device=device)
     else:
-        raise ValueError(f"{path}: unknown stage {stage!r}; allowed: {list(train.STAGES)}")
+        raise ValueError(f"{path}: unknown stage {stage!r}; allowed: {list(settings.STAGES)}")
     return meta, before is not None and os.stat(path).st_mtime_ns == before
