@@ -237,14 +237,13 @@ def state_digest(state) -> str:
 
 
 def check_state(state: dict, digest: str | None, what: str) -> None:
-    """Raise ValueError naming ``what`` if ``state`` does not match its stored ``digest`` or holds a
-    non-finite floating-point weight (a missing digest: a file from before checksums, accepted)."""
+    """Raise ValueError naming ``what`` if ``state`` does not match its stored ``digest`` or one of its
+    top-level tensors holds a non-finite value (a missing digest: a file from before checksums, accepted)."""
     if digest is not None and state_digest(state) != digest:
         raise ValueError(f"{what} is damaged: its weights do not match the checksum stored with them")
-    weights = state.get("state_dict", state) if isinstance(state, dict) else state
     bad = [
         name
-        for name, tensor in weights.items()
+        for name, tensor in state.items()
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()
     ]
     if bad:
