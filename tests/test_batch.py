@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_train import CFG, LR, make_domain
+from synthetic import CFG, LR
+from synthetic import bright_disc_domain as make_domain
 
 from emsim.learning import batch, train
 from emsim.learning.models import FORMAT_VERSION, load_model

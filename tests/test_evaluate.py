@@ -3,55 +3,15 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from synthetic import disc_domain as make_domain
+from synthetic import untrained_model as make_model
 
 from emsim import data
 from emsim.learning.evaluate import evaluate_models, read_evaluation, write_evaluation
 from emsim.learning.metrics import METRICS, segmentation_metrics
-from emsim.learning.models import UNet, load_model, save_model
-
-
-def disc_images(rng: np.random.Generator, n: int, size: int, contrast: float, dose: float):
-    """Poisson images of 1-3 dark discs on a flat background, with their masks."""
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(8, size - 8, 2)
-            labels[i] |= ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(4, 9) ** 2).astype(np.uint8)
-    images = rng.poisson(dose * (1 - contrast * labels)).astype(np.float32)
-    return images, labels
-
-
-def make_domain(path, domain: str, seed: int, size: int = 64, contrast: float = 0.5, n: int = 6):
-    rng = np.random.default_rng(seed)
-    images, labels = disc_images(rng, n, size, contrast, dose=40.0)
-    third = n // 3
-    splits = {"train": np.arange(third), "val": np.arange(third, 2 * third), "test": np.arange(2 * third, n)[::-1]}
-    data.write_dataset(
-        path, images, labels, {"seed": np.full(n, seed)}, splits, {"domain": domain, "config": {"contrast": contrast}}
-    )
-    return str(path)
-
-
-def make_model(path, seed: int, stage: str = "transfer") -> str:
-    model = UNet(width=0.125, generator=torch.Generator().manual_seed(seed))
-    history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "lr": 1e-3, "time_s": 0.1}]
-    meta = {
-        "stage": stage,
-        "history": history,
-        "best_epoch": 1,
-        "best_val_loss": 0.69,
-        "train_time_s": 0.1,
-        "trainable_params": 100,
-        "total_params": 200,
-        "config": {"width": 0.125},
-        "seeds": {"init": seed},
-    }
-    save_model(path, model, meta=meta)
-    return str(path)
+from emsim.learning.models import load_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import record
+from synthetic import evaluation_record as record
 
 from emsim.cli import main
 from emsim.report.table import model_table

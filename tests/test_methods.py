@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_train import CFG, LR, make_domain
+from synthetic import CFG, LR
+from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
 from emsim.learning import methods, train

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_evaluate import disc_images
+from synthetic import disc_images
 
 from emsim import data
 from emsim.cli import main

@@ -14,7 +14,7 @@ import torch
 from dm_writer import write_dm
 from PIL import Image
 from scipy import ndimage
-from test_evaluate import disc_images
+from synthetic import disc_images
 
 from emsim.cli import main
 from emsim.data import standardize

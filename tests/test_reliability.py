@@ -7,7 +7,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_evaluate import make_domain, make_model
+from synthetic import disc_domain as make_domain
+from synthetic import untrained_model as make_model
 
 from emsim import cli, data, io
 from emsim.simulation import structures

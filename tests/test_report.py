@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_evaluate import make_domain, make_model
+from synthetic import disc_domain as make_domain
+from synthetic import evaluation_record as record
+from synthetic import untrained_model as make_model
 
 from emsim.learning import particles
 from emsim.learning.evaluate import read_evaluation, write_evaluation
@@ -21,36 +23,6 @@ from emsim.report.figures import (
     plot_transfer_heatmap,
 )
 from emsim.report.table import domain_order, model_table, write_table
-
-METRIC_NAMES = ("cross_entropy", "study_loss", "iou", "dice", "precision", "recall", "accuracy")
-
-
-def record(path, tags, val_ce: dict, own: dict | None = None, epochs: int = 2) -> dict:
-    """An evaluation record whose CE values are given; other metrics derive from them."""
-
-    def split(ce):
-        return {m: (ce if m == "cross_entropy" else ce / 2 if m == "study_loss" else 1 - ce) for m in METRIC_NAMES}
-
-    metrics = {d: {"val": split(ce)} for d, ce in val_ce.items()}
-    for name, ce in (own or {}).items():
-        metrics[tags["target"]][name] = split(ce)
-    history = [
-        {"epoch": e + 1, "train_loss": 0.6 / (e + 1), "val_loss": 0.65 / (e + 1) ** 0.8, "lr": 1e-3, "time_s": 1.0}
-        for e in range(epochs)
-    ]
-    return {
-        "path": path,
-        "tags": tags,
-        "stage": tags["stage"],
-        "best_epoch": epochs,
-        "best_val_loss": val_ce[tags["target"]],
-        "train_time_s": 12.5,
-        "trainable_params": 1000,
-        "total_params": 4000,
-        "seeds": {"init": 7, "data": 8},
-        "history": history,
-        "metrics": metrics,
-    }
 
 
 @pytest.fixture()
@@ -345,8 +317,8 @@ def test_size_distribution_figure(tmp_path):
     ]
     assert particles.size_histogram([12.0])[-1] == 1 and sum(true) == 3  # larger sizes in the last bin
     assert_written(plot_size_distributions(records, tmp_path / "sizes"))
-    for record in records:
-        del record["metrics"]["A"]
+    for entry in records:
+        del entry["metrics"]["A"]
     assert plot_size_distributions(records, tmp_path / "none") == []
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from damage import flip_tensor_byte
+from synthetic import CFG, LR
+from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
 from emsim.learning import evaluate, models, train
@@ -16,44 +18,6 @@ from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
 from emsim.study import config, experiments
 from emsim.study.settings import Training
-
-SIZE_PX = 64
-
-
-# one thread (conftest): OpenMP with 2 threads on a busy 2-core machine is up to 50x slower; "random"
-# augmentation (1/8 of the default dihedral8's steps) keeps the tests fast
-CFG = Training.with_defaults(
-    width=0.125,
-    epochs=3,
-    batch_size=4,
-    lr_decay=0.9,
-    amp=False,
-    channels_last=False,
-    compile=False,
-    device="cpu",
-    augmentation="random",
-)
-LR = 3e-3
-
-
-def make_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
-    """Bright disks (label 1) on a noisy background: an easy segmentation task."""
-    rng = np.random.default_rng(seed)
-    n = n_train + n_val + 2
-    yy, xx = np.mgrid[:SIZE_PX, :SIZE_PX]
-    labels = np.zeros((n, SIZE_PX, SIZE_PX), np.uint8)
-    for i in range(n):
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(10, SIZE_PX - 10, 2)
-            labels[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 10) ** 2
-    images = (100 + contrast * labels + rng.normal(0, 10, labels.shape)).astype(np.float32)
-    splits = {
-        "train": np.arange(n_train),
-        "val": np.arange(n_train, n_train + n_val),
-        "test": np.arange(n_train + n_val, n),
-    }
-    data.write_dataset(path, images, labels, {"index": np.arange(n)}, splits, {"domain": domain})
-    return path
 
 
 @pytest.fixture(scope="module")
