@@ -253,20 +253,21 @@ def findings(
     if transfer.empty:
         return []
     measures = _measures(table, facts, metric)
+    full = {finding: measure(transfer) for finding, measure in measures.items()}
+    margins: dict[str, list[float]] = {f: [] for f, (_, margin) in full.items() if margin is not None}
     rng = np.random.default_rng(seed)
-    resampled = [transfer.iloc[rng.integers(0, len(transfer), len(transfer))] for _ in range(bootstrap)]
+    for _ in range(bootstrap):  # one resample in memory at a time, every finding judged on it
+        sample = transfer.iloc[rng.integers(0, len(transfer), len(transfer))]
+        for finding, values in margins.items():
+            try:
+                values.append(measures[finding](sample)[1])
+            except (KeyError, IndexError, ValueError):  # a group left out of the resample
+                values.append(np.nan)
     out = []
-    for finding, measure in measures.items():
-        text, margin = measure(transfer)
+    for finding, (text, margin) in full.items():
         interval = None
         if bootstrap and margin is not None:
-            margins = []
-            for sample in resampled:
-                try:
-                    margins.append(measure(sample)[1])
-                except (KeyError, IndexError, ValueError):  # a group left out of the resample
-                    margins.append(np.nan)
-            interval = tuple(float(q) for q in np.nanquantile(margins, [0.025, 0.975]))
+            interval = tuple(float(q) for q in np.nanquantile(margins[finding], [0.025, 0.975]))
         out.append(
             {
                 "finding": finding,
