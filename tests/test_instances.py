@@ -10,7 +10,7 @@ from emsim.simulation import instances
 from emsim.simulation.structures import Scene
 from emsim.study.settings import Image
 
-IMAGE = Image(size_px=64, pixel_size_A=0.5, padding_A=4.0)  # 40 A cell, 80 px
+IMAGE = Image(size_px=64, pixel_size_A=0.5, padding_A=4.0, downsample="intensity")  # 40 A cell, 80 px
 
 
 def disc_atoms(centre, radius_A: float, spacing_A: float = 0.7) -> np.ndarray:

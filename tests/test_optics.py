@@ -191,3 +191,27 @@ def test_gaussian_blur_is_the_mtf():
     corner[0, 0] = 1.0
     wrapped = optics.gaussian_blur(corner, 1.0)
     assert wrapped[-1, -1] == pytest.approx(wrapped[1, 1], rel=1e-4)
+
+
+def test_wave_first_downsampling_matches_abtem(exit_wave):
+    """The seed study's order (``downsample="wave"``): abTEM's Waves.downsample, then the CTF and
+    the intensity on the 0.2 A grid."""
+    ctf = abtem.CTF(energy=ENERGY_EV, defocus=100.0, focal_spread=10.0)
+    reference = (
+        abtem.Waves(exit_wave, energy=ENERGY_EV, sampling=SAMPLING_A)
+        .downsample(gpts=(128, 128))
+        .apply_ctf(ctf)
+        .intensity()
+        .compute()
+        .array
+    )
+    microscope = Microscope(energy_eV=ENERGY_EV, Cs_A=0.0, focal_spread_A=10.0, angular_spread_mrad=0.0)
+    aberrations = optics.Aberrations(C10_A=-100.0)
+    waves = sfft.fft2(exit_wave)
+    wave_first = optics.image_from_waves(waves, SAMPLING_A, aberrations, microscope, 0.2, 128, "wave")
+    np.testing.assert_allclose(wave_first, reference, atol=1e-4)
+    # the two orders differ only by what folds back above the 0.2 A Nyquist frequency
+    intensity_first = optics.image_from_waves(waves, SAMPLING_A, aberrations, microscope, 0.2, 128)
+    assert 0.01 * reference.std() < np.abs(wave_first - intensity_first).max() < 0.1 * reference.std()
+    with pytest.raises(ValueError, match="downsample"):
+        optics.image_from_waves(waves, SAMPLING_A, aberrations, microscope, 0.2, 128, "image")

@@ -26,7 +26,7 @@ def carbon_like_waves(seed=0) -> ShardWaves:
 
 
 def render(domain: dict, seed=0) -> np.ndarray:
-    image_cfg = Image(size_px=SIZE, pixel_size_A=SAMPLING_A, padding_A=0.0)
+    image_cfg = Image(size_px=SIZE, pixel_size_A=SAMPLING_A, padding_A=0.0, downsample="intensity")
     image, _ = domains.render_image(carbon_like_waves(seed), 0, domain, MICROSCOPE, image_cfg, np.random.default_rng(1))
     return image
 
@@ -113,3 +113,16 @@ def test_register_rejects_a_taken_name_and_an_unknown_stage():
         shifts.register("dose", "detector", {})(lambda *a: a)
     with pytest.raises(ValueError, match="stage"):
         shifts.register("warp", "sample", {})
+
+
+def test_image_downsample_switch_reaches_the_rendered_image():
+    """``image.downsample``: the domain's images follow the configured order (optics tests check both)."""
+    waves, domain = carbon_like_waves(0), {"defocus": {"mean_nm": 20.0}}
+    images = {}
+    for order in ("intensity", "wave"):
+        image_cfg = Image(size_px=SIZE // 2, pixel_size_A=2 * SAMPLING_A, padding_A=0.0, downsample=order)
+        images[order], _ = domains.render_image(waves, 0, domain, MICROSCOPE, image_cfg, np.random.default_rng(1))
+        aberrations = optics.Aberrations(C10_A=-200.0, C30_A=MICROSCOPE.Cs_A)
+        direct = optics.image_from_waves(waves.waves[0], SAMPLING_A, aberrations, MICROSCOPE, 2 * SAMPLING_A, SIZE // 2, order)
+        np.testing.assert_allclose(images[order], direct, atol=1e-5)
+    assert not np.allclose(images["intensity"], images["wave"], atol=1e-4)

@@ -17,7 +17,7 @@ SIM = Simulation.with_defaults(
 )
 MICROSCOPE = Microscope(energy_eV=300e3, Cs_A=1.2e7, focal_spread_A=10.0, angular_spread_mrad=0.0)
 ENERGY_EV = MICROSCOPE.energy_eV
-IMAGE = Image(size_px=64, pixel_size_A=0.4, padding_A=0.0)
+IMAGE = Image(size_px=64, pixel_size_A=0.4, padding_A=0.0, downsample="intensity")
 LABELS = Labels.with_defaults(method="phase", threshold_rad=np.pi / 16, blur_A=1.0)
 PARTICLES = {"lattice": "Au_fcc", "radius_A": [6, 7], "count": [1, 1], "min_gap_A": 4}
 SUBSTRATE = {"thickness_A": [8, 10], "density_g_cm3": 2.0}
@@ -123,7 +123,7 @@ def test_padding_keeps_the_window_free_of_wrapped_detail():
     microscope = replace(MICROSCOPE, Cs_A=0.0)
 
     def window(padding_A: float) -> np.ndarray:
-        image = Image(size_px=48, pixel_size_A=0.4, padding_A=padding_A)
+        image = Image(size_px=48, pixel_size_A=0.4, padding_A=padding_A, downsample="intensity")
         cell_A = optics.cell_A(image)
         atoms = particle.copy()
         atoms.set_cell([cell_A, cell_A, 20.0])
@@ -164,7 +164,7 @@ def test_bad_configuration_is_named(scenes):
         simulate.exit_waves(atoms, replace(SIM, phonon_sigma_A={"C": 0.1}), ENERGY_EV, seed=0)
     with pytest.raises(ValueError, match="image.size_px"):
         simulate.simulate_shard(
-            scenes, [0, 1], SIM, ENERGY_EV, Image(size_px=32, pixel_size_A=0.4, padding_A=0.0), LABELS, seed=0
+            scenes, [0, 1], SIM, ENERGY_EV, Image(size_px=32, pixel_size_A=0.4, padding_A=0.0, downsample="intensity"), LABELS, seed=0
         )
 
 

@@ -5,6 +5,8 @@
 EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
     STUDY.microscope if STUDY.simulation.calibrate_zero_defocus else {"energy_eV": STUDY.microscope.energy_eV}
 )
+# They need the cell and the pixel grid of the labels, not where the images are downsampled.
+EXIT_WAVE_IMAGE = {k: v for k, v in emsim_config.normalized(STUDY.image).items() if k != "downsample"}
 
 
 rule structures:
@@ -41,7 +43,7 @@ rule fftw_wisdom:
     params:
         simulation=emsim_config.normalized(STUDY.simulation),
         microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY.image),
+        image=EXIT_WAVE_IMAGE,
     script:
         "../scripts/fftw_wisdom.py"
 
@@ -64,7 +66,7 @@ rule exit_waves:
     params:
         simulation=emsim_config.normalized(STUDY.simulation),
         microscope=EXIT_WAVE_MICROSCOPE,
-        image=emsim_config.normalized(STUDY.image),
+        image=EXIT_WAVE_IMAGE,
         labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
         seed=lambda wc: STUDY.structure_sets[wc.set]["seed"],
     script:

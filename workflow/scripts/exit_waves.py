@@ -16,7 +16,7 @@ shard = simulate.simulate_shard(
     indices,
     sim,
     p.microscope["energy_eV"],
-    Image.from_dict(p.image),
+    Image.with_defaults(**p.image),
     Labels.from_dict(p.labels),
     seed=p.seed,
     microscope=microscope,

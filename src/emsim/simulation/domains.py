@@ -51,6 +51,7 @@ def render_image(waves: ShardWaves, index: int, domain: dict, microscope: Micros
         microscope,
         image_cfg.pixel_size_A,
         optics.cell_px(image_cfg),
+        image_cfg.downsample,
     )
     for kind, kind_params in shifts.ordered(domain, "detector"):
         image, values = kind.apply(image, kind_params, rng, context)

@@ -142,20 +142,28 @@ def image_from_waves(
     microscope: Microscope,
     pixel_size_A: float,
     size_px: int,
+    downsample: str = "intensity",
 ) -> np.ndarray:
     """HRTEM intensity (size_px, size_px) float32, vacuum = 1, from Fourier-space exit waves.
 
     ``fourier_waves``: (P, G, G) or (G, G) ``fft2`` of the exit waves, one per frozen-phonon
-    configuration. The CTF is applied per configuration, the intensities are averaged, and the
-    mean intensity is Fourier-cropped to ``pixel_size_A`` (the cell must be
-    ``size_px * pixel_size_A`` wide). ``microscope`` gives energy_eV, focal_spread_A and
-    angular_spread_mrad; Cs comes from ``aberrations.C30_A``.
+    configuration (the cell must be ``size_px * pixel_size_A`` wide). The CTF is applied per
+    configuration and the intensities are averaged. ``downsample`` says where the grid goes from
+    ``sampling_A`` to ``pixel_size_A``: ``intensity`` (the CTF acts on the full waves, the mean
+    intensity is Fourier-cropped: no aliasing) or ``wave`` (the seed study's order: each exit wave
+    is Fourier-cropped first, then the CTF and the intensity on the coarse grid, where the
+    intensity's frequencies above the new Nyquist fold back). ``microscope`` gives energy_eV,
+    focal_spread_A and angular_spread_mrad; Cs comes from ``aberrations.C30_A``.
     """
     fourier_waves = np.asarray(fourier_waves)
     if fourier_waves.ndim == 2:
         fourier_waves = fourier_waves[None]
+    check_extent(fourier_waves.shape[-2:], sampling_A, pixel_size_A, size_px)
+    if downsample == "wave":
+        fourier_waves, sampling_A = fourier_crop(fourier_waves, size_px), pixel_size_A
+    elif downsample != "intensity":
+        raise ValueError(f"downsample must be 'intensity' or 'wave', got {downsample!r}")
     shape = fourier_waves.shape[-2:]
-    check_extent(shape, sampling_A, pixel_size_A, size_px)
     transfer = ctf(
         k_grid(shape, sampling_A),
         aberrations,
@@ -213,6 +221,17 @@ def check_extent(shape, sampling_A: float, pixel_size_A: float, size_px: int) ->
             f"waves {shape} at sampling_A={sampling_A} do not cover image.size_px={size_px} x "
             f"image.pixel_size_A={pixel_size_A} ({size_px * pixel_size_A} A); the cell must be square"
         )
+
+
+def fourier_crop(fourier_waves: np.ndarray, size_px: int) -> np.ndarray:
+    """Unshifted ``fft2`` spectra (..., G, G) cut to their (..., size_px, size_px) lowest
+    frequencies (``fftfreq`` order), scaled so the real-space values are kept (as abTEM's
+    ``Waves.downsample(gpts=...)``, normalization ``values``)."""
+    n = fourier_waves.shape[-1]
+    if size_px % 2 or size_px > n:
+        raise ValueError(f"size_px must be even and <= {n}, got {size_px}")
+    keep = np.r_[0 : size_px // 2, n - size_px // 2 : n]
+    return fourier_waves[..., keep[:, None], keep[None, :]] * np.float32((size_px / n) ** 2)
 
 
 def fourier_downsample(image: np.ndarray, size_px: int) -> np.ndarray:

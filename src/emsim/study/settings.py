@@ -128,6 +128,7 @@ class Image(_Block):
     size_px: int  # image side [px]
     pixel_size_A: float  # pixel size [A]
     padding_A: float  # cell simulated around the window on every side [A]
+    downsample: str  # intensity (after the CTF) or wave (before it, the seed study's order)
 
 
 @dataclasses.dataclass(frozen=True)
