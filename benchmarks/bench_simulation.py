@@ -48,7 +48,9 @@ def main() -> None:
     print(f"import emsim (abTEM included): {time.perf_counter() - start:.2f} s")
     if args.wisdom:
         print(f"FFTW wisdom loaded: {simulate.load_fftw_wisdom(args.wisdom)}")
-    image = Image(size_px=args.size_px, pixel_size_A=args.pixel_size_A, padding_A=args.padding_A, downsample="intensity")
+    image = Image(
+        size_px=args.size_px, pixel_size_A=args.pixel_size_A, padding_A=args.padding_A, downsample="intensity"
+    )
     cell_A, cell_px = optics.cell_A(image), optics.cell_px(image)
     sim = Simulation.with_defaults(
         sampling_A=args.sampling_A, frozen_phonons=args.phonons, device=args.device, calibrate_zero_defocus=True

@@ -123,6 +123,8 @@ def test_image_downsample_switch_reaches_the_rendered_image():
         image_cfg = Image(size_px=SIZE // 2, pixel_size_A=2 * SAMPLING_A, padding_A=0.0, downsample=order)
         images[order], _ = domains.render_image(waves, 0, domain, MICROSCOPE, image_cfg, np.random.default_rng(1))
         aberrations = optics.Aberrations(C10_A=-200.0, C30_A=MICROSCOPE.Cs_A)
-        direct = optics.image_from_waves(waves.waves[0], SAMPLING_A, aberrations, MICROSCOPE, 2 * SAMPLING_A, SIZE // 2, order)
+        direct = optics.image_from_waves(
+            waves.waves[0], SAMPLING_A, aberrations, MICROSCOPE, 2 * SAMPLING_A, SIZE // 2, order
+        )
         np.testing.assert_allclose(images[order], direct, atol=1e-5)
     assert not np.allclose(images["intensity"], images["wave"], atol=1e-4)

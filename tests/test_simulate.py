@@ -164,7 +164,13 @@ def test_bad_configuration_is_named(scenes):
         simulate.exit_waves(atoms, replace(SIM, phonon_sigma_A={"C": 0.1}), ENERGY_EV, seed=0)
     with pytest.raises(ValueError, match="image.size_px"):
         simulate.simulate_shard(
-            scenes, [0, 1], SIM, ENERGY_EV, Image(size_px=32, pixel_size_A=0.4, padding_A=0.0, downsample="intensity"), LABELS, seed=0
+            scenes,
+            [0, 1],
+            SIM,
+            ENERGY_EV,
+            Image(size_px=32, pixel_size_A=0.4, padding_A=0.0, downsample="intensity"),
+            LABELS,
+            seed=0,
         )
 
 
