@@ -265,6 +265,40 @@ def test_load_study_maps_columns(tmp_path):
         fd.load_study(tmp_path)
 
 
+def test_scores_are_judged_as_one_minus_score():
+    """det_f1 (higher is better) enters the rules as 1 - det_f1; a loss metric is kept."""
+    table = pd.DataFrame(
+        [
+            transfer(target=t, loss=0.0, **{"target_val_det_f1": f1, "val_det_f1__a": f1, "before_val_det_f1__a": 0.5})
+            for t, f1 in (("a", 0.2), ("b", 0.9), ("c", 0.6))
+        ]
+    )
+    losses, metric = fd.as_losses(table, "det_f1")
+    assert metric == "1-det_f1"
+    assert losses["target_val_1-det_f1"].tolist() == pytest.approx([0.8, 0.1, 0.4])
+    assert losses["before_val_1-det_f1__a"].tolist() == pytest.approx([0.5] * 3)
+    assert "target_val_det_f1" not in losses and losses["target_val_ce"].tolist() == [0.0] * 3
+    assert fd.as_losses(table, "ce")[0] is table
+    facts = pd.DataFrame(
+        {"defocus_nm": -10.0, "dose_e_per_A2": 300.0, "lattice": ["C_diamond", "CdSe_wurtzite", "Cu_fcc"]},
+        index=["a", "b", "c"],
+    )
+    (f7,) = [r for r in fd.findings(table, facts, "det_f1") if r["finding"] == "F7"]
+    assert f7["verdict"] == "agree" and f7["statistic"].startswith(
+        "median target loss, easiest first: CdSe_wurtzite 0.1"
+    )
+
+
+def test_markdown_block_is_read_and_written_in_place(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- findings:v:ce -->\nold\n<!-- /findings:v:ce -->\nrest\n")
+    fd.write_block(doc, "v:ce", "| new |")
+    assert doc.read_text() == "intro\n<!-- findings:v:ce -->\n| new |\n<!-- /findings:v:ce -->\nrest\n"
+    assert fd.read_block(doc, "v:ce") == "| new |"
+    with pytest.raises(ValueError, match=r"doc.md: needs one block <!-- findings:v:det_f1 -->"):
+        fd.read_block(doc, "v:det_f1")
+
+
 def test_command_line(tmp_path, capsys):
     study_files(tmp_path)
     assert main(["findings", "--study", str(tmp_path), "--bootstrap", "0"]) == 0
@@ -280,6 +314,13 @@ def test_command_line(tmp_path, capsys):
     assert main(["findings", str(report), "--configfile", "config/test.yaml", "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
     assert "| defocus | F1 |" in out and "2: 0.5 (IQR 0), 4: 0.4 (IQR 0) | 0 | disagree |" in out
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- findings:test:ce -->\n<!-- /findings:test:ce -->\n")
+    args = ["findings", str(report), "--configfile", "config/test.yaml", "--bootstrap", "0", "--markdown", str(doc)]
+    assert main(args) == 0
+    assert fd.read_block(doc, "test:ce") == capsys.readouterr().out.strip()
+    assert main(args[:-1] + [str(tmp_path / "missing.md")]) == 2  # checked before any work
+    assert "missing.md" in capsys.readouterr().err
     (report / "other").mkdir()
     (report / "defocus/models.parquet").rename(report / "other/models.parquet")
     assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 2
@@ -324,7 +365,6 @@ def test_bootstrap_verdicts_have_three_outcomes():
 
 
 def test_the_generated_study_table_in_the_docs_is_the_commands_output(capsys):
-    text = (Path(__file__).resolve().parents[1] / "docs/validation.md").read_text()
-    block = text.split("<!-- findings:study -->\n")[1].split("\n<!-- /findings:study -->")[0]
+    block = fd.read_block(Path(__file__).resolve().parents[1] / "docs/validation.md", "study")
     assert main(["findings", "--study"]) == 0
     assert capsys.readouterr().out.strip() == block.strip()

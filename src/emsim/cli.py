@@ -170,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         help="resamplings of the models for each verdict's 95 %% interval (default 200; 0: verdicts by sign only)",
     )
     findings.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the table into FILE's block <!-- findings:NAME -->: NAME = study for --study, "
+        "else <config file stem>:<metric> (docs/validation.md)",
+    )
+    findings.add_argument(
         "--study",
         metavar="NOTEBOOKS",
         nargs="?",
@@ -388,6 +394,10 @@ def _findings(args) -> int:
     from emsim.progress import bar
     from emsim.study import config, findings
 
+    block = None
+    if args.markdown:
+        block = "study" if args.study else f"{Path(args.configfile).stem}:{args.metric}"
+        findings.read_block(args.markdown, block)  # the block exists before any work
     if args.study:
         tables = findings.shipped_study() if args.study is True else findings.load_study(args.study)
         results = {
@@ -397,7 +407,10 @@ def _findings(args) -> int:
     else:
         study = config.load(args.configfile)
         results = findings.report_findings(args.report_dir, study, args.metric, progress=True, bootstrap=args.bootstrap)
-    print(findings.markdown(results))
+    table = findings.markdown(results)
+    print(table)
+    if block:
+        findings.write_block(args.markdown, block, table)
     return 0
 
 

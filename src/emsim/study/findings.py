@@ -43,6 +43,19 @@ CLAIMS = {
     "F7": "diamond C is the hardest lattice and wurtzite the easiest",
 }
 FACTS = ("defocus_nm", "dose_e_per_A2", "lattice")
+# Metrics where higher is better; findings compare losses, so these enter as 1 - score.
+SCORES = (
+    "iou",
+    "dice",
+    "precision",
+    "recall",
+    "accuracy",
+    "det_precision",
+    "det_recall",
+    "det_f1",
+    "det_mean_f1",
+    "pq",
+)
 
 
 # ---------------------------------------------------------------- statistics
@@ -115,6 +128,29 @@ def by_target_fact(table: pd.DataFrame, facts: pd.DataFrame, fact: str, metric: 
     rows = transfer_rows(table, metric)
     keys = rows["target"].map(facts[fact])
     return rows.groupby(keys)[f"target_val_{metric}"].median().sort_index()
+
+
+def _metric_of(column: str) -> str | None:
+    """The metric short name of a loss column (``[before_]target_val_<m>``, ``[before_]val_<m>__<d>``)."""
+    column = column.removeprefix("before_")
+    if column.startswith("target_val_"):
+        return column.removeprefix("target_val_")
+    if column.startswith("val_") and "__" in column:
+        return column.removeprefix("val_").split("__", 1)[0]
+    return None
+
+
+def as_losses(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
+    """The table and metric the findings' rules read (lower is better): a score (``SCORES``)
+    becomes ``1-<m>`` = 1 - score in every column of that metric; any other metric is kept."""
+    if metric not in SCORES:
+        return table, metric
+    loss = f"1-{metric}"
+    columns = {c: c.replace(f"val_{metric}", f"val_{loss}", 1) for c in table if _metric_of(c) == metric}
+    out = table.drop(columns=list(columns))
+    for column, renamed in columns.items():
+        out[renamed] = 1.0 - table[column]
+    return out, loss
 
 
 # ---------------------------------------------------------------- verdicts
@@ -248,7 +284,8 @@ def findings(
     """Every finding that applies to one experiment: ``finding``, ``claim``, ``statistic``,
     ``margin`` (of the finding's rule; > 0 agrees), ``interval`` (the 2.5-97.5 % quantiles of the
     margin over ``bootstrap`` resamplings of the transfer models with replacement, seeded; None
-    without) and ``verdict`` (:func:`verdict`)."""
+    without) and ``verdict`` (:func:`verdict`). A score metric is judged as 1 - score (:func:`as_losses`)."""
+    table, metric = as_losses(table, metric)
     transfer = transfer_rows(table, metric)
     if transfer.empty:
         return []
@@ -279,6 +316,30 @@ def findings(
             }
         )
     return out
+
+
+def _split(path: Path, name: str) -> tuple[str, str, str]:
+    """A markdown file as (text up to and with ``<!-- findings:<name> -->``, the block between the
+    markers, the rest from ``<!-- /findings:<name> -->``); ValueError naming the file and block
+    without exactly one such block."""
+    document = path.read_text()
+    start, end = f"<!-- findings:{name} -->", f"<!-- /findings:{name} -->"
+    if document.count(start) != 1 or document.count(end) != 1 or document.index(start) > document.index(end):
+        raise ValueError(f"{path}: needs one block {start} ... {end} to hold the findings")
+    before, rest = document.split(start)
+    block, after = rest.split(end)
+    return before + start, block.strip("\n"), end + after
+
+
+def read_block(path: str | Path, name: str) -> str:
+    """The findings table in block ``name`` of a markdown file."""
+    return _split(Path(path), name)[1]
+
+
+def write_block(path: str | Path, name: str, table: str) -> None:
+    """Replace the findings table in block ``name`` of a markdown file."""
+    before, _, after = _split(Path(path), name)
+    Path(path).write_text(f"{before}\n{table}\n{after}")
 
 
 def markdown(results: dict[str, list[dict]]) -> str:
