@@ -60,3 +60,38 @@ def test_no_cycle_between_modules():
     for module in sorted(top):
         if module not in state:
             visit(module, [])
+
+
+# Layers, bottom first: a module may import its own layer and those below, never above.
+LAYERS = (
+    ("emsim", "emsim.io", "emsim.progress", "emsim.study.schema", "emsim.study.settings", "emsim.study.paths"),
+    ("emsim.study.methods", "emsim.data", "emsim.readers", "emsim.micrographs", "emsim.simulation"),
+    ("emsim.learning",),
+    ("emsim.predict", "emsim.export", "emsim.montage"),
+    ("emsim.study.config", "emsim.study.experiments", "emsim.match"),
+    ("emsim.report", "emsim.study.findings"),
+    ("emsim.cli",),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of the longest LAYERS prefix of ``module``."""
+    matches = [
+        (len(prefix), i)
+        for i, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    return max(matches)[1]
+
+
+def test_imports_point_down_the_layers():
+    top, _ = graph()
+    upward = {
+        f"{module} (layer {layer_of(module)}) -> {child} (layer {layer_of(child)})"
+        for module, children in top.items()
+        for child in children
+        if layer_of(child) > layer_of(module)
+    }
+    assert sorted(upward) == []
+    assert {layer_of(m) for m in top} == set(range(len(LAYERS)))  # every layer is used

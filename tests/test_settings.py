@@ -44,7 +44,7 @@ def test_load_returns_frozen_typed_blocks_that_give_back_the_dicts():
 
 
 def test_from_dict_names_the_missing_unknown_or_invalid_key():
-    image = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0}
+    image = {"size_px": 64, "pixel_size_A": 0.4, "padding_A": 0.0, "downsample": "intensity"}
     with pytest.raises(ValueError, match=r"image: missing key\(s\) image.padding_A"):
         settings.Image.from_dict({"size_px": 64, "pixel_size_A": 0.4})
     with pytest.raises(ValueError, match=r"image: unknown key\(s\) image.pixel_A"):

@@ -18,13 +18,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
-import importlib.util
 import itertools
 import json
 import math
 import os
 import re
-import sys
 import zlib
 from pathlib import Path
 
@@ -36,11 +34,7 @@ from emsim import micrographs
 from emsim.simulation import optics, phonons, shifts, structures, supports
 from emsim.study import methods, settings
 from emsim.study import schema as study_schema
-
-
-class ConfigError(ValueError):
-    """An invalid study configuration; the message names the key."""
-
+from emsim.study.settings import ConfigError
 
 UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
 MAX_NAME_CHARS = 120  # names become parts of file names (file systems take 255 bytes)
@@ -93,7 +87,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     if isinstance(study.get("extensions"), list):
         study["extensions"] = [_extension_path(base_dir, path) for path in study["extensions"]]
     for path in study.get("extensions", []):
-        load_extension(path)
+        shifts.load_extension(path)
     _validate(study, study_schema.load(), "")
     _check_size_px(study)
     _check_names(study["experiments"], "experiments")
@@ -147,24 +141,6 @@ def _check_mixture(value, structure_sets: dict, key: str) -> None:
             raise ConfigError(f"{key}: {set_name!r} is not a structure set; defined: {', '.join(structure_sets)}")
     if isinstance(value, dict) and abs(sum(value.values()) - 1) > 1e-6:
         raise ConfigError(f"{key}: the proportions {value} sum to {sum(value.values()):g}, not 1")
-
-
-def load_extension(path: str | Path) -> None:
-    """Import a Python file that registers domain-shift kinds (config key ``extensions``)."""
-    path = Path(path)
-    module_name = f"emsim_extension_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
-    if module_name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or not path.is_file():
-        raise ConfigError(f"extensions: {str(path)!r} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        del sys.modules[module_name]
-        raise ConfigError(f"extensions: {path} failed to load: {error!r}") from error
 
 
 def domain_seed(study: settings.Study, name: str) -> int:

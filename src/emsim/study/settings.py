@@ -23,6 +23,10 @@ STAGES = PRETRAIN, TRANSFER, BASELINE = ("pretrain", "transfer", "baseline")
 """The stages of a model (its ``stage`` tag): the one home of their names."""
 
 
+class ConfigError(ValueError):
+    """An invalid study configuration; the message names the key."""
+
+
 class _Block:
     """``from_dict`` for a frozen dataclass that mirrors one block of the study schema."""
 
