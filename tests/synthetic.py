@@ -70,15 +70,15 @@ CFG = Training.with_defaults(
 LR = 3e-3
 
 
-def bright_disc_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0):
+def bright_disc_domain(path, domain, n_train=8, n_val=4, seed=0, contrast=50.0, size_px=SIZE_PX):
     """Bright disks (label 1) on a noisy background: an easy segmentation task."""
     rng = np.random.default_rng(seed)
     n = n_train + n_val + 2
-    yy, xx = np.mgrid[:SIZE_PX, :SIZE_PX]
-    labels = np.zeros((n, SIZE_PX, SIZE_PX), np.uint8)
+    yy, xx = np.mgrid[:size_px, :size_px]
+    labels = np.zeros((n, size_px, size_px), np.uint8)
     for i in range(n):
         for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(10, SIZE_PX - 10, 2)
+            cy, cx = rng.uniform(10, size_px - 10, 2)
             labels[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 10) ** 2
     images = (100 + contrast * labels + rng.normal(0, 10, labels.shape)).astype(np.float32)
     splits = {

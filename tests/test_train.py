@@ -385,3 +385,14 @@ def test_model_file_with_missing_or_misshaped_weights_names_the_file(domains, tm
         torch.save(payload | {"state_dict": state, "state_sha256": models.state_digest(state)}, out)
         with pytest.raises(ValueError, match=f"{out}: the weights do not fit"):
             load_model(out)
+
+
+def test_default_memory_format_trains_256_px_images_on_the_cpu(tmp_path):
+    """channels_last ``auto`` is off on the CPU: torch 2.13's oneDNN backward crashes (SIGSEGV) in
+    channels-last from 256 px images, which killed a training job before the switch existed."""
+    assert train._switch("auto", torch.device("cpu")) is False
+    assert Training.with_defaults().channels_last == "auto"
+    domain = make_domain(tmp_path / "big.h5", "big", n_train=2, n_val=2, size_px=256)
+    cfg = replace(CFG, epochs=1, batch_size=2, channels_last=Training.with_defaults().channels_last)
+    meta = train.pretrain(domain, tmp_path / "big.pt", cfg, LR, seed=0)
+    assert math.isfinite(meta["best_val_loss"])

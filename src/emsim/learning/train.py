@@ -31,8 +31,9 @@ epochs without a val loss below the best minus ``min_delta``; a resumed run stop
 
 GPU path: data resident on the device, augmentation there, bf16 autocast (``amp``),
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam (``fused``), cuDNN
-autotuning. ``amp`` and ``fused`` are ``auto`` (on only on CUDA), true or false: true turns them on
-on the CPU too, where the tests exercise them.
+autotuning. ``amp``, ``channels_last`` and ``fused`` are ``auto`` (on only on CUDA), true or false:
+true turns them on on the CPU too, where the tests exercise them (channels-last on small images:
+torch 2.13's CPU backward crashes from 256 px).
 
 Batches (:mod:`emsim.learning.batch`): inside :func:`shared_inputs`, every dataset split is read,
 hashed and moved to the device once for all the models the block trains, and a call whose model
@@ -461,7 +462,7 @@ def _fit(
     method = method or Method({"name": "scratch"})
     device = resolve_device(device if device is not None else training.device)
     amp = _switch(training.amp, device)
-    channels_last = bool(training.channels_last)
+    channels_last = _switch(training.channels_last, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     train_x, train_y = _to_device(*train, device, "training")
     val_x, val_y = _to_device(*val, device, "validation")
@@ -496,7 +497,7 @@ def _fit(
             group["lr"] = epoch_lr * group["lr_scale"]
         method.set_epoch(model, epoch)
         order, ops = _epoch_order(seed, stage, epoch, len(train_x), training.augmentation, device)
-        train_loss = _train_loss(step, train_x, train_y, order, ops, training, stage, epoch)
+        train_loss = _train_loss(step, train_x, train_y, order, ops, training, channels_last, stage, epoch)
         val_loss = mean_loss(net, val_x, val_y, training.batch_size, amp, channels_last, training.loss)
         _check_loss(val_loss, stage, epoch + 1, "validation")
         if val_loss < best["val_loss"]:
@@ -594,10 +595,12 @@ def _resume(ckpt_path: Path, run: dict, device, model: UNet, optimizer) -> tuple
     return state["history"], state["best"]
 
 
-def _train_loss(step, train_x, train_y, order, ops, training: Training, stage: str, epoch: int) -> float:
+def _train_loss(
+    step, train_x, train_y, order, ops, training: Training, channels_last: bool, stage: str, epoch: int
+) -> float:
     """One epoch of training steps; its mean training loss (offset removed), every step checked."""
     batch_size = training.batch_size
-    losses = train_epoch(step, train_x, train_y, order, ops, batch_size, bool(training.channels_last))
+    losses = train_epoch(step, train_x, train_y, order, ops, batch_size, channels_last)
     losses = losses.tolist()  # the epoch's only device sync; names the first bad step
     for i, loss in enumerate(losses, 1):
         _check_loss(loss, stage, epoch + 1, f"step {i}")

@@ -179,7 +179,7 @@ class Training(_Block):
     lr_decay: float  # learning-rate factor per epoch [1]
     device: str  # auto, cpu or cuda
     amp: str | bool  # bf16 autocast: auto, true or false
-    channels_last: bool  # channels-last memory format
+    channels_last: str | bool  # channels-last memory format: auto, true or false
     compile: bool  # torch.compile the model
     fused: str | bool  # fused Adam: auto, true or false
     models_per_job: int  # models one training job trains, at most [count]
