@@ -10,10 +10,9 @@ from synthetic import CFG, LR
 from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
-from emsim.learning import methods, train
-from emsim.learning.models import UNet, load_model
+from emsim.learning import adapters, methods, train
+from emsim.learning.models import UNet, group_of, load_model
 from emsim.study import config, experiments
-from emsim.study import methods as specs
 from emsim.study.settings import EarlyStopping, Training
 
 CFG2 = replace(CFG, epochs=2)
@@ -36,7 +35,7 @@ def pretrained(domains, tmp_path_factory):
 
 
 def group_sizes(model) -> dict[str, int]:
-    return {g: sum(p.numel() for n, p in model.named_parameters() if methods._group_of(n) == g) for g in specs.GROUPS}
+    return {g: sum(p.numel() for n, p in model.named_parameters() if group_of(n) == g) for g in methods.GROUPS}
 
 
 def lora_params(model, rank) -> int:
@@ -45,15 +44,15 @@ def lora_params(model, rank) -> int:
 
 
 def resolved(entry, epochs=2):
-    return specs.resolve(entry, "m", epochs, CFG.width)
+    return methods.resolve(entry, "m", epochs, CFG.width)
 
 
 EXPECTED_GROUPS = {  # method -> block groups whose pretrained weights change in a 2-epoch run
     "finetune": ("head", "decoder"),  # freeze: encoder
     "head": ("head",),
-    "discriminative": specs.GROUPS,
+    "discriminative": methods.GROUPS,
     "lora": ("head",),  # plus the merged adapters: every other convolution changes
-    "scratch": specs.GROUPS,
+    "scratch": methods.GROUPS,
 }
 
 
@@ -70,9 +69,9 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
         g
         for n, p in after.named_parameters()
         if n.endswith("weight") and not torch.equal(p, before.get_parameter(n))
-        for g in [methods._group_of(n)]
+        for g in [group_of(n)]
     }
-    convs_only = {methods._group_of(n + ".weight") for n, m in before.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    convs_only = {group_of(n + ".weight") for n, m in before.named_modules() if isinstance(m, torch.nn.Conv2d)}
     if name == "lora":
         assert changed == convs_only  # merged adapters change every convolution
         assert meta["trainable_params"] == sizes["head"] + lora_params(before, 2)
@@ -88,9 +87,9 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
         assert meta["trainable_params"] == expected[name]
     assert meta["total_params"] == sum(sizes.values())  # LoRA merged: a plain U-Net
     # BN statistics of block groups that do not train stay as pretrained
-    frozen = [g for g in specs.GROUPS if g not in EXPECTED_GROUPS[name]]
+    frozen = [g for g in methods.GROUPS if g not in EXPECTED_GROUPS[name]]
     for n, buffer in after.named_buffers():
-        if "running_mean" in n and methods._group_of(n) in frozen:
+        if "running_mean" in n and group_of(n) in frozen:
             assert torch.equal(buffer, before.get_buffer(n)), n
     assert meta["images_seen"] == 12 and meta["peak_memory_MB"] > 0 and meta["method"] == method
 
@@ -115,7 +114,7 @@ def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(do
 def test_lora_conv_follows_the_peft_formula_and_merges_exactly():
     torch.manual_seed(0)
     base = torch.nn.Conv2d(8, 16, 3, 2, 1, bias=False)
-    lora = methods.LoRAConv2d(base, rank=3, alpha=6.0)
+    lora = adapters.LoRAConv2d(base, rank=3, alpha=6.0)
     torch.nn.init.normal_(lora.lora_B.weight)  # zero at init: make the update visible
     x = torch.randn(2, 8, 32, 32)
     a = F.conv2d(x, lora.lora_A.weight, stride=2, padding=1)
@@ -128,13 +127,13 @@ def test_lora_conv_follows_the_peft_formula_and_merges_exactly():
 
 def test_lora_model_before_and_after_merging_gives_the_same_outputs():
     model = UNet(0.125, generator=torch.Generator().manual_seed(0)).eval()
-    count = methods.add_lora(model, 4, 8.0, torch.Generator().manual_seed(1))
-    assert count == sum(isinstance(m, methods.LoRAConv2d) for m in model.modules()) > 20
+    count = adapters.add_lora(model, 4, 8.0, torch.Generator().manual_seed(1))
+    assert count == sum(isinstance(m, adapters.LoRAConv2d) for m in model.modules()) > 20
     for m in model.modules():
-        if isinstance(m, methods.LoRAConv2d):
+        if isinstance(m, adapters.LoRAConv2d):
             torch.nn.init.normal_(m.lora_B.weight, std=0.1)
-    merged = methods.merge_lora(model)
-    assert not any(isinstance(m, methods.LoRAConv2d) for m in merged.modules())
+    merged = adapters.merge_lora(model)
+    assert not any(isinstance(m, adapters.LoRAConv2d) for m in merged.modules())
     assert set(merged.state_dict()) == set(UNet(0.125).state_dict())
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
@@ -149,18 +148,18 @@ def test_lora_max_rank_of_the_config_is_the_models_bound(width):
         for n, m in model.named_modules()
         if isinstance(m, torch.nn.Conv2d) and not n.startswith("decoder.head")
     )
-    assert specs.lora_max_rank(width) == bound
+    assert methods.lora_max_rank(width) == bound
 
 
 def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):
-    method = methods.Method(resolved({"method": "gradual", "start": "head", "every": 2}, 13))
+    method = methods.build(resolved({"method": "gradual", "start": "head", "every": 2}, 13))
     assert [len(method.trainable_groups(e)) for e in range(14)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     spec = resolved({"method": "gradual", "start": "decoder", "every": 1}, 6)
     meta = train.transfer(
         pretrained, domains["b"], tmp_path / "g.pt", replace(CFG, epochs=6), LR, "none", 4, seed=1, method=spec
     )
     sizes = group_sizes(UNet(CFG.width))
-    cumulative = [sum(sizes[g] for g in specs.GROUPS[: k + 2]) for k in range(6)]
+    cumulative = [sum(sizes[g] for g in methods.GROUPS[: k + 2]) for k in range(6)]
     assert [r["trainable_params"] for r in meta["history"]] == cumulative
 
 
@@ -177,9 +176,9 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
     with pytest.raises(Killed):
         train.transfer(pretrained, domains["b"], out, CFG2, LR, "none", 4, seed=1, method=spec, on_epoch_end=kill)
     groups = torch.load(f"{out}.ckpt", weights_only=True)["optimizer"]["param_groups"]
-    assert [g["lr"] for g in groups] == pytest.approx([LR * 0.25**i for i in range(len(specs.GROUPS))])
+    assert [g["lr"] for g in groups] == pytest.approx([LR * 0.25**i for i in range(len(methods.GROUPS))])
     names = [n for n, _ in UNet(CFG.width).named_parameters()]
-    tensors = [sum(methods._group_of(n) == g for n in names) for g in specs.GROUPS]
+    tensors = [sum(group_of(n) == g for n in names) for g in methods.GROUPS]
     assert [len(g["params"]) for g in groups] == tensors and all(tensors)
 
 

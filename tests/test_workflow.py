@@ -1,6 +1,7 @@
 """Real Snakemake runs of the tiny study: end to end, then what a change reruns (and what it does not)."""
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from micrograph_files import write_micrographs
 
 from emsim import data
 from emsim.learning import train
-from emsim.learning.models import load_model
+from emsim.learning.models import group_of, load_model
 from emsim.study import config, experiments
 from emsim.study.settings import Training
 
@@ -165,9 +166,9 @@ def test_lint_is_clean(tmp_path, tiny_study):
     assert "Congratulations" in output or "no lints" in output.lower(), output[-3000:]
 
 
-def readme_block(name: str) -> str:
-    """The code block of docs/domain-shifts.md between <!-- walkthrough:NAME --> markers."""
-    text = (ROOT / "docs/domain-shifts.md").read_text()
+def readme_block(name: str, doc: str = "docs/domain-shifts.md") -> str:
+    """The code block of ``doc`` between <!-- walkthrough:NAME --> markers."""
+    text = (ROOT / doc).read_text()
     block = text.split(f"<!-- walkthrough:{name} -->")[1].split(f"<!-- /walkthrough:{name} -->")[0]
     return block.split("```", 2)[1].split("\n", 1)[1]
 
@@ -184,6 +185,30 @@ def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
     assert np.allclose(meta["drift_angle_deg"], 30.0)
     images, _ = data.read_split(rerun_dir / "results/datasets/drift2.h5", "train")
     assert images.std() > 0
+
+
+def test_walkthrough_registers_a_transfer_method_and_trains_only_its_models(rerun_dir, tiny_study):
+    (rerun_dir / "my_methods.py").write_text(readme_block("method", "docs/training.md"))
+    changed = copy.deepcopy(tiny_study)
+    changed["extensions"] = ["my_methods.py"]
+    changed["experiments"]["defocus"]["methods"] = ["finetune", {"method": "deep", "depth": 2}]
+    jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
+    assert set(jobs) == {"all", "transfer", "evaluate", "report_table", "report_figures"}, jobs
+    snakemake(rerun_dir, "--cores", "2", "results/report/defocus/models.parquet", config=changed)
+    records = (rerun_dir / "results/models/defocus/transfer").rglob("batch*.json")
+    kept = {
+        Path(e["path"]).name.split("_n")[0]: e["kept"] for r in records for e in json.loads(r.read_text())["models"]
+    }
+    assert kept == {"none": True, "encoder": True, "deep-depth2": False}  # only the new models train
+    models = sorted((rerun_dir / "results/models/defocus/transfer").rglob("deep-depth2_*.pt"))
+    pretrained, _ = load_model(rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt")
+    transferred, meta = load_model(models[0])
+    changed_groups = {
+        group_of(n) for n, p in transferred.named_parameters() if not torch.equal(p, pretrained.get_parameter(n))
+    }
+    assert changed_groups == {"layer1", "stem"} and meta["method"]["name"] == "deep"
+    table = pd.read_parquet(rerun_dir / "results/report/defocus/models.parquet")
+    assert "deep" in set(table["method"])
 
 
 def _kill_after_first_checkpoint(rerun_dir: Path, target: str, ckpt: Path, config: dict) -> None:

@@ -13,7 +13,7 @@ rule evaluate:
     benchmark:
         paths.benchmark(paths.EVALUATION)
     wildcard_constraints:
-        group=r"(pretrain|transfer|baseline)/.+",
+        group=f"({'|'.join(paths.BATCHES)})/.+",
     conda:
         CONDA_ENV
     threads: threads_of("evaluation")

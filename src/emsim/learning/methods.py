@@ -1,188 +1,279 @@
-"""Transfer methods: which parameters train in which epoch, at which learning rate, AdaBN and LoRA.
+"""Transfer methods, one class each in a registry (``experiments.<name>.methods``).
 
-A :class:`Method` is built from a resolved method dict (:func:`emsim.study.methods.resolve`) and
-asked by the training loop for its optimiser parameter groups (:meth:`Method.param_groups`, each
-with an ``lr_scale``), the trainable set of each epoch (:meth:`Method.set_epoch`), the step before
-training (:meth:`Method.setup`: AdaBN, adapters) and the plain model to save (:meth:`Method.export`).
-Parameters outside the epoch's trainable set get no gradient and the BatchNorm layers of their
-block groups stay in eval mode (:attr:`emsim.learning.models.UNet.frozen`).
+A method owns its parameters (defaults and checks), its part of a model file's name, the block
+groups that train in each epoch, its optimiser parameter groups (each with an ``lr_scale``), what
+it does before training and what it saves. Parameters outside the epoch's trainable groups get no
+gradient and their BatchNorm layers stay in eval mode (:meth:`emsim.learning.models.UNet.set_trainable`).
 
-- ``finetune``: :func:`emsim.learning.models.freeze` of the ``freeze`` part, the rest trains;
-- ``head``: only the segmentation head trains (feature extraction);
-- ``gradual``: epoch 0 trains the head (``start: head``) or head and decoder (``start: decoder``);
-  every ``every`` epochs the next block group towards the input joins (:data:`GROUPS`);
-- ``discriminative``: everything trains; group i (0 = head) at ``lr * factor**i``;
-- ``lora``: every convolution except the head gets a :class:`LoRAConv2d` adapter; adapters and the
-  head train, the pretrained weights and BN statistics stay fixed; merged into plain weights on export;
-- ``adabn``: no gradient step; BN running statistics re-estimated on the target's training images
-  (:func:`adapt_batchnorm`); ``adabn: true`` runs it before any other method;
-- ``scratch``: everything trains (the model is randomly initialised by the caller).
+Torch-free: the study is checked (:func:`resolve`) before any job runs or torch is imported; the
+model does the torch work it is asked for (``set_trainable``, ``add_lora``, ``adapt_batchnorm``).
+
+A study names a method by its name or as ``{method: <name>, <parameter>: <value>, ...}``; missing
+parameters take the class's defaults. ``finetune`` is crossed with the experiment's ``freeze`` list.
+Adding a method: one :func:`register`-ed subclass of :class:`TransferMethod` (docs/training.md).
+
+Block groups, from the head towards the input (:data:`GROUPS`): ``head`` (the segmentation head),
+``decoder`` (the 5 decoder blocks), ``layer4`` .. ``layer1`` (the ResNet stages), ``stem``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import ClassVar
 
-import torch
-from torch import nn
+GROUPS = ("head", "decoder", "layer4", "layer3", "layer2", "layer1", "stem")
+FREEZE_PARTS = ("encoder", "decoder", "none")
+LORA_MIN_CHANNELS = 8  # emsim.learning.models.MIN_CHANNELS
+LORA_SMALLEST_OUT = 16  # the last decoder block's channels at width 1 (emsim.learning.models.DECODER_CHANNELS)
+LORA_STEM_FAN_IN = 49  # 1 input channel x 7 x 7 kernel
 
-from emsim.learning.models import UNet, freeze
-from emsim.study.methods import GRADUAL_STARTS, GROUPS
-
-MODULES = {
-    "head": ("decoder.head",),
-    "decoder": ("decoder.blocks",),
-    "layer4": ("encoder.layer4",),
-    "layer3": ("encoder.layer3",),
-    "layer2": ("encoder.layer2",),
-    "layer1": ("encoder.layer1",),
-    "stem": ("encoder.conv1", "encoder.bn1"),
-}
+METHODS: dict[str, type[TransferMethod]] = {}
 
 
-class LoRAConv2d(nn.Module):
-    """A frozen convolution plus a low-rank update, peft's Conv2d LoRA: ``base(x) + scaling *
-    lora_B(lora_A(x))`` with ``lora_A`` a convolution to ``rank`` channels with the layer's kernel,
-    stride and padding (Kaiming-uniform init), ``lora_B`` a zero-initialised 1x1 convolution to the
-    out channels and ``scaling = alpha / rank``."""
-
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, generator: torch.Generator | None = None):
-        super().__init__()
-        if base.groups != 1:
-            raise ValueError("LoRA adapters need ungrouped convolutions")
-        self.base = base
-        self.lora_A = nn.Conv2d(
-            base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation, bias=False
-        )
-        self.lora_B = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
-        nn.init.zeros_(self.lora_B.weight)
-        self.lora_A.to(base.weight.device)
-        self.lora_B.to(base.weight.device)
-        self.scaling = alpha / rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
-
-    def delta(self) -> torch.Tensor:
-        """The update of the base weight: ``scaling * B @ A`` in the base weight's shape."""
-        update = self.lora_B.weight.flatten(1) @ self.lora_A.weight.flatten(1)
-        return (update * self.scaling).view_as(self.base.weight)
-
-    @torch.no_grad()
-    def merged(self) -> nn.Conv2d:
-        """A plain convolution computing the same function."""
-        conv = copy.deepcopy(self.base)
-        conv.weight.add_(self.delta().to(conv.weight.dtype))
-        return conv
+def register(cls: type[TransferMethod]) -> type[TransferMethod]:
+    """Class decorator: make a method available to study configs under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None) -> int:
-    """Wrap every Conv2d outside the segmentation head in :class:`LoRAConv2d`; returns how many."""
-    targets = [
-        name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and not name.startswith("decoder.head")
-    ]
-    for name in targets:
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent)
-        setattr(holder, child, LoRAConv2d(getattr(holder, child), rank, alpha, generator))
-    return len(targets)
+def finetune_groups(part: str) -> tuple[str, ...]:
+    """The block groups that train when ``part`` (:data:`FREEZE_PARTS`) is frozen."""
+    frozen = {"none": (), "decoder": ("decoder",), "encoder": GROUPS[2:]}[part]
+    return tuple(g for g in GROUPS if g not in frozen)
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every :class:`LoRAConv2d` replaced by its merged convolution."""
-    model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRAConv2d):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.merged())
-    return model
+class TransferMethod:
+    """A transfer method with resolved parameters ``params`` (:func:`resolve`), applied to a U-Net.
+
+    Subclasses set ``name`` and ``defaults`` (every parameter with its default; ``adabn: False``
+    offers AdaBN before training) and override what differs from "everything trains at the base
+    learning rate": :meth:`check`, :meth:`trainable_groups`, :meth:`param_groups`, :meth:`setup`.
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict] = {"adabn": False}
+    trains: ClassVar[bool] = True  # False: no epoch runs (adabn alone)
+
+    def __init__(self, params: dict, freeze: str = "none", seed: int = 0):
+        self.params, self.freeze, self.seed = dict(params), freeze, seed
+
+    @classmethod
+    def check(cls, params: dict, key: str, epochs: int, width: float) -> None:
+        """ValueError naming ``key``.<parameter> for a bad value (``epochs``, ``width``: the study's training)."""
+        if not isinstance(params.get("adabn", False), bool):
+            raise ValueError(f"{key}.adabn: must be true or false, got {params['adabn']!r}")
+
+    def label(self) -> str:
+        """Its part of a model file name: the name and every parameter, e.g. ``lora-rank4-alpha4``,
+        ``-adabn`` when AdaBN runs first."""
+        parts = [self.name] + [
+            f"{k}{v:g}" if isinstance(v, (int, float)) else f"{k}{v}" for k, v in self.params.items() if k != "adabn"
+        ]
+        return "-".join(parts + (["adabn"] if self.params.get("adabn") else []))
+
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        """Block groups whose pretrained parameters train in ``epoch`` (0-based)."""
+        return GROUPS
+
+    def setup(self, model, images, batch_size: int, channels_last: bool) -> None:
+        """Before training: AdaBN if asked for, then the trainable set of epoch 0."""
+        if self.params.get("adabn"):
+            model.adapt_batchnorm(images, batch_size, channels_last)
+        self.set_epoch(model, 0)
+
+    def set_epoch(self, model, epoch: int) -> None:
+        """Trainable parameters and frozen (eval-mode) submodules of ``epoch``."""
+        model.set_trainable(self.trainable_groups(epoch))
+
+    def param_groups(self, model) -> list[dict]:
+        """Optimiser parameter groups: every parameter that trains in some epoch, with ``lr_scale``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    def export(self, model):
+        """The model to save: a plain U-Net (adapters merged)."""
+        return model.merged()
 
 
-@torch.no_grad()
-def adapt_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int, channels_last: bool) -> None:
-    """AdaBN: reset every BatchNorm layer's running statistics and re-estimate them as the mean
-    over batches of ``images`` (in order, no augmentation, no labels, no gradient step)."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    state = [(m.training, m.momentum) for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-        m.train()
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size]
-        model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-    for m, (training, momentum) in zip(layers, state):
-        m.momentum = momentum
-        m.train(training)
+@register
+class Finetune(TransferMethod):
+    """Everything trains but the frozen part (``freeze``: encoder, decoder blocks, or none)."""
+
+    name = "finetune"
+
+    def label(self) -> str:
+        """The frozen part, as model files were named before methods existed."""
+        return "-".join([self.freeze] + (["adabn"] if self.params.get("adabn") else []))
+
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        return finetune_groups(self.freeze)
 
 
-class Method:
-    """One transfer method (a resolved method dict) applied to a :class:`UNet`."""
+@register
+class Head(TransferMethod):
+    """Only the segmentation head trains (feature extraction)."""
 
-    def __init__(self, spec: dict, freeze_part: str = "none", seed: int = 0):
-        self.spec, self.name, self.freeze_part, self.seed = dict(spec), spec["name"], freeze_part, seed
+    name = "head"
 
-    @property
-    def trains(self) -> bool:
-        """False for ``adabn`` alone: no epoch runs."""
-        return self.name != "adabn"
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        return ("head",)
 
-    def setup(self, model: UNet, images: torch.Tensor, batch_size: int, channels_last: bool) -> None:
-        """Before training: AdaBN if asked for, LoRA adapters, the trainable set of epoch 0."""
-        if self.name == "adabn" or self.spec.get("adabn"):
-            adapt_batchnorm(model, images, batch_size, channels_last)
-        if self.name == "lora":
-            add_lora(model, self.spec["rank"], self.spec["alpha"], torch.Generator().manual_seed(self.seed))
+
+@register
+class Gradual(TransferMethod):
+    """Epoch 0 trains the head (``start: head``) or head and decoder (``start: decoder``); every
+    ``every`` epochs the next block group towards the input joins."""
+
+    name = "gradual"
+    defaults = {"start": "decoder", "every": 1, "adabn": False}
+    STARTS: ClassVar[tuple[str, ...]] = ("head", "decoder")
+
+    @classmethod
+    def check(cls, params, key, epochs, width):
+        super().check(params, key, epochs, width)
+        if params["start"] not in cls.STARTS:
+            raise ValueError(f"{key}.start: must be one of {', '.join(cls.STARTS)}, got {params['start']!r}")
+        _number(params, "every", key, 1, integer=True)
+        steps = len(GROUPS) - (cls.STARTS.index(params["start"]) + 1)
+        if steps * params["every"] > epochs - 1:
+            raise ValueError(
+                f"{key}.every: the schedule unfreezes {steps} block groups, one every {params['every']} epoch(s), "
+                f"so it needs training.epochs >= {steps * params['every'] + 1}; training.epochs = {epochs}"
+            )
+
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        first = self.STARTS.index(self.params["start"]) + 1
+        return GROUPS[: min(len(GROUPS), first + epoch // self.params["every"])]
+
+    def param_groups(self, model) -> list[dict]:
+        """Every parameter from the start: the optimiser holds the groups that join later."""
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+
+
+@register
+class Discriminative(TransferMethod):
+    """Everything trains; block group i (0 = head) at ``lr * factor**i``."""
+
+    name = "discriminative"
+    defaults = {"factor": 0.5, "adabn": False}
+
+    @classmethod
+    def check(cls, params, key, epochs, width):
+        super().check(params, key, epochs, width)
+        factor = params["factor"]
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 0 < factor <= 1:
+            raise ValueError(f"{key}.factor: must be a number in (0, 1], got {factor!r}")
+
+    def param_groups(self, model) -> list[dict]:
+        return [
+            {"params": model.parameters_of(g), "lr_scale": self.params["factor"] ** i} for i, g in enumerate(GROUPS)
+        ]
+
+
+@register
+class LoRA(TransferMethod):
+    """Every convolution but the head's gets a low-rank adapter; adapters and the head train, the
+    pretrained weights and BN statistics stay fixed; merged into plain weights on export."""
+
+    name = "lora"
+    defaults = {"rank": 4, "alpha": 4.0, "adabn": False}
+
+    @classmethod
+    def check(cls, params, key, epochs, width):
+        super().check(params, key, epochs, width)
+        _number(params, "rank", key, 1, lora_max_rank(width), integer=True)
+        alpha = params["alpha"]
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+            raise ValueError(f"{key}.alpha: must be a number > 0, got {alpha!r}")
+
+    def setup(self, model, images, batch_size, channels_last):
+        if self.params.get("adabn"):
+            model.adapt_batchnorm(images, batch_size, channels_last)
+        model.add_lora(self.params["rank"], self.params["alpha"], self.seed)
         self.set_epoch(model, 0)
 
     def trainable_groups(self, epoch: int) -> tuple[str, ...]:
-        """Block groups (:data:`GROUPS`) whose pretrained parameters train in ``epoch`` (0-based)."""
-        if self.name in ("head", "lora"):
-            return ("head",)
-        if self.name == "adabn":
-            return ()
-        if self.name == "gradual":
-            first = GRADUAL_STARTS.index(self.spec["start"]) + 1
-            return GROUPS[: min(len(GROUPS), first + epoch // self.spec["every"])]
-        return GROUPS
-
-    def set_epoch(self, model: UNet, epoch: int) -> None:
-        """Trainable parameters and frozen (eval-mode) submodules of ``epoch``."""
-        if self.name == "finetune":
-            freeze(model, self.freeze_part)
-            return
-        trainable = self.trainable_groups(epoch)
-        model.frozen = tuple(m for g in GROUPS if g not in trainable for m in MODULES[g])
-        for name, parameter in model.named_parameters():
-            lora = ".lora_A." in name or ".lora_B." in name
-            parameter.requires_grad_(lora or _group_of(name) in trainable)
-        model.train(model.training)
-
-    def param_groups(self, model: UNet) -> list[dict]:
-        """Optimiser parameter groups: every parameter that trains in some epoch, with ``lr_scale``."""
-        if self.name == "discriminative":
-            return [
-                {
-                    "params": [p for n, p in model.named_parameters() if _group_of(n) == g],
-                    "lr_scale": self.spec["factor"] ** i,
-                }
-                for i, g in enumerate(GROUPS)
-            ]
-        if self.name == "gradual":
-            return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
-
-    def export(self, model: UNet) -> UNet:
-        """The model to save: LoRA merged into plain weights, everything else as is."""
-        return merge_lora(model) if self.name == "lora" else model
+        return ("head",)
 
 
-def _group_of(parameter_name: str) -> str:
-    """Block group of a parameter (by the dotted name of its module, LoRA's ``.base`` ignored)."""
-    name = parameter_name.replace(".base.", ".")
-    for group, prefixes in MODULES.items():
-        if any(name.startswith(prefix + ".") for prefix in prefixes):
-            return group
-    raise ValueError(f"parameter {parameter_name} belongs to no block group")
+@register
+class AdaBN(TransferMethod):
+    """No gradient step: BN running statistics re-estimated on the target's training images."""
+
+    name = "adabn"
+    defaults = {}
+    trains = False
+
+    def setup(self, model, images, batch_size, channels_last):
+        model.adapt_batchnorm(images, batch_size, channels_last)
+        self.set_epoch(model, 0)
+
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        return ()
+
+
+@register
+class Scratch(TransferMethod):
+    """Everything trains from a random initialisation (the caller builds the model)."""
+
+    name = "scratch"
+    defaults = {}
+
+
+def _number(params: dict, name: str, key: str, low: float, high: float | None = None, integer: bool = False) -> None:
+    value = params[name]
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+    if not ok or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{key}.{name}: must be {'an integer' if integer else 'a number'} {bounds}, got {value!r}")
+
+
+def lora_max_rank(width: float) -> int:
+    """Largest LoRA rank every adapted convolution allows (min of its out channels and fan-in)."""
+    return min(max(LORA_MIN_CHANNELS, int(round(LORA_SMALLEST_OUT * width))), LORA_STEM_FAN_IN)
+
+
+def method_name(entry) -> str | None:
+    """The method an (unresolved) ``methods`` entry names."""
+    return entry if isinstance(entry, str) else entry.get("method") if isinstance(entry, dict) else None
+
+
+def resolve(entry, key: str, epochs: int, width: float) -> dict:
+    """A ``methods`` entry (or a resolved method) as ``{"name", **parameters}`` with defaults
+    filled and checked; ValueError naming ``key``."""
+    if isinstance(entry, str):
+        entry = {"method": entry}
+    elif isinstance(entry, dict) and "method" not in entry and "name" in entry:  # already resolved
+        entry = {"method": entry["name"], **{k: v for k, v in entry.items() if k != "name"}}
+    if not isinstance(entry, dict) or "method" not in entry:
+        raise ValueError(f"{key}: {entry!r} is neither a method name nor a mapping with a 'method' key")
+    name = entry["method"]
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"{key}.method: unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    for param in entry:
+        if param != "method" and param not in cls.defaults:
+            allowed = ", ".join(cls.defaults) or "none"
+            raise ValueError(f"{key}.{param}: not a parameter of method {name!r}; its parameters: {allowed}")
+    params = {**cls.defaults, **{k: v for k, v in entry.items() if k != "method"}}
+    cls.check(params, key, epochs, width)
+    return {"name": name, **params}
+
+
+def build(method: dict, freeze: str = "none", seed: int = 0) -> TransferMethod:
+    """The method object of a resolved method dict (``freeze``: finetune's frozen part)."""
+    return METHODS[method["name"]]({k: v for k, v in method.items() if k != "name"}, freeze, seed)
+
+
+def label(method: dict, freeze: str = "none") -> str:
+    """A resolved method's part of a model file name (:meth:`TransferMethod.label`)."""
+    return build(method, freeze).label()
+
+
+def describe(method: dict) -> str:
+    """Its parameters as text for the per-model table, e.g. ``rank=4 alpha=4``."""
+    return " ".join(
+        f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+        for k, v in method.items()
+        if k != "name" and (k != "adabn" or v)
+    )

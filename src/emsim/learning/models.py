@@ -1,4 +1,4 @@
-"""U-Net with a ResNet18-style encoder, freezing of named parts, and the emsim model file format.
+"""U-Net with a ResNet18-style encoder, trainable block groups, and the emsim model file format.
 
 The architecture is that of segmentation-models-pytorch ``Unet("resnet18", in_channels=1,
 classes=2)`` (decoder channels 256, 128, 64, 32, 16; nearest 2x upsampling; no attention; 3x3
@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,10 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from emsim.io import atomic_path
+from emsim.learning import adapters
+from emsim.learning.methods import FREEZE_PARTS, GROUPS, finetune_groups
 
 FORMAT_VERSION = 1
-PARTS = ("encoder", "decoder", "none")
-FROZEN_MODULES = {"encoder": "encoder", "decoder": "decoder.blocks"}  # what each freeze part stops
+MODULES = {  # block group (emsim.learning.methods.GROUPS) -> the submodules it holds
+    "head": ("decoder.head",),
+    "decoder": ("decoder.blocks",),
+    "layer4": ("encoder.layer4",),
+    "layer3": ("encoder.layer3",),
+    "layer2": ("encoder.layer2",),
+    "layer1": ("encoder.layer1",),
+    "stem": ("encoder.conv1", "encoder.bn1"),
+}
 ENCODER_CHANNELS = (64, 64, 128, 256, 512)  # stem, stages 1-4
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 DOWNSAMPLING = 32
@@ -181,21 +189,47 @@ class UNet(nn.Module):
             self.get_submodule(name).train(False)
         return self
 
+    def set_trainable(self, groups: tuple[str, ...]) -> None:
+        """Only the parameters of block ``groups`` (and LoRA adapters) get gradients; the other
+        groups' submodules stay in eval mode (BN statistics neither used from the batch nor updated)."""
+        self.frozen = tuple(m for g in GROUPS if g not in groups for m in MODULES[g])
+        for name, parameter in self.named_parameters():
+            adapter = ".lora_A." in name or ".lora_B." in name
+            parameter.requires_grad_(adapter or group_of(name) in groups)
+        self.train(self.training)
 
-def freeze(model: UNet, part: Literal["encoder", "decoder", "none"]) -> None:
-    """Freeze one part: no gradients for its parameters, and its BatchNorm layers stay in eval
-    mode (running statistics neither used from the batch nor updated) even in ``model.train()``.
-    ``"decoder"`` is the upsampling blocks, as in the seed study: the segmentation head still
-    trains. ``"none"`` makes every parameter trainable again."""
-    if part not in PARTS:
-        raise ValueError(f"freeze part {part!r} is not one of {PARTS}")
-    model.frozen = () if part == "none" else (FROZEN_MODULES[part],)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    for name in model.frozen:
-        for parameter in model.get_submodule(name).parameters():
-            parameter.requires_grad_(False)
-    model.train(model.training)
+    def parameters_of(self, group: str) -> list[nn.Parameter]:
+        """The parameters of one block group, adapters included, in module order."""
+        return [p for name, p in self.named_parameters() if group_of(name) == group]
+
+    def add_lora(self, rank: int, alpha: float, seed: int) -> int:
+        """A LoRA adapter on every convolution but the head's (:func:`emsim.learning.adapters.add_lora`)."""
+        return adapters.add_lora(self, rank, alpha, torch.Generator().manual_seed(seed))
+
+    def merged(self) -> UNet:
+        """A plain U-Net computing the same function (LoRA adapters merged), or this one."""
+        return adapters.merge_lora(self) if any(isinstance(m, adapters.LoRAConv2d) for m in self.modules()) else self
+
+    def adapt_batchnorm(self, images: torch.Tensor, batch_size: int, channels_last: bool) -> None:
+        """AdaBN on ``images`` (:func:`emsim.learning.adapters.adapt_batchnorm`)."""
+        adapters.adapt_batchnorm(self, images, batch_size, channels_last)
+
+
+def group_of(parameter_name: str) -> str:
+    """Block group of a parameter (by the dotted name of its module, LoRA's ``.base`` ignored)."""
+    name = parameter_name.replace(".base.", ".")
+    for group, prefixes in MODULES.items():
+        if any(name.startswith(prefix + ".") for prefix in prefixes):
+            return group
+    raise ValueError(f"parameter {parameter_name} belongs to no block group")
+
+
+def freeze(model: UNet, part: str) -> None:
+    """Freeze one part (``encoder``, ``decoder`` = the upsampling blocks, as in the seed study: the
+    head still trains; ``none``: everything trains), as :class:`UNet.set_trainable` does."""
+    if part not in FREEZE_PARTS:
+        raise ValueError(f"freeze part {part!r} is not one of {FREEZE_PARTS}")
+    model.set_trainable(finetune_groups(part))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -62,8 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from emsim import data, io
-from emsim.learning import ood
-from emsim.learning.methods import Method
+from emsim.learning import methods, ood
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import (
     UNet,
@@ -75,7 +74,6 @@ from emsim.learning.models import (
     save_model,
     state_digest,
 )
-from emsim.study import methods as method_specs
 from emsim.study.settings import STAGES, EarlyStopping, Training
 
 logger = logging.getLogger(__name__)
@@ -239,7 +237,7 @@ def transfer(
     ``scratch`` ignores ``pretrained`` and starts from the random init of ``seed``. Selection on
     the target's val split; initial learning rate ``lr``. A target without pixel labels (a
     micrograph domain with boxes or none) takes ``adabn`` only, with no val loss. Returns the model meta."""
-    spec = method_specs.resolve(method, "method", int(training.epochs), float(training.width))
+    spec = methods.resolve(method, "method", int(training.epochs), float(training.width))
     labelled = data.label_kind(dataset) == "mask"
     if not labelled and spec["name"] != "adabn":
         raise ValueError(
@@ -279,7 +277,7 @@ def transfer(
     }
     if not labelled:  # adabn on unlabelled images: no validation loss
         run["unlabelled_target"] = True
-    method_ = Method(spec, freeze, seed)
+    method_ = methods.build(spec, freeze, seed)
     return _fit(run, model, (images, labels), val, out, training, lr, seed, device, on_epoch_end, method_)
 
 
@@ -454,12 +452,12 @@ def _fit(
     seed: int,
     device,
     on_epoch_end: EpochCallback | None,
-    method: Method | None = None,
+    method: methods.TransferMethod | None = None,
 ) -> dict:
     """Shared training loop with checkpoint/resume; writes the best model to ``out``. ``method``
     (default: everything trains) sets up the model, its parameter groups and each epoch's trainable set."""
     stage, out = run["stage"], Path(out)
-    method = method or Method({"name": "scratch"})
+    method = method or methods.build({"name": "scratch"})
     device = resolve_device(device if device is not None else training.device)
     amp = _switch(training.amp, device)
     channels_last = _switch(training.channels_last, device)
@@ -630,7 +628,7 @@ def _save_best(
     best: dict,
     device,
     train_images,
-    method: Method,
+    method: methods.TransferMethod,
     stopping: EarlyStopping | None,
 ) -> dict:
     """Write the best epoch's weights (as a plain U-Net: LoRA merged) with the run's metadata to

@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from emsim import data, io
+from emsim import data, extensions, io
 from emsim.simulation import instances, optics, shifts, structures
 from emsim.simulation.simulate import ShardWaves
 from emsim.study.settings import Image, Microscope
@@ -101,7 +101,7 @@ def build_domain_dataset(
     if len(scene_paths) != len(shard_paths):
         raise ValueError(f"{params['name']}: {len(shard_paths)} exit-wave shards but {len(scene_paths)} scene shards")
     for path in params.get("extensions", []):
-        shifts.load_extension(path)
+        extensions.load(path)
     domain, seed, splits = params["domain"], params["seed"], params["splits"]
     microscope, image_cfg = Microscope.from_dict(params["microscope"]), Image.from_dict(params["image"])
     sets = mixture_sets(domain["structure_set"], splits, seed)

@@ -21,23 +21,18 @@ Structure-stage variation (lattice, size, substrate) is a property of a structur
 (``structure_sets`` block), since it needs its own multislice; sweeps work there too.
 
 Adding a kind: decorate a function with :func:`register` (see docs/domain-shifts.md), in a file
-the study names under ``extensions`` (:func:`load_extension`) or in this module.
+the study names under ``extensions`` (:mod:`emsim.extensions`) or in this module.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 
 from emsim.simulation import optics
-from emsim.study.settings import ConfigError
 
 Stage = Literal["optics", "detector"]
 STAGES: tuple[Stage, ...] = ("optics", "detector")
@@ -83,24 +78,6 @@ def register(name: str, stage: Stage, parameters: dict, required: tuple[str, ...
         return fn
 
     return decorate
-
-
-def load_extension(path: str | Path) -> None:
-    """Import a Python file that registers domain-shift kinds (config key ``extensions``), once."""
-    path = Path(path)
-    module_name = f"emsim_extension_{path.stem}_{zlib.crc32(str(path.resolve()).encode()):08x}"
-    if module_name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or not path.is_file():
-        raise ConfigError(f"extensions: {str(path)!r} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        del sys.modules[module_name]
-        raise ConfigError(f"extensions: {path} failed to load: {error!r}") from error
 
 
 def ordered(domain: dict, stage: Stage) -> list[tuple[ShiftKind, dict]]:

@@ -30,10 +30,11 @@ import jsonschema
 import numpy as np
 import yaml
 
-from emsim import micrographs
+from emsim import extensions, micrographs
+from emsim.learning import methods
 from emsim.simulation import optics, phonons, shifts, structures, supports
-from emsim.study import methods, settings
 from emsim.study import schema as study_schema
+from emsim.study import settings
 from emsim.study.settings import ConfigError
 
 UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
@@ -87,7 +88,7 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     if isinstance(study.get("extensions"), list):
         study["extensions"] = [_extension_path(base_dir, path) for path in study["extensions"]]
     for path in study.get("extensions", []):
-        shifts.load_extension(path)
+        extensions.load(path)
     _validate(study, study_schema.load(), "")
     _check_size_px(study)
     _check_names(study["experiments"], "experiments")
@@ -170,6 +171,13 @@ def domain_slice(study: settings.Study, name: str) -> dict:
     if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain if key in shifts.SHIFTS):
         params["extensions"] = list(study.extensions)
     return normalized(params)
+
+
+def training_extensions(study: settings.Study, models) -> list[str]:
+    """The study's ``extensions`` if any of ``models`` (model specs) uses a transfer method they
+    register, else none: a training job imports them, and adding a shift kind reruns no training."""
+    registered = (methods.METHODS[m.method["name"]].__module__ for m in models)
+    return list(study.extensions) if any(module != methods.__name__ for module in registered) else []
 
 
 def scene_spec(study: settings.Study, name: str) -> dict:

@@ -22,8 +22,8 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
+from emsim.learning import methods
 from emsim.study import config as config_module
-from emsim.study import methods as method_specs
 from emsim.study.paths import baseline_path, batch_path, dataset_path, pretrain_path, transfer_path
 from emsim.study.settings import Study
 
@@ -136,7 +136,7 @@ def _expand_one(study: Study, name: str, spec: dict) -> Experiment:
     training = study.training
     variants = []  # (method, freeze) pairs: finetune crossed with the freeze list
     for i, entry in enumerate(spec["methods"]):
-        method = method_specs.resolve(entry, f"{key}.methods[{i}]", training.epochs, training.width)
+        method = methods.resolve(entry, f"{key}.methods[{i}]", training.epochs, training.width)
         variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
     for source, target in pairs:
         groups[f"transfer/{source}/{target}"] = [
@@ -177,7 +177,7 @@ def _transfer_spec(name, source, target, method, freeze, size, lrs, seed) -> Mod
     scratch = method["name"] == "scratch"
     pretrained = None if scratch else pretrain_path(source, lrs[0], seed)
     return ModelSpec(
-        transfer_path(name, source, target, method_specs.label(method, freeze), size, lrs, seed),
+        transfer_path(name, source, target, methods.label(method, freeze), size, lrs, seed),
         "transfer",
         (dataset_path(target),),
         lrs[0] if scratch else lrs[1],
@@ -193,7 +193,7 @@ def _transfer_spec(name, source, target, method, freeze, size, lrs, seed) -> Mod
             target,
             freeze=freeze if method["name"] == "finetune" else None,
             method=method["name"],
-            method_params=method_specs.describe(method),
+            method_params=methods.describe(method),
             size=size,
             lr_pretrain=lrs[0],
             lr_transfer=lrs[1],

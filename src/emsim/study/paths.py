@@ -7,6 +7,8 @@ Templates name their wildcards as the rules do; the ``*_path`` functions fill th
 
 from __future__ import annotations
 
+from emsim.study import settings
+
 RESULTS = "results"
 STRUCTURES = "results/structures/{set}/shard{shard}.h5"
 EXIT_WAVES = "results/exit_waves/{set}/shard{shard}.h5"
@@ -15,9 +17,11 @@ DATASET = "results/datasets/{domain}.h5"
 PRETRAIN = "results/models/pretrain/{source}/lr{lr}_seed{seed}.pt"
 TRANSFER = "results/models/{experiment}/transfer/{source}/{target}/{method}_n{size}_lr{lrs}_seed{seed}.pt"
 BASELINE = "results/models/{experiment}/baseline/{pair}/mix{mix}_lr{lr}_seed{seed}.pt"
-PRETRAIN_BATCH = "results/models/pretrain/{source}/batch{index}.json"
-TRANSFER_BATCH = "results/models/{experiment}/transfer/{source}/{target}/batch{index}.json"
-BASELINE_BATCH = "results/models/{experiment}/baseline/{pair}/batch{index}.json"
+BATCHES = {  # stage -> the record of one training batch (its models sit beside it)
+    settings.PRETRAIN: "results/models/pretrain/{source}/batch{index}.json",
+    settings.TRANSFER: "results/models/{experiment}/transfer/{source}/{target}/batch{index}.json",
+    settings.BASELINE: "results/models/{experiment}/baseline/{pair}/batch{index}.json",
+}
 EVALUATION = "results/evaluation/{experiment}/{group}.json"
 REPORT_TABLE = "results/report/{experiment}/table"  # the table job's log and benchmark stem
 REPORT_PARQUET = "results/report/{experiment}/models.parquet"
@@ -50,7 +54,7 @@ def pretrain_path(source: str, lr: float, seed: int) -> str:
 
 
 def transfer_path(experiment, source, target, method, size, lrs, seed) -> str:
-    """``method``: :func:`emsim.study.methods.label` (a finetune run's frozen part, as before methods)."""
+    """``method``: :func:`emsim.learning.methods.label` (a finetune run's frozen part, as before methods)."""
     return TRANSFER.format(
         experiment=experiment,
         source=source,
@@ -71,8 +75,8 @@ def baseline_path(experiment, pair, mix, lr, seed) -> str:
 def batch_path(group: str, index: int, experiment: str | None = None) -> str:
     """The record of training batch ``index`` of an evaluation group (``pretrain/<source>``: study-wide)."""
     stage, _, rest = group.partition("/")
-    if stage == "pretrain":
-        return PRETRAIN_BATCH.format(source=rest, index=index)
+    if stage == settings.PRETRAIN:
+        return BATCHES[settings.PRETRAIN].format(source=rest, index=index)
     return f"{RESULTS}/models/{experiment}/{group}/batch{index}.json"
 
 
