@@ -278,12 +278,6 @@ def test_limits_can_be_raised_deliberately(study):
     assert config.load(study).structure_sets["au"]["n_structures"] == 400_000
 
 
-def test_unet_multiple_matches_the_model():
-    from emsim.learning import models
-
-    assert config.UNET_MULTIPLE == models.DOWNSAMPLING
-
-
 def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_path, study):
     for folder, kind in (("one", "shift_one"), ("two", "shift_two")):
         (tmp_path / folder).mkdir()

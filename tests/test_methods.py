@@ -11,6 +11,7 @@ from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
 from emsim.learning import adapters, methods, train
+from emsim.learning.architecture import lora_max_rank
 from emsim.learning.models import UNet, group_of, load_model
 from emsim.study import config, experiments
 from emsim.study.settings import EarlyStopping, Training
@@ -148,7 +149,7 @@ def test_lora_max_rank_of_the_config_is_the_models_bound(width):
         for n, m in model.named_modules()
         if isinstance(m, torch.nn.Conv2d) and not n.startswith("decoder.head")
     )
-    assert methods.lora_max_rank(width) == bound
+    assert lora_max_rank(width) == bound
 
 
 def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):

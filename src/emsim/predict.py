@@ -41,7 +41,8 @@ from PIL import Image
 from emsim import data
 from emsim.io import atomic_path, provenance
 from emsim.learning import ood, particles
-from emsim.learning.models import DOWNSAMPLING, load_model, pad_to_multiple, resolve_device
+from emsim.learning.architecture import DOWNSAMPLING
+from emsim.learning.models import load_model, pad_to_multiple, resolve_device
 from emsim.progress import bar
 from emsim.readers import read_images
 from emsim.study.settings import Instances

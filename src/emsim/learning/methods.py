@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+from emsim.learning.architecture import lora_max_rank
+
 GROUPS = ("head", "decoder", "layer4", "layer3", "layer2", "layer1", "stem")
 FREEZE_PARTS = ("encoder", "decoder", "none")
-LORA_MIN_CHANNELS = 8  # emsim.learning.models.MIN_CHANNELS
-LORA_SMALLEST_OUT = 16  # the last decoder block's channels at width 1 (emsim.learning.models.DECODER_CHANNELS)
-LORA_STEM_FAN_IN = 49  # 1 input channel x 7 x 7 kernel
 
 METHODS: dict[str, type[TransferMethod]] = {}
 
@@ -226,11 +225,6 @@ def _number(params: dict, name: str, key: str, low: float, high: float | None = 
     if not ok or (high is not None and value > high):
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{key}.{name}: must be {'an integer' if integer else 'a number'} {bounds}, got {value!r}")
-
-
-def lora_max_rank(width: float) -> int:
-    """Largest LoRA rank every adapted convolution allows (min of its out channels and fan-in)."""
-    return min(max(LORA_MIN_CHANNELS, int(round(LORA_SMALLEST_OUT * width))), LORA_STEM_FAN_IN)
 
 
 def method_name(entry) -> str | None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from emsim.io import atomic_path
 from emsim.learning import adapters
+from emsim.learning.architecture import DECODER_CHANNELS, DOWNSAMPLING, ENCODER_CHANNELS, STEM_KERNEL, scaled
 from emsim.learning.methods import FREEZE_PARTS, GROUPS, finetune_groups
 
 FORMAT_VERSION = 1
@@ -35,10 +36,6 @@ MODULES = {  # block group (emsim.learning.methods.GROUPS) -> the submodules it 
     "layer1": ("encoder.layer1",),
     "stem": ("encoder.conv1", "encoder.bn1"),
 }
-ENCODER_CHANNELS = (64, 64, 128, 256, 512)  # stem, stages 1-4
-DECODER_CHANNELS = (256, 128, 64, 32, 16)
-DOWNSAMPLING = 32
-MIN_CHANNELS = 8
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndarray:
@@ -46,10 +43,6 @@ def pad_to_multiple(images: np.ndarray, multiple: int = DOWNSAMPLING) -> np.ndar
     h, w = images.shape[-2:]
     pad = [(0, 0)] * (images.ndim - 2) + [(0, -h % multiple), (0, -w % multiple)]
     return np.pad(images, pad, mode="reflect") if any(p for _, p in pad) else images
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(MIN_CHANNELS, int(round(channels * width)))
 
 
 class BasicBlock(nn.Module):
@@ -80,9 +73,9 @@ class Encoder(nn.Module):
 
     def __init__(self, in_channels: int, width: float):
         super().__init__()
-        stem, *stages = (_scaled(c, width) for c in ENCODER_CHANNELS)
+        stem, *stages = (scaled(c, width) for c in ENCODER_CHANNELS)
         self.out_channels = (stem, *stages)
-        self.conv1 = nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, stem, STEM_KERNEL, 2, STEM_KERNEL // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         layers, previous = [], stem
@@ -127,7 +120,7 @@ class Decoder(nn.Module):
 
     def __init__(self, encoder_channels: tuple[int, ...], classes: int, width: float):
         super().__init__()
-        out = [_scaled(c, width) for c in DECODER_CHANNELS]
+        out = [scaled(c, width) for c in DECODER_CHANNELS]
         deep_first = encoder_channels[::-1]  # stride 32, 16, 8, 4, 2
         ins = [deep_first[0], *out[:-1]]
         skips = [*deep_first[1:], 0]

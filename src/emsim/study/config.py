@@ -32,12 +32,12 @@ import yaml
 
 from emsim import extensions, micrographs
 from emsim.learning import methods
+from emsim.learning.architecture import DOWNSAMPLING
 from emsim.simulation import optics, phonons, shifts, structures, supports
 from emsim.study import schema as study_schema
 from emsim.study import settings
 from emsim.study.settings import ConfigError
 
-UNET_MULTIPLE = 32  # image sides must divide by the U-Net's downsampling (emsim.learning.models.DOWNSAMPLING)
 MAX_NAME_CHARS = 120  # names become parts of file names (file systems take 255 bytes)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*")
 
@@ -560,10 +560,10 @@ def _check_names(block: dict, where: str) -> None:
 def _check_size_px(study: dict) -> None:
     """image.size_px must divide by the U-Net's downsampling and stay below limits.max_size_px."""
     size, limit = study["image"]["size_px"], study["limits"]["max_size_px"]
-    if size % UNET_MULTIPLE:
+    if size % DOWNSAMPLING:
         raise ConfigError(
-            f"image.size_px: {size} is not a multiple of {UNET_MULTIPLE} (the U-Net halves images five times); "
-            f"nearest: {max(UNET_MULTIPLE, size // UNET_MULTIPLE * UNET_MULTIPLE)} or {(size // UNET_MULTIPLE + 1) * UNET_MULTIPLE}"
+            f"image.size_px: {size} is not a multiple of {DOWNSAMPLING} (the U-Net halves images five times); "
+            f"nearest: {max(DOWNSAMPLING, size // DOWNSAMPLING * DOWNSAMPLING)} or {(size // DOWNSAMPLING + 1) * DOWNSAMPLING}"
         )
     if size > limit:
         raise ConfigError(f"image.size_px: {size} is larger than limits.max_size_px = {limit}")
