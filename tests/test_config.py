@@ -316,3 +316,11 @@ def test_generated_names_too_long_for_file_systems_are_refused_at_load(study):
     study["domains"] = {"d" * 130 + "{mean_nm}": study["domains"][f"{long}{{mean_nm}}"]}
     with pytest.raises(ConfigError, match="is 133 characters long; at most 120"):
         config.load(study)
+
+
+@pytest.mark.parametrize("path", ["config/test.yaml", "config/validation.yaml", "config/paper.yaml", "config/real.yaml"])
+def test_job_estimate_counts_the_grid_that_is_expanded(path):
+    """The limits check counts an experiment's grid without expanding it: the same number."""
+    study = config.load(path)
+    for name, experiment in experiments.expand(study).items():
+        assert config.experiment_grid(study, name).jobs() == len(experiment.models) + len(experiment.groups), name

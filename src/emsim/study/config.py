@@ -654,8 +654,8 @@ def _check_sizes(study: settings.Study) -> None:
         for name, spec in study.structure_sets.items()
     }
     jobs["domains"] = len(study.domains)
-    for name, spec in study.experiments.items():
-        jobs[f"experiments.{name}"] = _experiment_jobs(study, spec, f"experiments.{name}")
+    for name in study.experiments:
+        jobs[f"experiments.{name}"] = experiment_grid(study, name).jobs()
     total = sum(jobs.values())
     if total > limits["max_jobs"]:
         largest = max(jobs, key=jobs.get)
@@ -665,16 +665,55 @@ def _check_sizes(study: settings.Study) -> None:
         )
 
 
-def _experiment_jobs(study: settings.Study, spec: dict, key: str) -> int:
-    """Models plus evaluation groups of one experiment, counted without expanding its grid."""
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """An experiment's grid axes, resolved: :mod:`emsim.study.experiments` expands them into
+    models, :func:`_check_sizes` counts them (without expanding, for huge studies)."""
+
+    series: list[str]
+    sources: list[str]
+    pairs: list[tuple[str, str]]  # ordered (source, target), source != target
+    pretrain_lrs: list[float]
+    variants: list[tuple[dict, str]]  # (resolved method, frozen part): finetune crossed with freeze
+    sizes: list[int]
+    lr_pairs: list[list[float]]
+    seeds: range
+    baseline_pairs: list[tuple[str, str]]  # unordered, in series order
+    baseline_points: list[tuple[list[int], float]]  # (mixture, lr)
+
+    def jobs(self) -> int:
+        """Models plus evaluation groups (one per pretraining source, transfer pair, baseline pair)."""
+        reps = len(self.seeds)
+        pretrain = len(self.sources) * len(self.pretrain_lrs) * reps
+        transfer = len(self.pairs) * len(self.variants) * len(self.sizes) * len(self.lr_pairs) * reps
+        baseline = len(self.baseline_pairs) * len(self.baseline_points) * reps
+        return pretrain + transfer + baseline + len(self.sources) + len(self.pairs) + len(self.baseline_pairs)
+
+
+def experiment_grid(study: settings.Study, name: str) -> Grid:
+    """The grid of experiment ``name`` (config errors name ``experiments.<name>.<key>``)."""
+    spec, key = study.experiments[name], f"experiments.{name}"
+    series = match_domains(study, spec["domains"], f"{key}.domains")
     sources = match_domains(study, spec["sources"], f"{key}.sources")
     targets = transfer_targets(study, spec, key)
-    pairs = sum(1 for s in sources for t in targets if s != t)
-    reps = spec["replicates"]
-    pretrain = len(sources) * len({lrs[0] for lrs in spec["lr_pairs"]}) * reps
-    variants = sum(len(spec["freeze"]) if methods.method_name(m) == "finetune" else 1 for m in spec["methods"])
-    transfer = pairs * variants * len(spec["transfer_sizes"]) * len(spec["lr_pairs"]) * reps
-    baseline = (
-        pairs * len(spec["baseline"]["mixtures"]) * len(spec["baseline"]["lrs"]) * reps if "baseline" in spec else 0
+    pairs = [(s, t) for s in sources for t in targets if s != t]
+    variants = []
+    for i, entry in enumerate(spec["methods"]):
+        try:
+            method = methods.resolve(entry, f"{key}.methods[{i}]", study.training.epochs, study.training.width)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
+    baseline = spec.get("baseline")
+    return Grid(
+        series=series,
+        sources=sources,
+        pairs=pairs,
+        pretrain_lrs=sorted({lrs[0] for lrs in spec["lr_pairs"]}),
+        variants=variants,
+        sizes=list(spec["transfer_sizes"]),
+        lr_pairs=list(spec["lr_pairs"]),
+        seeds=range(spec["replicates"]),
+        baseline_pairs=list(dict.fromkeys(tuple(sorted(p, key=series.index)) for p in pairs)) if baseline else [],
+        baseline_points=list(itertools.product(baseline["mixtures"], baseline["lrs"])) if baseline else [],
     )
-    return pretrain + transfer + baseline + len(sources) + 2 * pairs

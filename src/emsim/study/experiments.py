@@ -70,7 +70,7 @@ MAX_PATH_BYTES = 1000  # a whole result path, relative to the working directory
 def expand(study: Study) -> dict[str, Experiment]:
     """Every experiment of a validated study, grid expanded; ConfigError if a generated file name
     is longer than file systems take (``MAX_NAME_BYTES``, ``MAX_PATH_BYTES``), showing the longest."""
-    expanded = {name: _expand_one(study, name, spec) for name, spec in study.experiments.items()}
+    expanded = {name: _expand_one(study, name) for name in study.experiments}
     for name, experiment in expanded.items():
         paths = [m.path for m in experiment.models] + [d for m in experiment.models for d in m.datasets]
         longest = max(paths, key=lambda p: max(len(os.fsencode(part)) for part in p.split("/")), default=None)
@@ -110,17 +110,10 @@ def batches(study: Study, experiments: dict[str, Experiment] | None = None) -> d
     return out
 
 
-def _expand_one(study: Study, name: str, spec: dict) -> Experiment:
-    key = f"experiments.{name}"
-    series = config_module.match_domains(study, spec["domains"], f"{key}.domains")
-    sources = config_module.match_domains(study, spec["sources"], f"{key}.sources")
-    targets = config_module.transfer_targets(study, spec, key)
-    seeds = range(spec["replicates"])
+def _expand_one(study: Study, name: str) -> Experiment:
+    grid = config_module.experiment_grid(study, name)
     groups: dict[str, list[ModelSpec]] = {}
-    pairs = [(s, t) for s in sources for t in targets if s != t]
-
-    for source in sources:
-        lrs = sorted({lr_pair[0] for lr_pair in spec["lr_pairs"]})
+    for source in grid.sources:
         groups[f"pretrain/{source}"] = [
             ModelSpec(
                 pretrain_path(source, lr, seed),
@@ -130,46 +123,32 @@ def _expand_one(study: Study, name: str, spec: dict) -> Experiment:
                 seed,
                 tags=_tags(name, "pretrain", source, source, lr_pretrain=lr, seed=seed),
             )
-            for lr in lrs
-            for seed in seeds
+            for lr in grid.pretrain_lrs
+            for seed in grid.seeds
         ]
-    training = study.training
-    variants = []  # (method, freeze) pairs: finetune crossed with the freeze list
-    for i, entry in enumerate(spec["methods"]):
-        method = methods.resolve(entry, f"{key}.methods[{i}]", training.epochs, training.width)
-        variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
-    for source, target in pairs:
+    for source, target in grid.pairs:
         groups[f"transfer/{source}/{target}"] = [
             _transfer_spec(name, source, target, method, freeze, size, lrs, seed)
             for (method, freeze), size, lrs, seed in itertools.product(
-                variants, spec["transfer_sizes"], spec["lr_pairs"], seeds
+                grid.variants, grid.sizes, grid.lr_pairs, grid.seeds
             )
         ]
-    if "baseline" in spec:
-        unordered = list(dict.fromkeys(tuple(sorted(p, key=series.index)) for p in pairs))
-        for pair in unordered:
-            groups[f"baseline/{pair[0]}+{pair[1]}"] = [
-                ModelSpec(
-                    baseline_path(name, pair, mix, lr, seed),
-                    "baseline",
-                    tuple(dataset_path(d) for d in pair),
-                    lr,
-                    seed,
-                    mix=tuple(mix),
-                    tags=_tags(
-                        name,
-                        "baseline",
-                        pair[1],
-                        pair[0],
-                        mix=f"{mix[0]}:{mix[1]}",
-                        lr_baseline=lr,
-                        seed=seed,
-                        size=mix[0],
-                    ),
-                )
-                for mix, lr, seed in itertools.product(spec["baseline"]["mixtures"], spec["baseline"]["lrs"], seeds)
-            ]
-    return Experiment(name, series, groups)
+    for pair in grid.baseline_pairs:
+        groups[f"baseline/{pair[0]}+{pair[1]}"] = [
+            ModelSpec(
+                baseline_path(name, pair, mix, lr, seed),
+                "baseline",
+                tuple(dataset_path(d) for d in pair),
+                lr,
+                seed,
+                mix=tuple(mix),
+                tags=_tags(
+                    name, "baseline", pair[1], pair[0], mix=f"{mix[0]}:{mix[1]}", lr_baseline=lr, seed=seed, size=mix[0]
+                ),
+            )
+            for (mix, lr), seed in itertools.product(grid.baseline_points, grid.seeds)
+        ]
+    return Experiment(name, grid.series, groups)
 
 
 def _transfer_spec(name, source, target, method, freeze, size, lrs, seed) -> ModelSpec:
