@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emsim.learning import train
+from emsim.learning import steps
 from emsim.learning.models import UNet, count_parameters, freeze, resolve_device
 
 POOL_BATCHES = 4  # distinct batches of synthetic data the loops cycle through
@@ -57,7 +57,7 @@ def optimised(args, part, images, labels, device):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
     net = torch.compile(model) if args.compile else model
-    step = train.make_train_step(net, optimizer, amp=device.type == "cuda")
+    step = steps.make_train_step(net, optimizer, amp=device.type == "cuda")
     x, y = images.to(device), labels.to(device)
     rng = np.random.default_rng(0)
 
@@ -65,7 +65,7 @@ def optimised(args, part, images, labels, device):
         n = steps * args.batch
         order = torch.from_numpy(rng.integers(0, len(x), n)).to(device)
         ops = torch.from_numpy(rng.integers(0, 8, n)).to(device)
-        return train.train_epoch(step, x, y, order, ops, args.batch, channels_last=True)
+        return steps.train_epoch(step, x, y, order, ops, args.batch, channels_last=True)
 
     return timed(run, args, device, model)
 

@@ -318,7 +318,9 @@ def test_generated_names_too_long_for_file_systems_are_refused_at_load(study):
         config.load(study)
 
 
-@pytest.mark.parametrize("path", ["config/test.yaml", "config/validation.yaml", "config/paper.yaml", "config/real.yaml"])
+@pytest.mark.parametrize(
+    "path", ["config/test.yaml", "config/validation.yaml", "config/paper.yaml", "config/real.yaml"]
+)
 def test_job_estimate_counts_the_grid_that_is_expanded(path):
     """The limits check counts an experiment's grid without expanding it: the same number."""
     study = config.load(path)

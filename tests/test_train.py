@@ -13,7 +13,7 @@ from synthetic import CFG, LR
 from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
-from emsim.learning import evaluate, models, train
+from emsim.learning import evaluate, inputs, models, steps, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
 from emsim.study import config, experiments
@@ -53,15 +53,15 @@ def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
     # the saved weights are the best-validation ones
     images, labels = data.read_split(domains["a"], "val")
     x = torch.from_numpy(data.standardize(images)).unsqueeze(1)
-    loss = train.mean_loss(model, x, torch.from_numpy(labels), 4, False, False)
+    loss = steps.mean_loss(model, x, torch.from_numpy(labels), 4, False, False)
     assert loss == pytest.approx(meta["best_val_loss"], rel=1e-4)
 
 
 def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tmp_path):
-    order, ops = train._epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
+    order, ops = steps.epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
     assert sorted(zip(order.tolist(), ops.tolist())) == [(i, k) for i in range(5) for k in range(8)]
-    again = train._epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
-    other_epoch = train._epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
+    again = steps.epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
+    other_epoch = steps.epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
     assert torch.equal(order, again[0]) and not torch.equal(order, other_epoch[0])
     meta = train.pretrain(
         domains["a"], tmp_path / "m.pt", replace(CFG, epochs=2, augmentation="dihedral8"), LR, seed=0, size=3
@@ -74,7 +74,7 @@ def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tm
 def test_random_augmentation_draws_as_before_dihedral8_existed():
     """One symmetry per image, drawn after the permutation from the epoch's rng (the pre-9.4
     order of draws, so "random" keeps earlier results)."""
-    order, ops = train._epoch_order(3, "transfer", 4, 6, "random", torch.device("cpu"))
+    order, ops = steps.epoch_order(3, "transfer", 4, 6, "random", torch.device("cpu"))
     rng = np.random.default_rng([3, 1, 4])
     expected_order = rng.permutation(6)
     per_image = rng.integers(0, 8, 6)
@@ -121,7 +121,7 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=1, on_epoch_end=stop)
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning"):
         train.pretrain(
             domains["a"],
             out,
@@ -148,7 +148,7 @@ def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
     assert Path(f"{out}.ckpt").exists()
     make_domain(dataset, "d", n_train=6, seed=2)  # rebuilt: same path, sizes and domain
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning"):
         meta = train.pretrain(
             dataset, out, CFG, LR, seed=1, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
         )
@@ -175,7 +175,7 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
-    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning"):
         train.transfer(source, domains["b"], out, cfg, LR, "encoder", 4, seed=0)
     assert f"the content of input(s) {source} changed" in caplog.text
 
@@ -191,7 +191,7 @@ def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
 
 
 def test_divergence_raises(domains, tmp_path):
-    with pytest.raises(train.TrainingDiverged, match=r"pretrain diverged at epoch \d+, step \d+"):
+    with pytest.raises(steps.TrainingDiverged, match=r"pretrain diverged at epoch \d+, step \d+"):
         train.pretrain(domains["a"], tmp_path / "m.pt", CFG, 1e10, seed=0)
     assert not (tmp_path / "m.pt").exists()
 
@@ -270,12 +270,12 @@ def test_cfg_is_validated():
 
 def test_dihedral_gives_the_8_symmetries_and_matches_labels():
     x = torch.arange(16.0).reshape(1, 4, 4).expand(8, 4, 4)
-    out = train.dihedral(x, torch.arange(8))
+    out = steps.dihedral(x, torch.arange(8))
     assert len({tuple(o.flatten().tolist()) for o in out}) == 8
     assert torch.equal(out[0], x[0]) and torch.equal(out[4], x[0].T)
     assert torch.equal(out[3], x[0].flip(0).flip(1))
     labels = (x > 7).to(torch.uint8)
-    assert torch.equal(train.dihedral(labels, torch.arange(8)), (out > 7).to(torch.uint8))
+    assert torch.equal(steps.dihedral(labels, torch.arange(8)), (out > 7).to(torch.uint8))
 
 
 def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
@@ -341,7 +341,7 @@ def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, t
         train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=stop)
     flip_tensor_byte(Path(f"{out}.ckpt"), member=3)
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"):
+    with caplog.at_level(logging.WARNING, logger="emsim.learning"):
         train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [1, 2, 3]
     assert f"discarded damaged checkpoint: checkpoint {out}.ckpt is damaged" in caplog.text
@@ -365,7 +365,7 @@ def test_damaged_finished_model_is_retrained_and_refused_by_readers(domains, tmp
     with pytest.raises(ValueError, match=f"{out}"):
         load_model(out)
     epochs_run = []
-    with caplog.at_level(logging.WARNING, logger="emsim.learning.train"), train.shared_inputs():  # a batch job
+    with caplog.at_level(logging.WARNING, logger="emsim.learning"), inputs.shared_inputs():  # a batch job
         train.pretrain(domains["a"], out, CFG, LR, seed=4, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
     assert epochs_run == [1, 2, 3] and f"retraining {out}" in caplog.text
     assert all(torch.equal(clean[k], v) for k, v in load_model(out)[0].state_dict().items())

@@ -3,7 +3,7 @@
 Each model is one grid point (a mapping with the fields of :class:`emsim.study.experiments.ModelSpec`:
 ``path``, ``stage``, ``datasets``, ``lr``, ``seed``, ``pretrained``, ``freeze``, ``size``,
 ``mix``) trained by the per-model entry points of :mod:`emsim.learning.train` inside one
-:func:`emsim.learning.train.shared_inputs` block: every dataset split is read, hashed and moved to
+:func:`emsim.learning.inputs.shared_inputs` block: every dataset split is read, hashed and moved to
 the device once; ``torch.compile`` compiles once per model shape (later models of the same
 architecture reuse the compiled code). Each model keeps its own file, history, seeds, provenance
 and checkpoint, so a batch gives every model exactly the weights it would get alone (on CPU).
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from emsim import io
-from emsim.learning import train
+from emsim.learning import inputs, train
 from emsim.study import settings
 from emsim.study.settings import Training
 
@@ -44,7 +44,7 @@ def train_batch(
     in this process; write ``record`` (JSON: each model's path, best validation loss, whether it
     was kept from before, training and wall seconds) atomically. Returns the record's entries."""
     entries, failures = [], []
-    with train.shared_inputs():
+    with inputs.shared_inputs():
         for i, spec in enumerate(models, 1):
             logger.info("batch model %d/%d: %s", i, len(models), spec["path"])
             started = time.perf_counter()

@@ -37,6 +37,8 @@ def register(cls: type[TransferMethod]) -> type[TransferMethod]:
 
 def finetune_groups(part: str) -> tuple[str, ...]:
     """The block groups that train when ``part`` (:data:`FREEZE_PARTS`) is frozen."""
+    if part not in FREEZE_PARTS:
+        raise ValueError(f"freeze part {part!r} is not one of {FREEZE_PARTS}")
     frozen = {"none": (), "decoder": ("decoder",), "encoder": GROUPS[2:]}[part]
     return tuple(g for g in GROUPS if g not in frozen)
 

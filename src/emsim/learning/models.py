@@ -24,7 +24,7 @@ from torch import nn
 from emsim.io import atomic_path
 from emsim.learning import adapters
 from emsim.learning.architecture import DECODER_CHANNELS, DOWNSAMPLING, ENCODER_CHANNELS, STEM_KERNEL, scaled
-from emsim.learning.methods import FREEZE_PARTS, GROUPS, finetune_groups
+from emsim.learning.methods import GROUPS, finetune_groups
 
 FORMAT_VERSION = 1
 MODULES = {  # block group (emsim.learning.methods.GROUPS) -> the submodules it holds
@@ -220,8 +220,6 @@ def group_of(parameter_name: str) -> str:
 def freeze(model: UNet, part: str) -> None:
     """Freeze one part (``encoder``, ``decoder`` = the upsampling blocks, as in the seed study: the
     head still trains; ``none``: everything trains), as :class:`UNet.set_trainable` does."""
-    if part not in FREEZE_PARTS:
-        raise ValueError(f"freeze part {part!r} is not one of {FREEZE_PARTS}")
     model.set_trainable(finetune_groups(part))
 
 
