@@ -64,7 +64,14 @@ def test_batch_gives_each_model_the_weights_it_gets_alone(domains, pretrained, t
     alone = tmp_path / "alone.pt"
     spec = models[3]
     train.transfer(
-        spec["pretrained"], spec["datasets"][0], alone, CFG_BATCH, spec["lr"], spec["freeze"], 4, spec["seed"]
+        spec["pretrained"],
+        spec["datasets"][0],
+        alone,
+        CFG_BATCH,
+        spec["lr"],
+        spec["seed"],
+        freeze=spec["freeze"],
+        size=4,
     )
     assert same(weights(alone), weights(spec["path"]))
     losses = [[(r["train_loss"], r["val_loss"]) for r in load_model(f)[1]["history"]] for f in (alone, spec["path"])]
@@ -121,7 +128,7 @@ def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_pa
     entries = batch.train_batch(models, CFG_BATCH, tmp_path / "r.json", device="cpu")
     assert [e["kept"] for e in entries] == [True, False]
     alone = tmp_path / "alone.pt"
-    train.transfer(pretrained[0], domains["b"], alone, CFG_BATCH, 1e-3, "none", 4, 0)
+    train.transfer(pretrained[0], domains["b"], alone, CFG_BATCH, 1e-3, 0, freeze="none", size=4)
     assert same(weights(alone), weights(tmp_path / "none_seed0.pt"))
 
 

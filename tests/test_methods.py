@@ -62,7 +62,7 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
     method = resolved({"method": name, "rank": 2} if name == "lora" else name)
     out = tmp_path / "t.pt"
     meta = train.transfer(
-        pretrained, domains["b"], out, replace(CFG2, epochs=2), LR, "encoder", 6, seed=1, method=method
+        pretrained, domains["b"], out, replace(CFG2, epochs=2), LR, 1, freeze="encoder", size=6, method=method
     )
     before, after = load_model(pretrained)[0], load_model(out)[0]
     sizes = group_sizes(before)
@@ -98,7 +98,7 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
 def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(domains, pretrained, tmp_path):
     out = tmp_path / "adabn.pt"
     meta = train.transfer(
-        pretrained, domains["b"], out, replace(CFG, batch_size=8), LR, "none", 6, seed=1, method="adabn"
+        pretrained, domains["b"], out, replace(CFG, batch_size=8), LR, 1, freeze="none", size=6, method="adabn"
     )
     before, after = load_model(pretrained)[0].state_dict(), load_model(out)[0]
     state = after.state_dict()
@@ -157,7 +157,7 @@ def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):
     assert [len(method.trainable_groups(e)) for e in range(14)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     spec = resolved({"method": "gradual", "start": "decoder", "every": 1}, 6)
     meta = train.transfer(
-        pretrained, domains["b"], tmp_path / "g.pt", replace(CFG, epochs=6), LR, "none", 4, seed=1, method=spec
+        pretrained, domains["b"], tmp_path / "g.pt", replace(CFG, epochs=6), LR, 1, freeze="none", size=4, method=spec
     )
     sizes = group_sizes(UNet(CFG.width))
     cumulative = [sum(sizes[g] for g in methods.GROUPS[: k + 2]) for k in range(6)]
@@ -175,7 +175,9 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
         raise Killed
 
     with pytest.raises(Killed):
-        train.transfer(pretrained, domains["b"], out, CFG2, LR, "none", 4, seed=1, method=spec, on_epoch_end=kill)
+        train.transfer(
+            pretrained, domains["b"], out, CFG2, LR, 1, freeze="none", size=4, method=spec, on_epoch_end=kill
+        )
     groups = torch.load(f"{out}.ckpt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([LR * 0.25**i for i in range(len(methods.GROUPS))])
     names = [n for n, _ in UNet(CFG.width).named_parameters()]
@@ -189,7 +191,7 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
 def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_path, method):
     spec = resolved(method, 3 if method != "gradual" else 6)
     cfg = replace(CFG, epochs=3 if method != "gradual" else 6)
-    train.transfer(pretrained, domains["b"], tmp_path / "full.pt", cfg, LR, "encoder", 4, seed=2, method=spec)
+    train.transfer(pretrained, domains["b"], tmp_path / "full.pt", cfg, LR, 2, freeze="encoder", size=4, method=spec)
 
     class Killed(Exception):
         pass
@@ -200,7 +202,9 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.transfer(pretrained, domains["b"], resumed, cfg, LR, "encoder", 4, seed=2, method=spec, on_epoch_end=kill)
+        train.transfer(
+            pretrained, domains["b"], resumed, cfg, LR, 2, freeze="encoder", size=4, method=spec, on_epoch_end=kill
+        )
     epochs = []
     train.transfer(
         pretrained,
@@ -208,9 +212,9 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
         resumed,
         cfg,
         LR,
-        "encoder",
-        4,
-        seed=2,
+        2,
+        freeze="encoder",
+        size=4,
         method=spec,
         on_epoch_end=lambda e, r: epochs.append(e),
     )

@@ -171,12 +171,12 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.transfer(source, domains["b"], out, cfg, LR, "encoder", 4, seed=0, on_epoch_end=stop)
+        train.transfer(source, domains["b"], out, cfg, LR, 0, freeze="encoder", size=4, on_epoch_end=stop)
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
     with caplog.at_level(logging.WARNING, logger="emsim.learning"):
-        train.transfer(source, domains["b"], out, cfg, LR, "encoder", 4, seed=0)
+        train.transfer(source, domains["b"], out, cfg, LR, 0, freeze="encoder", size=4)
     assert f"the content of input(s) {source} changed" in caplog.text
 
 
@@ -214,7 +214,7 @@ def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
 def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, frozen, trained):
     source, source_meta = pretrained
     out = tmp_path / "t.pt"
-    meta = train.transfer(source, domains["b"], out, replace(CFG, epochs=2), LR, part, 4, seed=1)
+    meta = train.transfer(source, domains["b"], out, replace(CFG, epochs=2), LR, 1, freeze=part, size=4)
     before, after = load_model(source)[0], load_model(out)[0]
     frozen_before = before.get_submodule(frozen).state_dict()  # includes BN running statistics
     frozen_after = after.get_submodule(frozen).state_dict()
@@ -234,7 +234,7 @@ def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp
 
 def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_path):
     out = tmp_path / "t.pt"
-    train.transfer(pretrained[0], domains["b"], out, replace(CFG, epochs=1), LR, "none", 6, seed=1)
+    train.transfer(pretrained[0], domains["b"], out, replace(CFG, epochs=1), LR, 1, freeze="none", size=6)
     before, after = load_model(pretrained[0])[0].state_dict(), load_model(out)[0].state_dict()
     for part in ("encoder.", "decoder."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part))
@@ -242,22 +242,24 @@ def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_p
 
 def test_transfer_rejects_bad_size_freeze_and_width(domains, pretrained, tmp_path):
     with pytest.raises(ValueError, match="size = 7 .* 0..6"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, "encoder", 7, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="encoder", size=7)
     with pytest.raises(ValueError, match="freeze part 'head'"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, "head", 4, seed=0)
+        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="head", size=4)
     with pytest.raises(ValueError, match="width"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", replace(CFG, width=0.25), LR, "none", 4, seed=0)
+        train.transfer(
+            pretrained[0], domains["b"], tmp_path / "t.pt", replace(CFG, width=0.25), LR, 0, freeze="none", size=4
+        )
 
 
 def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
-    meta = train.baseline((domains["a"], domains["b"]), (5, 2), tmp_path / "b.pt", replace(CFG, epochs=1), LR, seed=0)
+    meta = train.baseline((domains["a"], domains["b"]), tmp_path / "b.pt", replace(CFG, epochs=1), LR, 0, mix=(5, 2))
     assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
     assert meta["domains"] == ["a", "b"]
     assert (meta["target_domain"], meta["source_domain"]) == ("a", "b")
     with pytest.raises(ValueError, match="mix = 17 .* 0..16"):
-        train.baseline((domains["a"], domains["b"]), (17, 1), tmp_path / "c.pt", CFG, LR, seed=0)
+        train.baseline((domains["a"], domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(17, 1))
     with pytest.raises(ValueError, match="mix = 7 .* 0..6"):
-        train.baseline((domains["a"], domains["b"]), (1, 7), tmp_path / "c.pt", CFG, LR, seed=0)
+        train.baseline((domains["a"], domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(1, 7))
 
 
 def test_cfg_is_validated():
@@ -299,12 +301,7 @@ def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
     [spec] = [m for m in experiments.expand(study)["x"].models if m.stage == "baseline"]
     paths = {experiments.dataset_path(name): domains[name] for name in ("a", "b")}
     meta = train.baseline(
-        [paths[p] for p in spec.datasets],
-        spec.mix,
-        tmp_path / "b.pt",
-        replace(CFG, epochs=1),
-        spec.lr,
-        seed=spec.seed,
+        [paths[p] for p in spec.datasets], tmp_path / "b.pt", replace(CFG, epochs=1), spec.lr, spec.seed, mix=spec.mix
     )
     assert (meta["target_domain"], meta["source_domain"]) == (spec.tags["target"], spec.tags["source"])
     assert spec.tags["size"] == spec.mix[0] == 5

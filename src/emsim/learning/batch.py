@@ -86,14 +86,14 @@ def _train_one(spec: Mapping, training: Training, device) -> tuple[dict, bool]:
             path,
             training,
             lr,
+            spec["seed"],
+            device=device,
             freeze=spec["freeze"],
             size=spec["size"],
-            seed=spec["seed"],
-            device=device,
             method=spec["method"],
         )
     elif stage == "baseline":
-        meta = train.baseline(tuple(datasets), tuple(spec["mix"]), path, training, lr, seed=spec["seed"], device=device)
+        meta = train.baseline(tuple(datasets), path, training, lr, spec["seed"], device=device, mix=tuple(spec["mix"]))
     else:
         raise ValueError(f"{path}: unknown stage {stage!r}; allowed: {list(settings.STAGES)}")
     return meta, before is not None and os.stat(path).st_mtime_ns == before

@@ -1,4 +1,5 @@
-"""Pretraining, transfer learning and single-stage mixed-data baselines of the U-Net.
+"""Pretraining, transfer learning and single-stage mixed-data baselines of the U-Net: one entry
+point per stage, each ``(inputs, out, training, lr, seed, device, *, stage options)``.
 
 Every stage: Adam, learning rate ``lr * lr_decay**epoch`` in epoch ``epoch`` (0-based), batches
 of ``batch_size`` (last batch may be smaller), dihedral augmentation (images must be square),
@@ -116,11 +117,11 @@ def transfer(
     out: str | os.PathLike,
     training: Training,
     lr: float,
-    freeze: str,
-    size: int,
     seed: int,
     device: str | torch.device | None = None,
     *,
+    freeze: str = "none",
+    size: int | None = None,
     method: str | dict = "finetune",
     on_epoch_end: EpochCallback | None = None,
 ) -> dict:
@@ -177,13 +178,13 @@ def transfer(
 
 def baseline(
     datasets: Sequence[str | os.PathLike],
-    mix: Sequence[int],
     out: str | os.PathLike,
     training: Training,
     lr: float,
     seed: int,
     device: str | torch.device | None = None,
     *,
+    mix: Sequence[int],
     on_epoch_end: EpochCallback | None = None,
 ) -> dict:
     """Single-stage training from random init on the first ``mix[0]`` train images of
