@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from figure_content import check
 from scipy import stats
 from synthetic import disc_images
 
@@ -84,7 +85,7 @@ def test_training_records_the_description_and_study_ranks_domains(tmp_path, caps
     assert gaps["mid"] == gaps["far"] == [None, None]  # no model pretrained on them
     assert found["rho_gap_median"] is None  # one gapped domain per model: nothing to rank
     assert main(["ood", str(results), "-o", str(tmp_path / "ood.json"), "--figure", str(tmp_path / "ood")]) == 0
-    assert (tmp_path / "ood.png").stat().st_size > 0
+    check([tmp_path / "ood.png", tmp_path / "ood.svg"], texts=("score",))
     assert "score vs shift gap" in capsys.readouterr().out and (tmp_path / "ood.json").exists()
     with pytest.raises(ValueError, match="no evaluation files"):
         ood_check.study_scores(tmp_path / "empty")

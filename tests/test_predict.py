@@ -6,6 +6,7 @@ import os
 import struct
 from pathlib import Path
 
+import figure_content
 import h5py
 import numpy as np
 import pytest
@@ -441,7 +442,7 @@ def test_particles_minimum_size_and_size_distribution(calibrated_model, tmp_path
     assert entry["particle_count"] == 3 and entry["median_diameter_nm"] == pytest.approx(np.median(diameters))
     for r, d in zip(rows, diameters):
         assert d == pytest.approx(2 * np.sqrt(int(r["area_px"]) / np.pi) * 0.04)
-    assert (tmp_path / "b" / "size_distribution.png").stat().st_size > 1000
+    assert figure_content.read(tmp_path / "b" / "size_distribution.png").ink > 0.02
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--min-area-nm2", "-1"), ("--min-depth-px", "0")])

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from figure_content import check
 from synthetic import disc_domain as make_domain
 from synthetic import evaluation_record as record
 from synthetic import untrained_model as make_model
@@ -245,19 +246,23 @@ def synthetic_study(seed: int = 0, replicates: int = 3, baselines: bool = True) 
     return records, values
 
 
-def assert_written(paths):
-    assert [p.suffix for p in paths] == [".png", ".svg"]
-    assert all(p.stat().st_size > 1000 for p in paths)
-
-
 @pytest.mark.parametrize("replicates, baselines", [(3, True), (1, False)])
 def test_figures_of_full_and_tiny_studies(tmp_path, replicates, baselines):
+    """Each figure shows its panels, the study's groups with their model counts, and ink."""
     records, values = synthetic_study(replicates=replicates, baselines=baselines)
     table = model_table(records, values)
-    assert_written(plot_target_loss(table, tmp_path / "target_loss"))
-    assert_written(plot_transfer_heatmap(table, tmp_path / "heatmap"))
-    assert_written(plot_ood_profile(table, tmp_path / "ood", values, "defocus (nm)"))
-    assert_written(plot_training_curves(records, tmp_path / "curves"))
+    transfers, baseline = 96 * replicates, ("baseline",) if baselines else ()
+    panels = ("transfer set size", "frozen part", "learning rate: pretrain → transfer", *baseline)
+    check(plot_target_loss(table, tmp_path / "target_loss"), 3, (f"({transfers} models)", *panels))
+    check(plot_transfer_heatmap(table, tmp_path / "heatmap"), 3, ("before transfer", "after transfer", "df+10"))
+    groups = [f"pretrain only (n={2 * replicates})"]
+    groups += [f"transfer, {part} frozen (n={32 * replicates})" for part in ("nothing", "encoder", "decoder")]
+    groups += [f"single-stage baseline (n={replicates})"] if baselines else []
+    ood = check(plot_ood_profile(table, tmp_path / "ood", values, "defocus (nm)"), 1, ("defocus (nm)", *groups))
+    assert baselines or not any("baseline" in t for t in ood.texts)
+    stages = (f"pretrain ({2 * replicates} models)", f"transfer ({transfers} models)")
+    stages += (f"baseline ({replicates} models)",) if baselines else ()
+    check(plot_training_curves(records, tmp_path / "curves"), len(stages), stages)
 
 
 def test_loss_figures_plot_the_chosen_metric(tmp_path):
@@ -267,10 +272,13 @@ def test_loss_figures_plot_the_chosen_metric(tmp_path):
     [(_, study)] = [g for g in _groups(transfer, "freeze", "study_loss") if g[0] == "nothing"]
     [(_, ce)] = [g for g in _groups(transfer, "freeze", "ce") if g[0] == "nothing"]
     assert np.allclose(study, ce / 2)
-    assert_written(plot_target_loss(table, tmp_path / "t", "study_loss"))
-    assert_written(plot_transfer_heatmap(table, tmp_path / "h", "study_loss"))
-    assert_written(plot_ood_profile(table, tmp_path / "o", values, "defocus (nm)", "study_loss"))
-    assert "study loss" in (tmp_path / "t.svg").read_text()
+    for plot, args in (
+        (plot_target_loss, ()),
+        (plot_transfer_heatmap, ()),
+        (plot_ood_profile, (values, "defocus (nm)")),
+    ):
+        content = check(plot(table, tmp_path / plot.__name__, *args, metric="study_loss"), texts=("study loss",))
+        assert not any("cross-entropy" in t for t in content.texts)
     with pytest.raises(ValueError, match="no loss figure for metric 'iou'"):
         plot_target_loss(table, tmp_path / "x", "iou")
 
@@ -278,11 +286,13 @@ def test_loss_figures_plot_the_chosen_metric(tmp_path):
 def test_figures_without_transfers_or_tags(tmp_path, hand_study):
     pre = hand_study[0]
     table = model_table([pre])
-    assert_written(plot_target_loss(table, tmp_path / "target_loss"))
-    assert_written(plot_transfer_heatmap(table, tmp_path / "heatmap"))
-    assert_written(plot_ood_profile(table, tmp_path / "ood", {"A": "Au small", "B": "Cu"}))
+    check(plot_target_loss(table, tmp_path / "target_loss"), min_ink=0.001)
+    check(plot_transfer_heatmap(table, tmp_path / "heatmap"), min_ink=0.001)
+    check(
+        plot_ood_profile(table, tmp_path / "ood", {"A": "Au small", "B": "Cu"}), 1, ("pretrain only (n=1)", "Au small")
+    )
     pre["history"] = []
-    assert_written(plot_training_curves([pre], tmp_path / "curves"))
+    check(plot_training_curves([pre], tmp_path / "curves"), min_ink=0.001)
 
 
 def test_svg_is_reproducible(tmp_path):
@@ -297,7 +307,7 @@ def test_svg_is_reproducible(tmp_path):
 def test_examples_figure(tmp_path):
     datasets = {name: make_domain(tmp_path / f"{name}.h5", name, seed) for name, seed in (("a", 1), ("b", 2))}
     model = make_model(tmp_path / "m.pt", 0)
-    assert_written(plot_examples(model, datasets, tmp_path / "examples", device="cpu"))
+    check(plot_examples(model, datasets, tmp_path / "examples", device="cpu"), texts=("a", "b"), min_ink=0.2)
     with pytest.raises(ValueError, match="no index 9"):
         plot_examples(model, datasets, tmp_path / "examples", index=9, device="cpu")
 
@@ -316,7 +326,8 @@ def test_size_distribution_figure(tmp_path):
         for stage, pred in (("pretrain", [1.0, 3.0]), ("baseline", [12.0]))
     ]
     assert particles.size_histogram([12.0])[-1] == 1 and sum(true) == 3  # larger sizes in the last bin
-    assert_written(plot_size_distributions(records, tmp_path / "sizes"))
+    texts = ("particle size [nm]", "pretrain only (2)", "single-stage baseline (1)", "true (3)")
+    check(plot_size_distributions(records, tmp_path / "sizes"), 1, texts)
     for entry in records:
         del entry["metrics"]["A"]
     assert plot_size_distributions(records, tmp_path / "none") == []
@@ -361,9 +372,11 @@ def test_method_columns_gain_over_scratch_and_method_figures(tmp_path):
     assert figures.method_label(tr.loc["lora8.pt"]) == "lora rank=4 alpha=8"
     assert figures.method_label(tr.loc["finetune8.pt"]) == "finetune, nothing frozen"
     assert math.isnan(tr.loc["scratch8.pt", "forgetting"]) and math.isnan(tr.loc["scratch8.pt", "gain_vs_pretrain"])
-    assert_written(figures.plot_method_cost(table, tmp_path / "cost"))
-    assert_written(figures.plot_forgetting_vs_gain(table, tmp_path / "forgetting"))
-    assert_written(figures.plot_gain_vs_scratch(table, tmp_path / "scratch"))
+    methods = ("finetune, nothing frozen (n=2)", "lora rank=4 alpha=8 (n=2)")
+    check(figures.plot_method_cost(table, tmp_path / "cost"), 2, (*methods, "scratch (n=2)", "Pareto frontier"))
+    content = check(figures.plot_forgetting_vs_gain(table, tmp_path / "forgetting"), 1, methods)
+    assert not any("scratch" in t for t in content.texts)  # scratch models have no source to forget
+    check(figures.plot_gain_vs_scratch(table, tmp_path / "scratch"), 1, (*methods, "gain over scratch"))
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_in_cost_and_loss():
