@@ -330,12 +330,24 @@ def check_stacking_faults(particles: dict) -> None:
         )
 
 
+def check_fit(particles: dict, cell_xy_A: float) -> None:
+    """Raise ValueError if the largest particle plus its gap does not fit its own periodic image."""
+    if 2 * particles["radius_A"][1] + particles["min_gap_A"] > cell_xy_A:
+        raise ValueError(
+            f"particles.radius_A: a {particles['radius_A'][1]} A particle plus particles.min_gap_A = "
+            f"{particles['min_gap_A']} does not fit its own periodic image in the {cell_xy_A:g} A cell "
+            f"(image.size_px * image.pixel_size_A + 2 image.padding_A)"
+        )
+
+
 def check_placement(particles: dict, cell_xy_A: float, trials: int = 3) -> None:
-    """Raise ValueError unless the largest particles (max count, max radius) can be placed.
+    """Raise ValueError unless the largest particles (max count, max radius) can be placed, each
+    clear of its own periodic image.
 
     Cheap (milliseconds), so the study config can reject an impossible structure set before any
     job runs instead of failing inside one.
     """
+    check_fit(particles, cell_xy_A)
     radii_A = np.full(particles["count"][1], float(particles["radius_A"][1]))
     last_error = None
     for seed in range(trials):
@@ -380,11 +392,7 @@ def build_scene(particles: dict, substrate: dict, cell_xy_A: float, rng: np.rand
     """
     p = with_defaults(particles, PARTICLES_SCHEMA)
     lattice = LATTICES[p["lattice"]]
-    if 2 * p["radius_A"][1] + p["min_gap_A"] > cell_xy_A:
-        raise ValueError(
-            f"particles.radius_A: a {p['radius_A'][1]} A particle plus particles.min_gap_A="
-            f"{p['min_gap_A']} does not fit its own periodic image in a {cell_xy_A} A cell"
-        )
+    check_fit(p, cell_xy_A)
     n_particles = int(rng.integers(p["count"][0], p["count"][1] + 1))
     radii_A = rng.uniform(*p["radius_A"], size=n_particles)
     centres_xy = _place_discs(radii_A, cell_xy_A, p["min_gap_A"], rng)

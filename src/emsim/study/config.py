@@ -456,16 +456,10 @@ def _check_particles_fit(study: settings.Study) -> None:
     cell_A = optics.cell_A(study.image)
     for name, spec in study.structure_sets.items():
         particles = spec["particles"]
-        if 2 * particles["radius_A"][1] + particles["min_gap_A"] > cell_A:
-            raise ConfigError(
-                f"structure_sets.{name}.particles.radius_A: a {particles['radius_A'][1]} A particle plus "
-                f"particles.min_gap_A = {particles['min_gap_A']} does not fit its own periodic image in the "
-                f"{cell_A:g} A cell (image.size_px * image.pixel_size_A + 2 image.padding_A)"
-            )
         try:
             structures.check_placement(particles, cell_A)
-        except ValueError as error:
-            raise ConfigError(f"structure_sets.{name}: {error}") from None
+        except ValueError as error:  # the message starts with its key
+            raise ConfigError(f"structure_sets.{name}.{error}") from None
         try:
             structures.check_stacking_faults(particles)
         except ValueError as error:  # the message starts with its key
