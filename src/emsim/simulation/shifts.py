@@ -55,12 +55,20 @@ class ShiftKind:
     order: int = 50
 
     def schema(self) -> dict:
+        """The parameters' JSON schema without their defaults: a study's domains stay as written (and
+        their datasets' Snakemake params with them); :func:`ordered` fills the defaults."""
+        properties = {k: {n: v for n, v in p.items() if n != "default"} for k, p in self.parameters.items()}
         return {
             "type": "object",
-            "properties": self.parameters,
+            "properties": properties,
             "required": list(self.required),
             "additionalProperties": False,
         }
+
+    @property
+    def defaults(self) -> dict:
+        """The parameters with a ``default`` in their schema."""
+        return {k: p["default"] for k, p in self.parameters.items() if "default" in p}
 
 
 SHIFTS: dict[str, ShiftKind] = {}
@@ -81,9 +89,10 @@ def register(name: str, stage: Stage, parameters: dict, required: tuple[str, ...
 
 
 def ordered(domain: dict, stage: Stage) -> list[tuple[ShiftKind, dict]]:
-    """The shifts a domain config uses at one stage, in application order."""
+    """The shifts a domain config uses at one stage, in application order, with their parameters'
+    defaults filled."""
     kinds = [SHIFTS[key] for key in domain if key in SHIFTS and SHIFTS[key].stage == stage]
-    return [(kind, domain[kind.name]) for kind in sorted(kinds, key=lambda k: (k.order, k.name))]
+    return [(kind, kind.defaults | domain[kind.name]) for kind in sorted(kinds, key=lambda k: (k.order, k.name))]
 
 
 NUMBER = {"type": "number"}
@@ -91,13 +100,13 @@ NON_NEGATIVE = {"type": "number", "minimum": 0}
 POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
 
-@register("defocus", "optics", {"mean_nm": NUMBER, "sigma_nm": NON_NEGATIVE}, required=("mean_nm",))
+@register("defocus", "optics", {"mean_nm": NUMBER, "sigma_nm": {**NON_NEGATIVE, "default": 0.0}}, required=("mean_nm",))
 def defocus(aberrations: dict, params: dict, rng: np.random.Generator, context: dict):
     """Defocus (positive = underfocus) drawn per image from N(mean_nm, sigma_nm).
 
     With zero-defocus calibration the set's minimum-contrast defocus is added.
     """
-    defocus_A = 10.0 * (params["mean_nm"] + params.get("sigma_nm", 0.0) * rng.standard_normal())
+    defocus_A = 10.0 * (params["mean_nm"] + params["sigma_nm"] * rng.standard_normal())
     applied_A = defocus_A + context.get("zero_defocus_A", 0.0)
     return {**aberrations, "C10_A": aberrations.get("C10_A", 0.0) - applied_A}, {"defocus_A": defocus_A}
 
@@ -105,12 +114,16 @@ def defocus(aberrations: dict, params: dict, rng: np.random.Generator, context: 
 @register(
     "astigmatism",
     "optics",
-    {"magnitude_nm": NON_NEGATIVE, "angle_deg": NUMBER, "angle_sigma_deg": NON_NEGATIVE},
+    {
+        "magnitude_nm": NON_NEGATIVE,
+        "angle_deg": {**NUMBER, "default": 0.0},
+        "angle_sigma_deg": {**NON_NEGATIVE, "default": 0.0},
+    },
     required=("magnitude_nm",),
 )
 def astigmatism(aberrations: dict, params: dict, rng: np.random.Generator, context: dict):
     """Two-fold astigmatism C12 (nm) along ``angle_deg`` (+ per-image spread ``angle_sigma_deg``)."""
-    angle_deg = params.get("angle_deg", 0.0) + params.get("angle_sigma_deg", 0.0) * rng.standard_normal()
+    angle_deg = params["angle_deg"] + params["angle_sigma_deg"] * rng.standard_normal()
     out = {**aberrations, "C12_A": 10.0 * params["magnitude_nm"], "phi12_rad": math.radians(angle_deg)}
     return out, {"astigmatism_angle_deg": angle_deg}
 
