@@ -3,6 +3,7 @@ column mapping on miniature copies of their formats; the command line."""
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +322,12 @@ def test_command_line(tmp_path, capsys):
     assert fd.read_block(doc, "test:ce") == capsys.readouterr().out.strip()
     assert main(args[:-1] + [str(tmp_path / "missing.md")]) == 2  # checked before any work
     assert "missing.md" in capsys.readouterr().err
+    kept = tmp_path / "kept"
+    assert main(args[:-2] + ["--keep-tables", str(kept)]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["findings", str(kept), *args[2:-2]]) == 0
+    assert capsys.readouterr().out == from_run  # the kept tables give the same findings
+    assert set(pd.read_parquet(kept / "defocus/models.parquet")) <= set(fd.TAGS) | {"target_val_ce", "val_ce__df10"}
     (report / "other").mkdir()
     (report / "defocus/models.parquet").rename(report / "other/models.parquet")
     assert main(["findings", str(report), "--configfile", "config/test.yaml"]) == 2
@@ -362,6 +369,19 @@ def test_bootstrap_verdicts_have_three_outcomes():
     assert noisy["interval"][0] < 0 < noisy["interval"][1] and noisy["verdict"] == "inconclusive"
     again = fd.findings(pd.DataFrame(rows), FACTS, "ce", bootstrap=100)[0]
     assert again["interval"] == noisy["interval"]  # seeded
+
+
+def test_the_run_tables_in_the_docs_are_the_commands_output_on_the_kept_tables(capsys):
+    """Every run block of docs/validation.md (``<!-- findings:<config stem>:<metric> -->``) is what
+    ``emsim findings`` prints on that run's tables kept in docs/data/<config stem>."""
+    root = Path(__file__).resolve().parents[1]
+    doc = root / "docs/validation.md"
+    blocks = re.findall(r"<!-- findings:([\w-]+):([\w-]+) -->", doc.read_text())
+    assert len(blocks) >= 4  # the reduced study, per pixel and per particle, and its variants
+    for stem, metric in blocks:
+        config_file = str(root / "config" / f"{stem}.yaml")
+        assert main(["findings", str(root / "docs/data" / stem), "--configfile", config_file, "--metric", metric]) == 0
+        assert capsys.readouterr().out.strip() == fd.read_block(doc, f"{stem}:{metric}").strip(), (stem, metric)
 
 
 def test_the_generated_study_table_in_the_docs_is_the_commands_output(capsys):

@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         "else <config file stem>:<metric> (docs/validation.md)",
     )
     findings.add_argument(
+        "--keep-tables",
+        metavar="DIR",
+        help="also copy the run's per-model tables, cut to what the findings read, to DIR/<experiment>/models.parquet",
+    )
+    findings.add_argument(
         "--study",
         metavar="NOTEBOOKS",
         nargs="?",
@@ -191,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("findings: give either REPORT_DIR (with --configfile) or --study [NOTEBOOKS]")
     if args.command == "findings" and args.report_dir and not args.configfile:
         parser.error("findings: REPORT_DIR needs --configfile (the study config of the run)")
+    if args.command == "findings" and args.study and args.keep_tables:
+        parser.error("findings: --keep-tables copies a run's tables; the study's are shipped already")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
@@ -407,6 +414,8 @@ def _findings(args) -> int:
     else:
         study = config.load(args.configfile)
         results = findings.report_findings(args.report_dir, study, args.metric, progress=True, bootstrap=args.bootstrap)
+        if args.keep_tables:
+            findings.write_tables(args.report_dir, args.keep_tables)
     table = findings.markdown(results)
     print(table)
     if block:

@@ -398,6 +398,27 @@ def report_findings(
     return results
 
 
+# Metrics whose columns :func:`write_tables` keeps: the losses and the per-particle scores the
+# findings are judged on in docs/validation.md.
+KEPT_METRICS = ("ce", STUDY_METRIC, "det_f1", "size_w1_nm")
+TAGS = ("stage", "source", "target", "freeze", "method", "size", "lr_pretrain", "lr_transfer", "seed", "model")
+
+
+def write_tables(report_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Copy every ``<report_dir>/<experiment>/models.parquet`` to ``<out_dir>/<experiment>/``
+    with only what the findings read (``TAGS`` and the columns of ``KEPT_METRICS``), so a run's
+    findings can be regenerated without the run (docs/data)."""
+    written = []
+    for path in sorted(Path(report_dir).glob("*/models.parquet")):
+        table = pd.read_parquet(path)
+        keep = [c for c in table if c in TAGS or _metric_of(c) in KEPT_METRICS]
+        out = Path(out_dir) / path.parent.name / "models.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table[keep].to_parquet(out, index=False)
+        written.append(out)
+    return written
+
+
 # ---------------------------------------------------------------- the study's tables
 
 # Plain data constructors a pandas table pickle needs besides pandas and numpy classes
