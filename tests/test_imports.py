@@ -95,3 +95,9 @@ def test_imports_point_down_the_layers():
     }
     assert sorted(upward) == []
     assert {layer_of(m) for m in top} == set(range(len(LAYERS)))  # every layer is used
+
+
+if __name__ == "__main__":  # python tests/test_imports.py: the import graph, layer by layer
+    top, _ = graph()
+    for module in sorted(top, key=lambda m: (layer_of(m), m)):
+        print(f"{layer_of(module)}  {module:34s} -> {', '.join(sorted(top[module])) or '-'}")
