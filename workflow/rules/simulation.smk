@@ -1,10 +1,8 @@
 # structure set -> scenes (ASE) -> exit waves (abTEM multislice, cached) -> one dataset per domain.
 
-# Exit waves depend on the beam energy only, unless the zero-defocus calibration (which images
-# the particles in vacuum) needs the whole microscope.
-EXIT_WAVE_MICROSCOPE = emsim_config.normalized(
-    STUDY.microscope if STUDY.simulation.calibrate_zero_defocus else {"energy_eV": STUDY.microscope.energy_eV}
-)
+# Exit waves depend on the beam energy; the lens only where the zero-defocus calibration (which
+# images the particles in vacuum) needs it (else None: a lens change reruns no multislice).
+CALIBRATION_LENS = emsim_config.normalized(STUDY.microscope) if STUDY.simulation.calibrate_zero_defocus else None
 # They need the cell and the pixel grid of the labels, not where the images are downsampled.
 EXIT_WAVE_IMAGE = {k: v for k, v in emsim_config.normalized(STUDY.image).items() if k != "downsample"}
 
@@ -42,7 +40,8 @@ rule fftw_wisdom:
         gpu=simulation_gpu(),
     params:
         simulation=emsim_config.normalized(STUDY.simulation),
-        microscope=EXIT_WAVE_MICROSCOPE,
+        energy_eV=STUDY.microscope.energy_eV,
+        calibration_lens=CALIBRATION_LENS,
         image=EXIT_WAVE_IMAGE,
     script:
         "../scripts/fftw_wisdom.py"
@@ -65,7 +64,8 @@ rule exit_waves:
         **resources_of("simulation", gpu=simulation_gpu()),
     params:
         simulation=emsim_config.normalized(STUDY.simulation),
-        microscope=EXIT_WAVE_MICROSCOPE,
+        energy_eV=STUDY.microscope.energy_eV,
+        calibration_lens=CALIBRATION_LENS,
         image=EXIT_WAVE_IMAGE,
         labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
         seed=lambda wc: STUDY.structure_sets[wc.set]["seed"],
