@@ -127,7 +127,10 @@ def test_dose_and_lattice_by_target():
     assert fd.verdict(fd.judge_dose(doses[::-1].set_axis(doses.index))[1]) == "disagree"
     lattices = fd.by_target_fact(table, facts, "lattice")
     assert fd.verdict(fd.judge_lattice(lattices)[1]) == "agree"
-    assert fd.verdict(fd.judge_lattice(lattices.rename({"C_diamond": "Si_diamond"}))[1]) == "disagree"
+    assert fd.verdict(fd.judge_lattice(lattices.replace({0.5: 0.05}))[1]) == "disagree"  # C the easiest
+    # no C_diamond target: the rule cannot be judged
+    assert fd.verdict(fd.judge_lattice(lattices.rename({"C_diamond": "Si_diamond"}))[1]) == "inconclusive"
+    assert fd.verdict(fd.judge_lattice(lattices.rename({"CdSe_wurtzite": "Ag_fcc"}).sort_index())[1]) == "inconclusive"
 
 
 def test_findings_apply_by_series_and_exclude_in_focus():

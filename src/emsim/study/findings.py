@@ -45,7 +45,9 @@ CLAIMS = {
     "F7": "diamond C is the hardest lattice and wurtzite the easiest",
 }
 FACTS = ("defocus_nm", "dose_e_per_A2", "lattice")
-# Metrics where higher is better; findings compare losses, so these enter as 1 - score.
+# Metrics where higher is better; findings compare losses, so these enter as 1 - score. A size
+# distance is undefined where a model predicts no particle: that counts as the worst (inf).
+UNDEFINED_IS_WORST = ("size_w1_nm", "size_error_nm")
 SCORES = (
     "iou",
     "dice",
@@ -144,15 +146,18 @@ def _metric_of(column: str) -> str | None:
 
 def as_losses(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     """The table and metric the findings' rules read (lower is better): a score (``SCORES``)
-    becomes ``1-<m>`` = 1 - score in every column of that metric; any other metric is kept."""
-    if metric not in SCORES:
+    becomes ``1-<m>`` = 1 - score in every column of that metric; a size-distribution distance
+    that is undefined (the model predicted no particle: ``UNDEFINED_IS_WORST``) becomes inf, the
+    worst; any other metric is kept."""
+    columns = [c for c in table if _metric_of(c) == metric]
+    if metric in SCORES:
+        loss = f"1-{metric}"
+        converted = {c.replace(f"val_{metric}", f"val_{loss}", 1): 1.0 - table[c] for c in columns}
+    elif metric in UNDEFINED_IS_WORST:
+        loss, converted = metric, {c: table[c].fillna(np.inf) for c in columns}
+    else:
         return table, metric
-    loss = f"1-{metric}"
-    columns = {c: c.replace(f"val_{metric}", f"val_{loss}", 1) for c in table if _metric_of(c) == metric}
-    out = table.drop(columns=list(columns))
-    for column, renamed in columns.items():
-        out[renamed] = 1.0 - table[column]
-    return out, loss
+    return pd.concat([table.drop(columns=columns), pd.DataFrame(converted, index=table.index)], axis=1), loss
 
 
 # ---------------------------------------------------------------- verdicts
@@ -170,7 +175,8 @@ def judge_size(stats: pd.DataFrame) -> tuple[str, float]:
     """Agree if the median falls at every size step and the largest set has a smaller IQR than the
     smallest; margin: the smallest of those drops."""
     text = ", ".join(f"{size:g}: {_g(r['median'])} (IQR {_g(r['iqr'])})" for size, r in stats.iterrows())
-    margin = min(float(np.min(-np.diff(stats["median"]), initial=np.inf)), stats["iqr"].iloc[0] - stats["iqr"].iloc[-1])
+    drops = np.min(-np.diff(stats["median"]), initial=np.inf)
+    margin = float(np.min([drops, stats["iqr"].iloc[0] - stats["iqr"].iloc[-1]]))
     return f"median target loss by size: {text}", margin
 
 
@@ -195,7 +201,7 @@ def judge_lr(stats: pd.DataFrame) -> tuple[str, float]:
     medians = stats["median"]
     best, worst = medians[_find_pair(stats, BEST_LRS)], medians[_find_pair(stats, WORST_LRS)]
     others = medians.drop([_find_pair(stats, BEST_LRS), _find_pair(stats, WORST_LRS)])
-    margin = min(others.min() - best, worst - others.max()) if len(others) else worst - best
+    margin = np.min([others.min() - best, worst - others.max()]) if len(others) else worst - best
     return f"median target loss, best first: {text}", float(margin)
 
 
@@ -236,9 +242,9 @@ def judge_lattice(medians: pd.Series) -> tuple[str, float]:
     text = ", ".join(f"{lattice} {_g(v)}" for lattice, v in ranked.items())
     wurtzite = medians[medians.index.str.endswith("_wurtzite")]
     others = medians.drop(wurtzite.index)
-    c_lead = medians["C_diamond"] - medians.drop("C_diamond").max() if "C_diamond" in medians else -np.inf
-    w_lead = others.min() - wurtzite.min() if len(wurtzite) and len(others) else -np.inf
-    return f"median target loss, easiest first: {text}", float(min(c_lead, w_lead))
+    c_lead = medians["C_diamond"] - medians.drop("C_diamond").max() if "C_diamond" in medians else np.nan
+    w_lead = others.min() - wurtzite.min() if len(wurtzite) and len(others) else np.nan
+    return f"median target loss, easiest first: {text}", float(np.min([c_lead, w_lead]))
 
 
 def verdict(margin: float | None, interval: tuple[float, float] | None = None) -> str:
@@ -246,6 +252,8 @@ def verdict(margin: float | None, interval: tuple[float, float] | None = None) -
     ``interval`` of the margin, ``inconclusive`` when it contains 0; ``measured`` for no rule."""
     if margin is None:
         return "measured"
+    if np.isnan(margin):  # a group the rule compares has no value (or two are both inf)
+        return "inconclusive"
     if interval is None:
         return "agree" if margin > 0 else "disagree"
     low, high = interval
@@ -291,7 +299,11 @@ def findings(
     transfer = transfer_rows(table, metric)
     if transfer.empty:
         return []
-    measures = _measures(table, facts, metric)
+    with np.errstate(invalid="ignore"):  # inf - inf (groups that failed outright) gives nan: inconclusive
+        return _findings(transfer, _measures(table, facts, metric), bootstrap, seed)
+
+
+def _findings(transfer: pd.DataFrame, measures: dict, bootstrap: int, seed: int) -> list[dict]:
     full = {finding: measure(transfer) for finding, measure in measures.items()}
     margins: dict[str, list[float]] = {f: [] for f, (_, margin) in full.items() if margin is not None}
     rng = np.random.default_rng(seed)
@@ -306,7 +318,8 @@ def findings(
     for finding, (text, margin) in full.items():
         interval = None
         if bootstrap and margin is not None:
-            interval = tuple(float(q) for q in np.nanquantile(margins[finding], [0.025, 0.975]))
+            # "nearest": no interpolation, so a margin of inf (a group that failed outright) stays inf
+            interval = tuple(float(q) for q in np.nanquantile(margins[finding], [0.025, 0.975], method="nearest"))
         out.append(
             {
                 "finding": finding,
