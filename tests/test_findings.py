@@ -387,6 +387,13 @@ def test_the_run_tables_in_the_docs_are_the_commands_output_on_the_kept_tables(c
         assert capsys.readouterr().out.strip() == fd.read_block(doc, f"{stem}:{metric}").strip(), (stem, metric)
 
 
+def test_the_verdict_summary_is_generated_from_the_blocks():
+    root = Path(__file__).resolve().parents[1]
+    expected = fd.summary(root / "docs/validation.md", fd.SUMMARY_COLUMNS)
+    assert fd.read_block(root / "docs/seed-study.md", "summary") == expected
+    assert expected.count("\n") >= 7 and "| F7 | structure: agree |" in expected
+
+
 def test_the_generated_study_table_in_the_docs_is_the_commands_output(capsys):
     block = fd.read_block(Path(__file__).resolve().parents[1] / "docs/validation.md", "study")
     assert main(["findings", "--study"]) == 0

@@ -357,6 +357,31 @@ def write_block(path: str | Path, name: str, table: str) -> None:
     Path(path).write_text(f"{before}\n{table}\n{after}")
 
 
+# The blocks of docs/validation.md summarised in docs/seed-study.md (block -> column title).
+SUMMARY_COLUMNS = {
+    "study": "the study's own tables",
+    "validation:study_loss": "reduced study, per pixel",
+    "validation:det_f1": "per particle: detection",
+    "validation:size_w1_nm": "per particle: sizes",
+}
+
+
+def summary(path: str | Path, columns: dict[str, str]) -> str:
+    """The verdicts of blocks of a markdown file as one table, a row per finding and a column per
+    block (``columns``: block name -> column title); measured-only findings left out."""
+    verdicts: dict[str, dict[str, list[str]]] = {}
+    for block in columns:
+        for line in read_block(path, block).splitlines()[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells[-1] != "measured":
+                verdicts.setdefault(cells[1], {}).setdefault(block, []).append(f"{cells[0]}: {cells[-1]}")
+    lines = ["| finding | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
+    for finding in sorted(verdicts):
+        row = ("; ".join(verdicts[finding].get(block, ["-"])) for block in columns)
+        lines.append(f"| {finding} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, list[dict]]) -> str:
     """The findings of every experiment as one markdown table (margin with its bootstrap interval)."""
     lines = [
