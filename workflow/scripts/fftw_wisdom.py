@@ -6,6 +6,4 @@ from emsim.study.settings import Image, Simulation
 
 io.log_to_file(snakemake.log[0])
 p = snakemake.params
-simulate.plan_fftw(
-    Simulation.from_dict(p.simulation), p.energy_eV, Image.with_defaults(**p.image), snakemake.output[0]
-)
+simulate.plan_fftw(Simulation.from_dict(p.simulation), p.energy_eV, Image.with_defaults(**p.image), snakemake.output[0])

@@ -318,8 +318,11 @@ def _findings(transfer: pd.DataFrame, measures: dict, bootstrap: int, seed: int)
     for finding, (text, margin) in full.items():
         interval = None
         if bootstrap and margin is not None:
+            judged = np.asarray(margins[finding])
+            judged = judged[~np.isnan(judged)]
             # "nearest": no interpolation, so a margin of inf (a group that failed outright) stays inf
-            interval = tuple(float(q) for q in np.nanquantile(margins[finding], [0.025, 0.975], method="nearest"))
+            quantiles = np.quantile(judged, [0.025, 0.975], method="nearest") if len(judged) else [np.nan] * 2
+            interval = tuple(float(q) for q in quantiles)
         out.append(
             {
                 "finding": finding,
