@@ -380,7 +380,7 @@ def test_the_run_tables_in_the_docs_are_the_commands_output_on_the_kept_tables(c
     root = Path(__file__).resolve().parents[1]
     doc = root / "docs/validation.md"
     blocks = re.findall(r"<!-- findings:([\w-]+):([\w-]+) -->", doc.read_text())
-    assert len(blocks) >= 3  # the reduced study per pixel and per particle, and its variants
+    assert len(blocks) >= 8  # the reduced study per pixel and per particle, and its two variants
     for stem, metric in blocks:
         config_file = str(root / "config" / f"{stem}.yaml")
         assert main(["findings", str(root / "docs/data" / stem), "--configfile", config_file, "--metric", metric]) == 0

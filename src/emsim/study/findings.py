@@ -366,6 +366,7 @@ SUMMARY_COLUMNS = {
     "validation:study_loss": "reduced study, per pixel",
     "validation:det_f1": "per particle: detection",
     "validation:size_w1_nm": "per particle: sizes",
+    "validation_steps:study_loss": "the study's steps, per pixel",
     "validation_lattice:study_loss": "large particles (r 25-35 A), per pixel",
     "validation_lattice:det_f1": "large particles: detection",
 }
