@@ -307,7 +307,9 @@ def test_svg_is_reproducible(tmp_path):
 def test_examples_figure(tmp_path):
     datasets = {name: make_domain(tmp_path / f"{name}.h5", name, seed) for name, seed in (("a", 1), ("b", 2))}
     model = make_model(tmp_path / "m.pt", 0)
-    check(plot_examples(model, datasets, tmp_path / "examples", device="cpu"), texts=("a", "b"), min_ink=0.2)
+    panels = ("image", "true label", "prediction", "particles", "(64 x 64 px)")
+    content = check(plot_examples(model, datasets, tmp_path / "examples", device="cpu"), 8, panels, min_ink=0.2)
+    assert {"a", "b"} <= set(content.texts)  # one row of 4 panels per domain
     with pytest.raises(ValueError, match="no index 9"):
         plot_examples(model, datasets, tmp_path / "examples", index=9, device="cpu")
 

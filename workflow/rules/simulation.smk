@@ -41,7 +41,6 @@ rule fftw_wisdom:
     params:
         simulation=emsim_config.normalized(STUDY.simulation),
         energy_eV=STUDY.microscope.energy_eV,
-        calibration_lens=CALIBRATION_LENS,
         image=EXIT_WAVE_IMAGE,
     script:
         "../scripts/fftw_wisdom.py"
