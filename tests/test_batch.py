@@ -6,24 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from synthetic import CFG, LR
-from synthetic import bright_disc_domain as make_domain
+from synthetic import CFG
 
 from emsim.learning import batch, train
 from emsim.learning.models import FORMAT_VERSION, load_model
-
-
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domains")
-    return {"a": make_domain(root / "a.h5", "a", n_train=16, seed=1), "b": make_domain(root / "b.h5", "b", seed=2)}
-
-
-@pytest.fixture(scope="module")
-def pretrained(domains, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    return out, train.pretrain(domains["a"], out, CFG, LR, seed=0)
-
 
 CFG_BATCH = replace(CFG, device="auto", epochs=2)
 
@@ -54,8 +40,8 @@ def same(a, b, atol=0.0):
     return all(torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0) for k in a)
 
 
-def test_batch_gives_each_model_the_weights_it_gets_alone(domains, pretrained, tmp_path):
-    models = transfers(pretrained[0], domains["b"], tmp_path / "batch")
+def test_batch_gives_each_model_the_weights_it_gets_alone(disc_domains, pretrained, tmp_path):
+    models = transfers(pretrained[0], disc_domains["b"], tmp_path / "batch")
     (tmp_path / "batch").mkdir()
     entries = batch.train_batch(models, CFG_BATCH, tmp_path / "record.json", device="cpu")
     assert [e["path"] for e in entries] == [m["path"] for m in models] and not any(e["kept"] for e in entries)
@@ -78,11 +64,11 @@ def test_batch_gives_each_model_the_weights_it_gets_alone(domains, pretrained, t
     assert losses[0] == losses[1]
 
 
-def test_rerun_keeps_finished_models_and_retrains_changed_or_old_ones(domains, pretrained, tmp_path, caplog):
-    models = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0,))
+def test_rerun_keeps_finished_models_and_retrains_changed_or_old_ones(disc_domains, pretrained, tmp_path, caplog):
+    models = transfers(pretrained[0], disc_domains["b"], tmp_path, seeds=(0,))
     batch.train_batch(models, CFG_BATCH, tmp_path / "r.json", device="cpu")
     stamp = {m["path"]: (tmp_path / m["path"]).stat().st_mtime_ns for m in models}
-    added = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0, 1))  # a replicate added
+    added = transfers(pretrained[0], disc_domains["b"], tmp_path, seeds=(0, 1))  # a replicate added
     # an older model format: retrained, not reused
     payload = torch.load(models[0]["path"], weights_only=True)
     torch.save({**payload, "emsim_model": FORMAT_VERSION - 1}, models[0]["path"])
@@ -100,8 +86,8 @@ def test_rerun_keeps_finished_models_and_retrains_changed_or_old_ones(domains, p
     assert not batch.train_batch(changed, CFG_BATCH, tmp_path / "r.json", device="cpu")[0]["kept"]
 
 
-def test_a_diverging_model_fails_alone_and_the_batch_fails_at_the_end(domains, pretrained, tmp_path):
-    models = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0,))
+def test_a_diverging_model_fails_alone_and_the_batch_fails_at_the_end(disc_domains, pretrained, tmp_path):
+    models = transfers(pretrained[0], disc_domains["b"], tmp_path, seeds=(0,))
     models[0]["lr"] = 1e10
     with pytest.raises(batch.BatchFailed, match=r"1 of 2 models failed:\n.*encoder_seed0.pt: transfer diverged"):
         batch.train_batch(models, CFG_BATCH, tmp_path / "r.json", device="cpu")
@@ -109,8 +95,8 @@ def test_a_diverging_model_fails_alone_and_the_batch_fails_at_the_end(domains, p
     assert not (tmp_path / "r.json").exists()
 
 
-def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_path, monkeypatch):
-    models = transfers(pretrained[0], domains["b"], tmp_path, seeds=(0,))
+def test_batch_resumes_the_interrupted_model_exactly(disc_domains, pretrained, tmp_path, monkeypatch):
+    models = transfers(pretrained[0], disc_domains["b"], tmp_path, seeds=(0,))
     fit = train._fit
 
     def killed_after_first_epoch(run, model, tr, val, out, training, lr, seed, device, on_epoch_end, *method):
@@ -128,21 +114,21 @@ def test_batch_resumes_the_interrupted_model_exactly(domains, pretrained, tmp_pa
     entries = batch.train_batch(models, CFG_BATCH, tmp_path / "r.json", device="cpu")
     assert [e["kept"] for e in entries] == [True, False]
     alone = tmp_path / "alone.pt"
-    train.transfer(pretrained[0], domains["b"], alone, CFG_BATCH, 1e-3, 0, freeze="none", size=4)
+    train.transfer(pretrained[0], disc_domains["b"], alone, CFG_BATCH, 1e-3, 0, freeze="none", size=4)
     assert same(weights(alone), weights(tmp_path / "none_seed0.pt"))
 
 
-def test_gpu_switches_on_cpu_bf16_compile_fused_stay_close_to_fp32_eager(domains, pretrained, tmp_path):
+def test_gpu_switches_on_cpu_bf16_compile_fused_stay_close_to_fp32_eager(disc_domains, pretrained, tmp_path):
     """bf16 autocast, torch.compile and fused Adam, each on the CPU: losses within 0.02 (absolute
     per-pixel cross-entropy, ~5 % of its value here) of the fp32 eager run."""
-    models = transfers(pretrained[0], domains["b"], tmp_path / "ref", seeds=(0,), freezes=("encoder",))
+    models = transfers(pretrained[0], disc_domains["b"], tmp_path / "ref", seeds=(0,), freezes=("encoder",))
     (tmp_path / "ref").mkdir()
     batch.train_batch(models, CFG_BATCH, tmp_path / "ref.json", device="cpu")
     reference = load_model(models[0]["path"])[1]["history"]
     torch._dynamo.reset()
     for name, switch in (("bf16", {"amp": True}), ("fused", {"fused": True}), ("compile", {"compile": True})):
         (tmp_path / name).mkdir()
-        specs = transfers(pretrained[0], domains["b"], tmp_path / name, seeds=(0,), freezes=("encoder",))
+        specs = transfers(pretrained[0], disc_domains["b"], tmp_path / name, seeds=(0,), freezes=("encoder",))
         batch.train_batch(specs, replace(CFG_BATCH, **switch), tmp_path / f"{name}.json", device="cpu")
         history = load_model(specs[0]["path"])[1]["history"]
         for a, b in zip(reference, history):

@@ -1,6 +1,5 @@
 """Study config: sweeps expand into domains; every bad input is one clear error naming the key."""
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,18 @@ from emsim.study.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def study():
-    return yaml.safe_load((ROOT / "config/test.yaml").read_text())
-
-
-def test_range_sweep_expands_into_domains_sharing_one_structure_set(study):
-    study["domains"] = {"df{mean_nm}": {"structure_set": "au", "defocus": {"mean_nm": {"range": [-25, 25, 5]}}}}
-    study["image"]["padding_A"] = 9.6  # the lens's reach at 25 nm defocus
-    loaded = config.load(study)
+def test_range_sweep_expands_into_domains_sharing_one_structure_set(tiny_study):
+    tiny_study["domains"] = {"df{mean_nm}": {"structure_set": "au", "defocus": {"mean_nm": {"range": [-25, 25, 5]}}}}
+    tiny_study["image"]["padding_A"] = 9.6  # the lens's reach at 25 nm defocus
+    loaded = config.load(tiny_study)
     assert list(loaded.domains) == [f"df{v}" for v in range(-25, 30, 5)]
-    assert {d["structure_set"] for d in loaded.domains.values()} == {"au"}
-    assert loaded.domains["df-10"]["defocus"]["mean_nm"] == -10
-    assert loaded.domains["df-10"]["sweep"] == {"mean_nm": -10}
+    assert {d.structure_set for d in loaded.domains.values()} == {"au"}
+    assert loaded.domains["df-10"].shifts["defocus"]["mean_nm"] == -10
+    assert loaded.domains["df-10"].sweep == {"mean_nm": -10}
 
 
-def test_labelled_values_and_product_of_sweeps(study):
-    study["structure_sets"] = {
+def test_labelled_values_and_product_of_sweeps(tiny_study):
+    tiny_study["structure_sets"] = {
         "{lattice}_{radius_A}": {
             "n_structures": 8,
             "particles": {
@@ -39,17 +33,17 @@ def test_labelled_values_and_product_of_sweeps(study):
             },
         }
     }
-    study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
-    study["experiments"] = {}
-    loaded = config.load(study)
+    tiny_study["domains"] = {"x_{structure_set}": {"structure_set": {"values": ["Au_fcc_s", "Fe_bcc_l"]}}}
+    tiny_study["experiments"] = {}
+    loaded = config.load(tiny_study)
     assert list(loaded.structure_sets) == ["Au_fcc_s", "Au_fcc_l", "Fe_bcc_s", "Fe_bcc_l"]
-    assert loaded.structure_sets["Fe_bcc_l"]["particles"]["radius_A"] == [7, 8]
+    assert loaded.structure_sets["Fe_bcc_l"].particles["radius_A"] == [7, 8]
     assert list(loaded.domains) == ["x_Au_fcc_s", "x_Fe_bcc_l"]
 
 
-def test_defaults_are_filled(study):
-    loaded = config.load(study)
-    assert loaded.structure_sets["au"]["particles"]["orientation"] == "zone_axis"
+def test_defaults_are_filled(tiny_study):
+    loaded = config.load(tiny_study)
+    assert loaded.structure_sets["au"].particles["orientation"] == "zone_axis"
     assert loaded.training.lr_decay == 0.99
     assert loaded.resources["training"]["gpu"] == 1
     assert optics.cell_A(loaded.image) == pytest.approx(25.6 + 2 * 4.8)
@@ -123,9 +117,9 @@ def _edit(study, path, value):
         ),
     ],
 )
-def test_bad_config_names_the_key(study, path, value, names):
+def test_bad_config_names_the_key(tiny_study, path, value, names):
     with pytest.raises(ConfigError) as error:
-        config.load(_edit(copy.deepcopy(study), path, value))
+        config.load(_edit(tiny_study, path, value))
     for name in names:
         assert name in str(error.value)
 
@@ -155,10 +149,10 @@ def test_bad_config_names_the_key(study, path, value, names):
         ),
     ],
 )
-def test_bad_structure_set_names_the_key(study, block, value, key):
-    study["structure_sets"]["au"][block] |= value
+def test_bad_structure_set_names_the_key(tiny_study, block, value, key):
+    tiny_study["structure_sets"]["au"][block] |= value
     with pytest.raises(ConfigError, match=f"structure_sets.au.{key}"):
-        config.load(study)
+        config.load(tiny_study)
 
 
 def test_unreadable_file_names_the_file(tmp_path):
@@ -231,54 +225,54 @@ def test_seed_study_grid_has_10854_models_sharing_pretraining():
         (("extensions",), ["no/such/file.py"], ["extensions", "no/such/file.py"]),
     ],
 )
-def test_expensive_or_unsafe_config_is_rejected_naming_the_key(study, path, value, names):
+def test_expensive_or_unsafe_config_is_rejected_naming_the_key(tiny_study, path, value, names):
     with pytest.raises(ConfigError) as error:
-        config.load(_edit(copy.deepcopy(study), path, value))
+        config.load(_edit(tiny_study, path, value))
     for name in names:
         assert name in str(error.value)
 
 
 @pytest.mark.parametrize("block", ["structure_sets", "domains", "experiments"])
 @pytest.mark.parametrize("name", ["a/b", "..", "x*", "q?", "[ab]", "{x}", "a b", ".hidden", "-x", "a+b"])
-def test_unsafe_names_are_rejected(study, block, name):
-    study[block][name] = study[block].pop(next(iter(study[block])))
+def test_unsafe_names_are_rejected(tiny_study, block, name):
+    tiny_study[block][name] = tiny_study[block].pop(next(iter(tiny_study[block])))
     if block == "structure_sets":
-        study["domains"]["df{mean_nm}"]["structure_set"] = name
+        tiny_study["domains"]["df{mean_nm}"]["structure_set"] = name
     with pytest.raises(ConfigError, match=rf"^{block}\."):
-        config.load(study)
+        config.load(tiny_study)
 
 
-def test_whole_number_floats_become_integers(study):
-    study["image"]["size_px"] = 64.0
-    study["simulation"]["shard_size"] = 4.0
-    study["structure_sets"]["au"]["n_structures"] = 8.0
-    study["training"]["epochs"] = 2.0
-    study["splits"]["train"] = 4.0
-    study["experiments"]["defocus"]["transfer_sizes"] = [2.0]
-    study["structure_sets"]["au"]["particles"]["count"] = [1.0, 1]
-    loaded = config.load(study)
+def test_whole_number_floats_become_integers(tiny_study):
+    tiny_study["image"]["size_px"] = 64.0
+    tiny_study["simulation"]["shard_size"] = 4.0
+    tiny_study["structure_sets"]["au"]["n_structures"] = 8.0
+    tiny_study["training"]["epochs"] = 2.0
+    tiny_study["splits"]["train"] = 4.0
+    tiny_study["experiments"]["defocus"]["transfer_sizes"] = [2.0]
+    tiny_study["structure_sets"]["au"]["particles"]["count"] = [1.0, 1]
+    loaded = config.load(tiny_study)
     values = [
         loaded.image.size_px,
         loaded.simulation.shard_size,
-        loaded.structure_sets["au"]["n_structures"],
+        loaded.structure_sets["au"].n_structures,
         loaded.training.epochs,
         loaded.splits["train"],
-        loaded.experiments["defocus"]["transfer_sizes"][0],
-        loaded.structure_sets["au"]["particles"]["count"][0],
+        loaded.experiments["defocus"].transfer_sizes[0],
+        loaded.structure_sets["au"].particles["count"][0],
     ]
     assert all(type(v) is int for v in values)
     assert all("_n2_" in m.path for m in experiments.all_models(loaded).values() if m.stage == "transfer")
 
 
-def test_limits_can_be_raised_deliberately(study):
-    study["structure_sets"]["au"]["n_structures"] = 400_000
+def test_limits_can_be_raised_deliberately(tiny_study):
+    tiny_study["structure_sets"]["au"]["n_structures"] = 400_000
     with pytest.raises(ConfigError, match="100000 jobs|limits.max_jobs = 100000"):
-        config.load(copy.deepcopy(study))
-    study["limits"] = {"max_jobs": 1_000_000}
-    assert config.load(study).structure_sets["au"]["n_structures"] == 400_000
+        config.load(tiny_study)
+    tiny_study["limits"] = {"max_jobs": 1_000_000}
+    assert config.load(tiny_study).structure_sets["au"].n_structures == 400_000
 
 
-def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_path, study):
+def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_path, tiny_study):
     for folder, kind in (("one", "shift_one"), ("two", "shift_two")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "shifts.py").write_text(
@@ -286,9 +280,9 @@ def test_extensions_resolve_next_to_the_study_and_same_names_do_not_shadow(tmp_p
             f"@register({kind!r}, 'detector', {{}}, order=45)\n"
             "def f(image, params, rng, context):\n    return image, {}\n"
         )
-        study["extensions"] = ["shifts.py"]
-        study["domains"]["df{mean_nm}"][kind] = {}
-        (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(study))
+        tiny_study["extensions"] = ["shifts.py"]
+        tiny_study["domains"]["df{mean_nm}"][kind] = {}
+        (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(tiny_study))
         loaded = config.load(tmp_path / folder / "study.yaml")
         assert Path(loaded.extensions[0]).resolve() == (tmp_path / folder / "shifts.py").resolve()
     from emsim.simulation import shifts
@@ -304,18 +298,18 @@ def test_every_shipped_config_loads(path):
     assert study.domains and study.experiments
 
 
-def test_generated_names_too_long_for_file_systems_are_refused_at_load(study):
+def test_generated_names_too_long_for_file_systems_are_refused_at_load(tiny_study):
     long = "d" * 110
-    study["domains"] = {f"{long}{{mean_nm}}": study["domains"]["df{mean_nm}"]}
-    study["experiments"]["defocus"]["domains"] = ["d*"]
-    study["experiments"]["defocus"]["sources"] = [f"{long}-10"]
+    tiny_study["domains"] = {f"{long}{{mean_nm}}": tiny_study["domains"]["df{mean_nm}"]}
+    tiny_study["experiments"]["defocus"]["domains"] = ["d*"]
+    tiny_study["experiments"]["defocus"]["sources"] = [f"{long}-10"]
     with pytest.raises(
         ConfigError, match=r"experiments.defocus: generated file names are too long .* e.g. results/models"
     ):
-        experiments.expand(config.load(study))
-    study["domains"] = {"d" * 130 + "{mean_nm}": study["domains"][f"{long}{{mean_nm}}"]}
+        experiments.expand(config.load(tiny_study))
+    tiny_study["domains"] = {"d" * 130 + "{mean_nm}": tiny_study["domains"][f"{long}{{mean_nm}}"]}
     with pytest.raises(ConfigError, match="is 133 characters long; at most 120"):
-        config.load(study)
+        config.load(tiny_study)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ def study():
 
 def _dataset(study, shards: list[list[int]], directory) -> dict:
     directory.mkdir(exist_ok=True)
-    spec, paths, scene_paths = study.structure_sets["au"], [], []
+    spec, paths, scene_paths = config.scene_spec(study, "au"), [], []
     for k, indices in enumerate(shards):
         scenes = structures.build_structure_set(spec, optics.cell_A(study.image), indices)
         scene_paths.append(directory / f"scenes{k}.h5")
@@ -95,7 +95,7 @@ def test_mixture_domain_draws_each_split_in_proportion_with_shared_particles(tmp
     study = config.load(raw)
     waves, scene_paths, labels = [], [], {}
     for name in sets:
-        spec = study.structure_sets[name]
+        spec = config.scene_spec(study, name)
         scenes = structures.build_structure_set(spec, optics.cell_A(study.image), range(6))
         scene_paths.append(tmp_path / f"{name}_scenes.h5")
         structures.save_scenes(scene_paths[-1], scenes, {"structure_set": name, "indices": list(range(6))})

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from synthetic import CFG, LR
-from synthetic import bright_disc_domain as make_domain
 
 from emsim import data
 from emsim.learning import adapters, methods, train
@@ -17,22 +16,6 @@ from emsim.study import config, experiments
 from emsim.study.settings import EarlyStopping, Training
 
 CFG2 = replace(CFG, epochs=2)
-
-
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domains")
-    return {
-        "a": make_domain(root / "a.h5", "a", n_train=8, seed=1),
-        "b": make_domain(root / "b.h5", "b", n_train=6, n_val=3, seed=2, contrast=-40.0),
-    }
-
-
-@pytest.fixture(scope="module")
-def pretrained(domains, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=0)
-    return out
 
 
 def group_sizes(model) -> dict[str, int]:
@@ -58,13 +41,13 @@ EXPECTED_GROUPS = {  # method -> block groups whose pretrained weights change in
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_GROUPS))
-def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path, name):
+def test_each_method_trains_exactly_its_parameters(disc_domains, pretrained, tmp_path, name):
     method = resolved({"method": name, "rank": 2} if name == "lora" else name)
     out = tmp_path / "t.pt"
     meta = train.transfer(
-        pretrained, domains["b"], out, replace(CFG2, epochs=2), LR, 1, freeze="encoder", size=6, method=method
+        pretrained[0], disc_domains["b"], out, replace(CFG2, epochs=2), LR, 1, freeze="encoder", size=6, method=method
     )
-    before, after = load_model(pretrained)[0], load_model(out)[0]
+    before, after = load_model(pretrained[0])[0], load_model(out)[0]
     sizes = group_sizes(before)
     changed = {
         g
@@ -95,18 +78,18 @@ def test_each_method_trains_exactly_its_parameters(domains, pretrained, tmp_path
     assert meta["images_seen"] == 12 and meta["peak_memory_MB"] > 0 and meta["method"] == method
 
 
-def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(domains, pretrained, tmp_path):
+def test_adabn_changes_only_running_statistics_to_the_target_batch_statistics(disc_domains, pretrained, tmp_path):
     out = tmp_path / "adabn.pt"
     meta = train.transfer(
-        pretrained, domains["b"], out, replace(CFG, batch_size=8), LR, 1, freeze="none", size=6, method="adabn"
+        pretrained[0], disc_domains["b"], out, replace(CFG, batch_size=8), LR, 1, freeze="none", size=6, method="adabn"
     )
-    before, after = load_model(pretrained)[0].state_dict(), load_model(out)[0]
+    before, after = load_model(pretrained[0])[0].state_dict(), load_model(out)[0]
     state = after.state_dict()
     differing = {k for k in before if not torch.equal(before[k], state[k])}
     assert differing and all(
         k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in differing
     )
-    images = torch.from_numpy(data.standardize(data.read_split(domains["b"], "train")[0][:6])).unsqueeze(1)
+    images = torch.from_numpy(data.standardize(data.read_split(disc_domains["b"], "train")[0][:6])).unsqueeze(1)
     stem = F.conv2d(images, state["encoder.conv1.weight"], stride=2, padding=3)  # one batch of all 6 images
     assert torch.allclose(state["encoder.bn1.running_mean"], stem.mean(dim=(0, 2, 3)), atol=1e-5)
     assert meta["history"] == [] and meta["best_epoch"] == 0 and meta["trainable_params"] == 0
@@ -152,19 +135,27 @@ def test_lora_max_rank_of_the_config_is_the_models_bound(width):
     assert lora_max_rank(width) == bound
 
 
-def test_gradual_unfreezing_follows_its_schedule(domains, pretrained, tmp_path):
+def test_gradual_unfreezing_follows_its_schedule(disc_domains, pretrained, tmp_path):
     method = methods.build(resolved({"method": "gradual", "start": "head", "every": 2}, 13))
     assert [len(method.trainable_groups(e)) for e in range(14)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     spec = resolved({"method": "gradual", "start": "decoder", "every": 1}, 6)
     meta = train.transfer(
-        pretrained, domains["b"], tmp_path / "g.pt", replace(CFG, epochs=6), LR, 1, freeze="none", size=4, method=spec
+        pretrained[0],
+        disc_domains["b"],
+        tmp_path / "g.pt",
+        replace(CFG, epochs=6),
+        LR,
+        1,
+        freeze="none",
+        size=4,
+        method=spec,
     )
     sizes = group_sizes(UNet(CFG.width))
     cumulative = [sum(sizes[g] for g in methods.GROUPS[: k + 2]) for k in range(6)]
     assert [r["trainable_params"] for r in meta["history"]] == cumulative
 
 
-def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains, pretrained, tmp_path):
+def test_discriminative_learning_rates_are_the_configured_ones_per_block(disc_domains, pretrained, tmp_path):
     spec = resolved({"method": "discriminative", "factor": 0.25})
     out = tmp_path / "d.pt"
 
@@ -176,7 +167,7 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
 
     with pytest.raises(Killed):
         train.transfer(
-            pretrained, domains["b"], out, CFG2, LR, 1, freeze="none", size=4, method=spec, on_epoch_end=kill
+            pretrained[0], disc_domains["b"], out, CFG2, LR, 1, freeze="none", size=4, method=spec, on_epoch_end=kill
         )
     groups = torch.load(f"{out}.ckpt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([LR * 0.25**i for i in range(len(methods.GROUPS))])
@@ -188,10 +179,12 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(domains
 @pytest.mark.parametrize(
     "method", ["finetune", "head", "gradual", "discriminative", {"method": "lora", "rank": 2, "adabn": True}, "scratch"]
 )
-def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_path, method):
+def test_resume_mid_training_is_exact_for_every_method(disc_domains, pretrained, tmp_path, method):
     spec = resolved(method, 3 if method != "gradual" else 6)
     cfg = replace(CFG, epochs=3 if method != "gradual" else 6)
-    train.transfer(pretrained, domains["b"], tmp_path / "full.pt", cfg, LR, 2, freeze="encoder", size=4, method=spec)
+    train.transfer(
+        pretrained[0], disc_domains["b"], tmp_path / "full.pt", cfg, LR, 2, freeze="encoder", size=4, method=spec
+    )
 
     class Killed(Exception):
         pass
@@ -203,12 +196,21 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
         train.transfer(
-            pretrained, domains["b"], resumed, cfg, LR, 2, freeze="encoder", size=4, method=spec, on_epoch_end=kill
+            pretrained[0],
+            disc_domains["b"],
+            resumed,
+            cfg,
+            LR,
+            2,
+            freeze="encoder",
+            size=4,
+            method=spec,
+            on_epoch_end=kill,
         )
     epochs = []
     train.transfer(
-        pretrained,
-        domains["b"],
+        pretrained[0],
+        disc_domains["b"],
         resumed,
         cfg,
         LR,
@@ -223,15 +225,15 @@ def test_resume_mid_training_is_exact_for_every_method(domains, pretrained, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_early_stopping_stops_where_the_history_says(domains, tmp_path):
+def test_early_stopping_stops_where_the_history_says(disc_domains, tmp_path):
     cfg = replace(CFG, epochs=5, early_stopping=EarlyStopping(patience=2, min_delta=100.0))  # only epoch 1 improves
-    meta = train.pretrain(domains["b"], tmp_path / "p.pt", cfg, LR, seed=0)
+    meta = train.pretrain(disc_domains["b"], tmp_path / "p.pt", cfg, LR, seed=0)
     assert [r["epoch"] for r in meta["history"]] == [1, 2, 3]
     assert meta["stopped_early_after"] == 3
     losses = [r["val_loss"] for r in meta["history"]]
     assert meta["best_epoch"] == 1 + losses.index(min(losses))  # selection still takes the lowest loss
     assert (
-        train.pretrain(domains["b"], tmp_path / "q.pt", replace(cfg, early_stopping=None), LR, seed=0)[
+        train.pretrain(disc_domains["b"], tmp_path / "q.pt", replace(cfg, early_stopping=None), LR, seed=0)[
             "stopped_early_after"
         ]
         is None

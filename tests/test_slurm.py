@@ -21,13 +21,15 @@ import pytest
 import yte
 from slurm_cluster import SlurmUnavailable, running_cluster
 
+from emsim.study import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "config" / "test.yaml"
 PROFILE = ROOT / "slurm" / "config.yaml"
 TABLE = "results/report/defocus/models.csv"
 WISDOM = "results/exit_waves/fftw_wisdom.npz"
 DATASETS = ("results/datasets/df-10.h5", "results/datasets/df10.h5")
-GPU_RULES = {"pretrain", "transfer", "baseline", "evaluate"}
+GPU_RULES = {*paths.BATCHES, "evaluate"}  # the training rules (one per stage) and the evaluation
 CPU_RULES = {"structures", "exit_waves", "domain_dataset"}  # at least these (more may come)
 LOCAL_RULES = {"report_table", "report_figures", "datasets", "all"}
 TIMEOUT_S = 420
@@ -184,3 +186,13 @@ def test_tiny_study_on_slurm_routes_jobs_and_matches_local_run(slurm_cluster, tm
         assert sha256(slurm_dir / path) == sha256(local_dir / path), path
     assert_tables_equal(pd.read_csv(slurm_dir / TABLE), pd.read_csv(local_dir / TABLE))
     log.info("tiny study through Slurm: %.0f s, %d Slurm jobs", slurm_s, len(jobs))
+
+
+def test_gpu_model_goes_to_the_gpu_rules_only(monkeypatch):
+    monkeypatch.setenv("EMSIM_SLURM_GPU_MODEL", "a100")
+    with PROFILE.open() as stream:
+        rendered = yte.process_yaml(stream, require_use_yte=True)
+    assert rendered["set-resources"] == {rule: {"gpu_model": "a100"} for rule in GPU_RULES}
+    monkeypatch.delenv("EMSIM_SLURM_GPU_MODEL")
+    with PROFILE.open() as stream:
+        assert "set-resources" not in yte.process_yaml(stream, require_use_yte=True)

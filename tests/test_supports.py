@@ -229,7 +229,7 @@ def test_bad_supports_are_named_at_load(substrate, message):
 
 def test_mixture_proportions_are_checked():
     study = config.load(_study(structure_set={"au": 0.25, "au2": 0.75}))
-    assert config.domain_sets(study.domains["df-10"]) == {"au": 0.25, "au2": 0.75}
+    assert study.domains["df-10"].sets == {"au": 0.25, "au2": 0.75}
     with pytest.raises(config.ConfigError, match=r"domains.df\{mean_nm\}.structure_set|domains.df-10.structure_set"):
         config.load(_study(structure_set={"au": 0.5, "au2": 0.6}))
     with pytest.raises(config.ConfigError, match="'nope' is not a structure set"):

@@ -16,28 +16,13 @@ from emsim import data
 from emsim.learning import evaluate, inputs, models, steps, train
 from emsim.learning.metrics import STUDY_LOSS_OFFSET
 from emsim.learning.models import load_model, save_model
-from emsim.study import config, experiments
+from emsim.study import config, experiments, settings
 from emsim.study.settings import Training
 
 
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domains")
-    return {
-        "a": make_domain(root / "a.h5", "a", n_train=16, seed=1),
-        "b": make_domain(root / "b.h5", "b", n_train=6, n_val=3, seed=2, contrast=-40.0),
-    }
-
-
-@pytest.fixture(scope="module")
-def pretrained(domains, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained") / "a.pt"
-    return out, train.pretrain(domains["a"], out, CFG, LR, seed=0)
-
-
-def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
+def test_pretraining_learns_easy_task_and_writes_model(disc_domains, tmp_path):
     out = tmp_path / "model.pt"
-    meta = train.pretrain(domains["a"], out, replace(CFG, epochs=6), LR, seed=3, size=12)
+    meta = train.pretrain(disc_domains["a"], out, replace(CFG, epochs=6), LR, seed=3, size=12)
     history = meta["history"]
     assert [r["epoch"] for r in history] == list(range(1, 7))
     assert history[0]["val_loss"] > 0.6 > 2 * meta["best_val_loss"]  # ln 2 = 0.69: chance
@@ -51,23 +36,23 @@ def test_pretraining_learns_easy_task_and_writes_model(domains, tmp_path):
     assert saved["history"] == history and saved["config"]["lr"] == LR
     assert not (tmp_path / "model.pt.ckpt").exists()
     # the saved weights are the best-validation ones
-    images, labels = data.read_split(domains["a"], "val")
+    images, labels = data.read_split(disc_domains["a"], "val")
     x = torch.from_numpy(data.standardize(images)).unsqueeze(1)
     loss = steps.mean_loss(model, x, torch.from_numpy(labels), 4, False, False)
     assert loss == pytest.approx(meta["best_val_loss"], rel=1e-4)
 
 
-def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(domains, tmp_path):
+def test_dihedral8_trains_every_image_in_all_8_symmetries_each_epoch(disc_domains, tmp_path):
     order, ops = steps.epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
     assert sorted(zip(order.tolist(), ops.tolist())) == [(i, k) for i in range(5) for k in range(8)]
     again = steps.epoch_order(3, "pretrain", 1, 5, "dihedral8", torch.device("cpu"))
     other_epoch = steps.epoch_order(3, "pretrain", 2, 5, "dihedral8", torch.device("cpu"))
     assert torch.equal(order, again[0]) and not torch.equal(order, other_epoch[0])
     meta = train.pretrain(
-        domains["a"], tmp_path / "m.pt", replace(CFG, epochs=2, augmentation="dihedral8"), LR, seed=0, size=3
+        disc_domains["a"], tmp_path / "m.pt", replace(CFG, epochs=2, augmentation="dihedral8"), LR, seed=0, size=3
     )
     assert [r["images_seen"] for r in meta["history"]] == [24, 48]
-    meta = train.pretrain(domains["a"], tmp_path / "r.pt", replace(CFG, epochs=2), LR, seed=0, size=3)
+    meta = train.pretrain(disc_domains["a"], tmp_path / "r.pt", replace(CFG, epochs=2), LR, seed=0, size=3)
     assert [r["images_seen"] for r in meta["history"]] == [3, 6]
 
 
@@ -83,10 +68,10 @@ def test_random_augmentation_draws_as_before_dihedral8_existed():
 
 
 @pytest.mark.parametrize("augmentation, size", [("random", None), ("dihedral8", 3)])
-def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augmentation, size):
+def test_interrupted_run_resumes_to_identical_weights(disc_domains, tmp_path, augmentation, size):
     cfg = replace(CFG, augmentation=augmentation)
     full = tmp_path / "full.pt"
-    meta_full = train.pretrain(domains["a"], full, cfg, LR, seed=5, size=size)
+    meta_full = train.pretrain(disc_domains["a"], full, cfg, LR, seed=5, size=size)
 
     class Killed(Exception):
         pass
@@ -97,11 +82,17 @@ def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augment
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.pretrain(domains["a"], resumed, cfg, LR, seed=5, size=size, on_epoch_end=kill_after_first_epoch)
+        train.pretrain(disc_domains["a"], resumed, cfg, LR, seed=5, size=size, on_epoch_end=kill_after_first_epoch)
     assert not resumed.exists() and (tmp_path / "resumed.pt.ckpt").exists()
     epochs_run = []
     meta_resumed = train.pretrain(
-        domains["a"], resumed, cfg, LR, seed=5, size=size, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        disc_domains["a"],
+        resumed,
+        cfg,
+        LR,
+        seed=5,
+        size=size,
+        on_epoch_end=lambda epoch, record: epochs_run.append(epoch),
     )
     assert epochs_run == [2, 3]
     assert not (tmp_path / "resumed.pt.ckpt").exists()
@@ -112,18 +103,18 @@ def test_interrupted_run_resumes_to_identical_weights(domains, tmp_path, augment
     assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in meta_resumed["history"]]
 
 
-def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
+def test_checkpoint_of_another_run_is_ignored(disc_domains, tmp_path, caplog):
     out = tmp_path / "m.pt"
 
     def stop(epoch, record):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=1, on_epoch_end=stop)
+        train.pretrain(disc_domains["a"], out, replace(CFG, epochs=1), LR, seed=1, on_epoch_end=stop)
     epochs_run = []
     with caplog.at_level(logging.WARNING, logger="emsim.learning"):
         train.pretrain(
-            domains["a"],
+            disc_domains["a"],
             out,
             replace(CFG, epochs=1),
             LR,
@@ -132,7 +123,7 @@ def test_checkpoint_of_another_run_is_ignored(domains, tmp_path, caplog):
         )
     assert epochs_run == [1] and "ignoring checkpoint" in caplog.text
     Path(f"{out}.ckpt").write_bytes(b"truncated")
-    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=2)
+    train.pretrain(disc_domains["a"], out, replace(CFG, epochs=1), LR, seed=2)
     assert "ignoring unreadable checkpoint" in caplog.text and not Path(f"{out}.ckpt").exists()
 
 
@@ -160,7 +151,7 @@ def test_checkpoint_of_changed_dataset_is_discarded(tmp_path, caplog):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrained, tmp_path, caplog):
+def test_checkpoint_of_changed_pretrained_weights_is_discarded(disc_domains, pretrained, tmp_path, caplog):
     source = tmp_path / "source.pt"
     model, meta = load_model(pretrained[0])
     save_model(source, model, meta=meta)
@@ -171,33 +162,33 @@ def test_checkpoint_of_changed_pretrained_weights_is_discarded(domains, pretrain
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.transfer(source, domains["b"], out, cfg, LR, 0, freeze="encoder", size=4, on_epoch_end=stop)
+        train.transfer(source, disc_domains["b"], out, cfg, LR, 0, freeze="encoder", size=4, on_epoch_end=stop)
     with torch.no_grad():
         model.decoder.head.weight.add_(0.1)
     save_model(source, model, meta=meta)  # same meta, other weights
     with caplog.at_level(logging.WARNING, logger="emsim.learning"):
-        train.transfer(source, domains["b"], out, cfg, LR, 0, freeze="encoder", size=4)
+        train.transfer(source, disc_domains["b"], out, cfg, LR, 0, freeze="encoder", size=4)
     assert f"the content of input(s) {source} changed" in caplog.text
 
 
-def test_same_seed_same_weights_other_seed_other_weights(domains, tmp_path):
+def test_same_seed_same_weights_other_seed_other_weights(disc_domains, tmp_path):
     states = []
     for i, seed in enumerate((7, 7, 8)):
-        train.pretrain(domains["a"], tmp_path / f"{i}.pt", replace(CFG, epochs=1), LR, seed=seed)
+        train.pretrain(disc_domains["a"], tmp_path / f"{i}.pt", replace(CFG, epochs=1), LR, seed=seed)
         states.append(load_model(tmp_path / f"{i}.pt")[0].state_dict())
     key = "encoder.conv1.weight"
     assert torch.equal(states[0][key], states[1][key])
     assert not torch.equal(states[0][key], states[2][key])
 
 
-def test_divergence_raises(domains, tmp_path):
+def test_divergence_raises(disc_domains, tmp_path):
     with pytest.raises(steps.TrainingDiverged, match=r"pretrain diverged at epoch \d+, step \d+"):
-        train.pretrain(domains["a"], tmp_path / "m.pt", CFG, 1e10, seed=0)
+        train.pretrain(disc_domains["a"], tmp_path / "m.pt", CFG, 1e10, seed=0)
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
-    images, labels = data.read_split(domains["a"], "train")
+def test_non_finite_images_are_rejected_before_training(disc_domains, tmp_path):
+    images, labels = data.read_split(disc_domains["a"], "train")
     images[:] = np.nan
     splits = {"train": np.arange(16), "val": np.arange(16), "test": np.arange(16)}
     dataset = tmp_path / "nan.h5"
@@ -211,10 +202,10 @@ def test_non_finite_images_are_rejected_before_training(domains, tmp_path):
     "part, frozen, trained",
     [("encoder", "encoder", ("decoder",)), ("decoder", "decoder.blocks", ("encoder", "decoder.head"))],
 )
-def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp_path, part, frozen, trained):
+def test_transfer_freezes_one_part_and_trains_the_other(disc_domains, pretrained, tmp_path, part, frozen, trained):
     source, source_meta = pretrained
     out = tmp_path / "t.pt"
-    meta = train.transfer(source, domains["b"], out, replace(CFG, epochs=2), LR, 1, freeze=part, size=4)
+    meta = train.transfer(source, disc_domains["b"], out, replace(CFG, epochs=2), LR, 1, freeze=part, size=4)
     before, after = load_model(source)[0], load_model(out)[0]
     frozen_before = before.get_submodule(frozen).state_dict()  # includes BN running statistics
     frozen_after = after.get_submodule(frozen).state_dict()
@@ -232,34 +223,36 @@ def test_transfer_freezes_one_part_and_trains_the_other(domains, pretrained, tmp
     assert meta["pretrained_best_val_loss"] == source_meta["best_val_loss"]
 
 
-def test_transfer_without_freezing_changes_both_parts(domains, pretrained, tmp_path):
+def test_transfer_without_freezing_changes_both_parts(disc_domains, pretrained, tmp_path):
     out = tmp_path / "t.pt"
-    train.transfer(pretrained[0], domains["b"], out, replace(CFG, epochs=1), LR, 1, freeze="none", size=6)
+    train.transfer(pretrained[0], disc_domains["b"], out, replace(CFG, epochs=1), LR, 1, freeze="none", size=6)
     before, after = load_model(pretrained[0])[0].state_dict(), load_model(out)[0].state_dict()
     for part in ("encoder.", "decoder."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part))
 
 
-def test_transfer_rejects_bad_size_freeze_and_width(domains, pretrained, tmp_path):
+def test_transfer_rejects_bad_size_freeze_and_width(disc_domains, pretrained, tmp_path):
     with pytest.raises(ValueError, match="size = 7 .* 0..6"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="encoder", size=7)
+        train.transfer(pretrained[0], disc_domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="encoder", size=7)
     with pytest.raises(ValueError, match="freeze part 'head'"):
-        train.transfer(pretrained[0], domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="head", size=4)
+        train.transfer(pretrained[0], disc_domains["b"], tmp_path / "t.pt", CFG, LR, 0, freeze="head", size=4)
     with pytest.raises(ValueError, match="width"):
         train.transfer(
-            pretrained[0], domains["b"], tmp_path / "t.pt", replace(CFG, width=0.25), LR, 0, freeze="none", size=4
+            pretrained[0], disc_domains["b"], tmp_path / "t.pt", replace(CFG, width=0.25), LR, 0, freeze="none", size=4
         )
 
 
-def test_baseline_mixes_train_splits_and_validates_on_both(domains, tmp_path):
-    meta = train.baseline((domains["a"], domains["b"]), tmp_path / "b.pt", replace(CFG, epochs=1), LR, 0, mix=(5, 2))
+def test_baseline_mixes_train_splits_and_validates_on_both(disc_domains, tmp_path):
+    meta = train.baseline(
+        (disc_domains["a"], disc_domains["b"]), tmp_path / "b.pt", replace(CFG, epochs=1), LR, 0, mix=(5, 2)
+    )
     assert (meta["train_size"], meta["val_size"], meta["mix"]) == (7, 4 + 3, [5, 2])
     assert meta["domains"] == ["a", "b"]
     assert (meta["target_domain"], meta["source_domain"]) == ("a", "b")
     with pytest.raises(ValueError, match="mix = 17 .* 0..16"):
-        train.baseline((domains["a"], domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(17, 1))
+        train.baseline((disc_domains["a"], disc_domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(17, 1))
     with pytest.raises(ValueError, match="mix = 7 .* 0..6"):
-        train.baseline((domains["a"], domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(1, 7))
+        train.baseline((disc_domains["a"], disc_domains["b"]), tmp_path / "c.pt", CFG, LR, 0, mix=(1, 7))
 
 
 def test_cfg_is_validated():
@@ -280,26 +273,19 @@ def test_dihedral_gives_the_8_symmetries_and_matches_labels():
     assert torch.equal(steps.dihedral(labels, torch.arange(8)), (out > 7).to(torch.uint8))
 
 
-def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
+def test_baseline_meta_agrees_with_its_grid_tags(disc_domains, tmp_path):
     study = replace(
         config.load("config/test.yaml"),
-        domains={"a": {}, "b": {}},
+        domains={name: settings.Domain.from_dict({"structure_set": "au"}) for name in ("a", "b")},
         training=replace(CFG, epochs=1),
         experiments={
-            "x": {
-                "domains": ["a", "b"],
-                "sources": ["b"],
-                "methods": ["finetune"],
-                "freeze": ["none"],
-                "transfer_sizes": [4],
-                "lr_pairs": [[1e-3, 1e-4]],
-                "replicates": 1,
-                "baseline": {"mixtures": [[5, 2]], "lrs": [2e-3]},
-            }
+            "x": settings.Experiment.with_defaults(
+                domains=["a", "b"], sources=["b"], transfer_sizes=[4], baseline={"mixtures": [[5, 2]], "lrs": [2e-3]}
+            )
         },
     )
     [spec] = [m for m in experiments.expand(study)["x"].models if m.stage == "baseline"]
-    paths = {experiments.dataset_path(name): domains[name] for name in ("a", "b")}
+    paths = {experiments.dataset_path(name): disc_domains[name] for name in ("a", "b")}
     meta = train.baseline(
         [paths[p] for p in spec.datasets], tmp_path / "b.pt", replace(CFG, epochs=1), spec.lr, spec.seed, mix=spec.mix
     )
@@ -309,14 +295,14 @@ def test_baseline_meta_agrees_with_its_grid_tags(domains, tmp_path):
     assert spec.tags["lr_pretrain"] is None and spec.tags["lr_transfer"] is None
 
 
-def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp_path):
+def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(disc_domains, tmp_path):
     cfg = replace(CFG, epochs=2, loss="softmax_cross_entropy")
-    meta = train.pretrain(domains["a"], tmp_path / "m.pt", cfg, LR, seed=0, size=8)
+    meta = train.pretrain(disc_domains["a"], tmp_path / "m.pt", cfg, LR, seed=0, size=8)
     history = meta["history"]
     assert all(0 < r["train_loss"] < 1 and 0 < r["val_loss"] < 1 for r in history)
     assert meta["best_val_loss"] == min(r["val_loss"] for r in history)
     model = load_model(tmp_path / "m.pt")[0]
-    val = evaluate.load_split(domains["a"], "val", torch.device("cpu"))
+    val = evaluate.load_split(disc_domains["a"], "val", torch.device("cpu"))
     assert evaluate.score(model, *val)["study_loss"] == pytest.approx(meta["best_val_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="training.loss: 'dice' is not one of"):
         Training.with_defaults(loss="dice")
@@ -325,9 +311,9 @@ def test_softmax_cross_entropy_trains_and_selects_on_the_study_loss(domains, tmp
     assert STUDY_LOSS_OFFSET == pytest.approx(math.log(1 + math.exp(-1)))
 
 
-def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, tmp_path, caplog):
+def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(disc_domains, tmp_path, caplog):
     clean = tmp_path / "clean.pt"
-    train.pretrain(domains["a"], clean, CFG, LR, seed=3)
+    train.pretrain(disc_domains["a"], clean, CFG, LR, seed=3)
     out = tmp_path / "m.pt"
 
     def stop(epoch, record):
@@ -335,11 +321,13 @@ def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=stop)
+        train.pretrain(disc_domains["a"], out, CFG, LR, seed=3, on_epoch_end=stop)
     flip_tensor_byte(Path(f"{out}.ckpt"), member=3)
     epochs_run = []
     with caplog.at_level(logging.WARNING, logger="emsim.learning"):
-        train.pretrain(domains["a"], out, CFG, LR, seed=3, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+        train.pretrain(
+            disc_domains["a"], out, CFG, LR, seed=3, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        )
     assert epochs_run == [1, 2, 3]
     assert f"discarded damaged checkpoint: checkpoint {out}.ckpt is damaged" in caplog.text
     a, b = load_model(clean)[0].state_dict(), load_model(out)[0].state_dict()
@@ -347,9 +335,9 @@ def test_damaged_checkpoint_is_discarded_and_the_run_restarts_cleanly(domains, t
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "nan weights"])
-def test_damaged_finished_model_is_retrained_and_refused_by_readers(domains, tmp_path, caplog, damage):
+def test_damaged_finished_model_is_retrained_and_refused_by_readers(disc_domains, tmp_path, caplog, damage):
     out = tmp_path / "m.pt"
-    train.pretrain(domains["a"], out, CFG, LR, seed=4)
+    train.pretrain(disc_domains["a"], out, CFG, LR, seed=4)
     clean = load_model(out)[0].state_dict()
     if damage == "flipped byte":
         flip_tensor_byte(out, member=1)
@@ -363,14 +351,16 @@ def test_damaged_finished_model_is_retrained_and_refused_by_readers(domains, tmp
         load_model(out)
     epochs_run = []
     with caplog.at_level(logging.WARNING, logger="emsim.learning"), inputs.shared_inputs():  # a batch job
-        train.pretrain(domains["a"], out, CFG, LR, seed=4, on_epoch_end=lambda epoch, record: epochs_run.append(epoch))
+        train.pretrain(
+            disc_domains["a"], out, CFG, LR, seed=4, on_epoch_end=lambda epoch, record: epochs_run.append(epoch)
+        )
     assert epochs_run == [1, 2, 3] and f"retraining {out}" in caplog.text
     assert all(torch.equal(clean[k], v) for k, v in load_model(out)[0].state_dict().items())
 
 
-def test_model_file_with_missing_or_misshaped_weights_names_the_file(domains, tmp_path):
+def test_model_file_with_missing_or_misshaped_weights_names_the_file(disc_domains, tmp_path):
     out = tmp_path / "m.pt"
-    train.pretrain(domains["a"], out, replace(CFG, epochs=1), LR, seed=4)
+    train.pretrain(disc_domains["a"], out, replace(CFG, epochs=1), LR, seed=4)
     payload = torch.load(out, weights_only=True)
     name = next(iter(payload["state_dict"]))
     for change in ("missing", "misshaped"):

@@ -58,16 +58,11 @@ def scheduled(output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def tiny_study():
-    return yaml.safe_load((ROOT / "config/test.yaml").read_text())
-
-
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_study):
+def finished_run(tmp_path_factory, read_tiny_study):
     """The tiny study run once, end to end, with 2 cores."""
     workdir = tmp_path_factory.mktemp("run")
     started = time.perf_counter()
-    snakemake(workdir, "--cores", "2", config=tiny_study)
+    snakemake(workdir, "--cores", "2", config=read_tiny_study())
     return workdir, time.perf_counter() - started
 
 
@@ -109,7 +104,7 @@ def test_unchanged_config_and_reordered_keys_rerun_nothing(rerun_dir, tiny_study
 
 
 def test_changing_one_domain_reruns_only_its_dataset_and_what_uses_it(rerun_dir, tiny_study):
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     entry = changed["domains"]["df{mean_nm}"]
     # df-10 stays as it was (same sweep entry); df10 becomes an explicit domain with a lower dose
     changed["domains"] = {"df{mean_nm}": {**entry, "defocus": {"mean_nm": {"values": [-10]}, "sigma_nm": 1.0}}}
@@ -122,7 +117,7 @@ def test_changing_one_domain_reruns_only_its_dataset_and_what_uses_it(rerun_dir,
 
 
 def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, tiny_study):
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     changed["structure_sets"]["au"]["substrate"]["thickness_A"] = [9, 12]
     jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
     assert jobs["structures"] == 2 and jobs["exit_waves"] == 2 and jobs["domain_dataset"] == 2
@@ -136,7 +131,7 @@ def test_changing_a_structure_set_reruns_its_exit_waves_and_domains(rerun_dir, t
     ],
 )
 def test_changing_labels_or_calibration_reruns_exit_waves_not_scenes(rerun_dir, tiny_study, edit):
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     edit(changed)
     jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
     assert "structures" not in jobs
@@ -144,7 +139,7 @@ def test_changing_labels_or_calibration_reruns_exit_waves_not_scenes(rerun_dir, 
 
 
 def test_adding_a_domain_schedules_only_the_new_one(rerun_dir, tiny_study):
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     changed["domains"]["lowdose"] = {"structure_set": "au", "defocus": {"mean_nm": -10}, "dose": {"e_per_A2": 20}}
     assert scheduled(snakemake(rerun_dir, "-n", config=changed)) == {"all": 1, "domain_dataset": 1}
 
@@ -177,7 +172,7 @@ def readme_block(name: str, doc: str = "docs/domain-shifts.md") -> str:
 def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
     (rerun_dir / "my_shifts.py").write_text(readme_block("shift"))
     addition = yaml.safe_load(readme_block("config"))
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     changed["extensions"] = addition["extensions"]
     changed["domains"] |= addition["domains"]
     assert scheduled(snakemake(rerun_dir, "-n", config=changed)) == {"all": 1, "domain_dataset": 2}
@@ -190,7 +185,7 @@ def test_readme_walkthrough_adds_only_the_new_domains(rerun_dir, tiny_study):
 
 def test_walkthrough_registers_a_transfer_method_and_trains_only_its_models(rerun_dir, tiny_study):
     (rerun_dir / "my_methods.py").write_text(readme_block("method", "docs/training.md"))
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     changed["extensions"] = ["my_methods.py"]
     changed["experiments"]["defocus"]["methods"] = ["finetune", {"method": "deep", "depth": 2}]
     jobs = scheduled(snakemake(rerun_dir, "-n", config=changed))
@@ -230,7 +225,7 @@ def test_killed_training_does_not_resume_on_a_rebuilt_dataset(rerun_dir, tiny_st
     model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
     ckpt = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt.ckpt"
     model.unlink()  # a model file of the old run would stay (not a declared output) until replaced
-    config = copy.deepcopy(tiny_study)
+    config = tiny_study
     config["training"]["epochs"] = 8
     _kill_after_first_checkpoint(rerun_dir, target, ckpt, config)
     assert ckpt.exists() and not model.exists(), "the kill must land after the first epoch, before the last"
@@ -258,7 +253,7 @@ def test_damaged_checkpoint_is_discarded_and_the_model_equals_a_clean_run(rerun_
     model = rerun_dir / "results/models/pretrain/df-10/lr0.001_seed0.pt"
     ckpt = Path(f"{model}.ckpt")
     model.unlink()
-    config = copy.deepcopy(tiny_study)
+    config = tiny_study
     config["training"]["epochs"] = 8
     _kill_after_first_checkpoint(rerun_dir, target, ckpt, config)
     assert ckpt.exists() and not model.exists(), "the kill must land after the first epoch, before the last"
@@ -297,7 +292,7 @@ def test_damaged_model_is_retrained_on_a_forced_rerun(rerun_dir, tiny_study):
 def test_adding_a_replicate_trains_only_the_new_models(rerun_dir, tiny_study):
     models = sorted((rerun_dir / "results/models").rglob("*.pt"))
     stamps = {m: m.stat().st_mtime_ns for m in models}
-    changed = copy.deepcopy(tiny_study)
+    changed = tiny_study
     changed["experiments"]["defocus"]["replicates"] = 2
     snakemake(rerun_dir, "--cores", "2", config=changed)
     assert {m: m.stat().st_mtime_ns for m in models} == stamps, "existing models must be kept, not retrained"
@@ -346,12 +341,12 @@ def micrograph_study(tiny_study: dict) -> dict:
 
 
 @pytest.fixture(scope="session")
-def micrograph_run(tmp_path_factory, tiny_study):
+def micrograph_run(tmp_path_factory, read_tiny_study):
     """The tiny study with micrograph domains, run once end to end."""
     workdir = tmp_path_factory.mktemp("micrographs")
     for i, name in enumerate(("lab", "box", "unl")):
         write_micrographs(workdir / "micro" / name, [f"{name}{j}" for j in range(4)], seed=i)
-    snakemake(workdir, "--cores", "2", config=micrograph_study(tiny_study))
+    snakemake(workdir, "--cores", "2", config=micrograph_study(read_tiny_study()))
     return workdir
 
 

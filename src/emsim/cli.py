@@ -215,8 +215,8 @@ def _check(args) -> int:
     print(f"structure sets ({len(study.structure_sets)}): {', '.join(study.structure_sets)}")
     print(f"domains ({len(study.domains)}): {', '.join(study.domains)}")
     for name, domain in study.domains.items():
-        if "micrographs" in domain:
-            spec = domain["micrographs"]
+        if domain.is_micrograph:
+            spec = domain.micrographs
             counts = micrographs.split_counts(spec["splits"], len(spec["files"]))
             split = ", ".join(f"{k} {v}" for k, v in counts.items())
             print(

@@ -326,7 +326,7 @@ def nearest_domains(found: list[Conditions], study: Study, results: str | Path) 
     mean fitted |df|, near focus as 0, against each domain's |mean_nm|; doses shown beside) and,
     where a domain's dataset exists under ``results``, by the OOD score of the files' images
     (resampled to the study's pixel size) against that dataset's val images (about 1 = alike)."""
-    simulated = {name: d for name, d in study.domains.items() if "micrographs" not in d}
+    simulated = {name: d.shifts for name, d in study.domains.items() if not d.is_micrograph}
     if not simulated:
         return ["the study has no simulated domain"]
     df = float(np.mean([c.defocus.magnitude_nm or 0.0 for c in found]))

@@ -35,8 +35,7 @@ def simulation_gpu():
 
 
 def n_shards(set_name):
-    spec = STUDY.structure_sets[set_name]
-    return -(-spec["n_structures"] // STUDY.simulation.shard_size)
+    return -(-STUDY.structure_sets[set_name].n_structures // STUDY.simulation.shard_size)
 
 
 def shard_paths(template, set_name):
@@ -45,8 +44,7 @@ def shard_paths(template, set_name):
 
 def domain_shard_paths(template, domain):
     """The shards of every structure set a simulated domain draws from."""
-    sets = emsim_config.domain_sets(STUDY.domains[domain])
-    return [path for set_name in sets for path in shard_paths(template, set_name)]
+    return [path for set_name in STUDY.domains[domain].sets for path in shard_paths(template, set_name)]
 
 
 def domain_names(micrograph):
@@ -57,7 +55,7 @@ def domain_names(micrograph):
 
 def micrograph_files(wc):
     """Every file a micrograph domain reads: images and their masks or boxes."""
-    files = STUDY.domains[wc.domain]["micrographs"]["files"]
+    files = STUDY.domains[wc.domain].micrographs["files"]
     return [path for entry in files for key, path in entry.items()]
 
 

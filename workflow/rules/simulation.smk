@@ -67,7 +67,7 @@ rule exit_waves:
         calibration_lens=CALIBRATION_LENS,
         image=EXIT_WAVE_IMAGE,
         labels=lambda wc: emsim_config.normalized(emsim_config.set_labels(STUDY, wc.set)),
-        seed=lambda wc: STUDY.structure_sets[wc.set]["seed"],
+        seed=lambda wc: STUDY.structure_sets[wc.set].seed,
     script:
         "../scripts/exit_waves.py"
 

@@ -65,12 +65,13 @@ def micrograph_domain_schema() -> dict:
 
 def is_micrograph(study: settings.Study, name: str) -> bool:
     """Whether domain ``name`` is made of micrograph files (else simulated)."""
-    return "micrographs" in study.domains[name]
+    return study.domains[name].is_micrograph
 
 
 def has_pixel_labels(study: settings.Study, name: str) -> bool:
     """Whether domain ``name`` has pixel labels (simulated, or micrographs with masks): it can be trained on."""
-    return not is_micrograph(study, name) or study.domains[name]["micrographs"]["label_kind"] == "mask"
+    domain = study.domains[name]
+    return not domain.is_micrograph or domain.micrographs["label_kind"] == "mask"
 
 
 def load(source: str | Path | dict, base_dir: str | Path | None = None) -> settings.Study:
@@ -128,12 +129,6 @@ def load(source: str | Path | dict, base_dir: str | Path | None = None) -> setti
     return study
 
 
-def domain_sets(domain: dict) -> dict[str, float]:
-    """The structure sets a simulated domain draws from, with their proportions (one set: proportion 1)."""
-    value = domain["structure_set"]
-    return {value: 1.0} if isinstance(value, str) else dict(value)
-
-
 def _check_mixture(value, structure_sets: dict, key: str) -> None:
     """A domain's structure set: a defined set, or a mapping of defined sets to proportions summing to one."""
     names = [value] if isinstance(value, str) else list(value)
@@ -147,28 +142,28 @@ def _check_mixture(value, structure_sets: dict, key: str) -> None:
 def domain_seed(study: settings.Study, name: str) -> int:
     """Seed of a domain's random draws: its ``seed`` key, else from the study seed and its name."""
     domain = study.domains[name]
-    if "seed" in domain:
-        return int(domain["seed"])
+    if domain.seed is not None:
+        return domain.seed
     return int(zlib.crc32(name.encode()) ^ (study.seed * 0x9E3779B1)) & 0x7FFFFFFF
 
 
 def domain_slice(study: settings.Study, name: str) -> dict:
     """Everything a domain's dataset depends on, beyond the exit waves (Snakemake params)."""
     domain = study.domains[name]
-    if is_micrograph(study, name):  # no optics: the image size and pixel size only
+    if domain.is_micrograph:  # no optics: the image size and pixel size only
         image = {"size_px": study.image.size_px, "pixel_size_A": study.image.pixel_size_A}
         return normalized(
-            {"name": name, "micrographs": domain["micrographs"], "seed": domain_seed(study, name), "image": image}
+            {"name": name, "micrographs": domain.micrographs, "seed": domain_seed(study, name), "image": image}
         )
     params = {
         "name": name,
-        "domain": domain,
+        "domain": domain.entry(),
         "seed": domain_seed(study, name),
         "microscope": study.microscope,
         "image": study.image,
         "splits": study.splits,
     }
-    if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain if key in shifts.SHIFTS):
+    if any(shifts.SHIFTS[key].apply.__module__ != shifts.__name__ for key in domain.shifts):
         params["extensions"] = list(study.extensions)
     return normalized(params)
 
@@ -182,26 +177,27 @@ def training_extensions(study: settings.Study, models) -> list[str]:
 
 def scene_spec(study: settings.Study, name: str) -> dict:
     """What the scenes of structure set ``name`` depend on: the set without its ``labels`` (Snakemake params)."""
-    return normalized({k: v for k, v in study.structure_sets[name].items() if k != "labels"})
+    spec = dataclasses.asdict(study.structure_sets[name])
+    return normalized({k: v for k, v in spec.items() if k != "labels"})
 
 
 def set_labels(study: settings.Study, name: str) -> settings.Labels:
     """Label settings of structure set ``name``: the study's ``labels`` with the set's overrides."""
-    return dataclasses.replace(study.labels, **study.structure_sets[name].get("labels", {}))
+    return dataclasses.replace(study.labels, **study.structure_sets[name].labels)
 
 
 def domain_values(study: settings.Study, names: list[str]) -> dict:
     """The swept value that distinguishes each domain (for plots): a number, a label or the name."""
     values = {}
     for name in names:
-        sweep = study.domains[name]["sweep"]
+        sweep = study.domains[name].sweep
         values[name] = next(iter(sweep.values())) if len(sweep) == 1 else name
     return values
 
 
 def sweep_label(study: settings.Study, names: list[str]) -> str:
     """Axis label for a series: the swept key shared by its domains (e.g. ``mean_nm``), else ``domain``."""
-    keys = {key for name in names for key in study.domains[name]["sweep"]}
+    keys = {key for name in names for key in study.domains[name].sweep}
     return keys.pop() if len(keys) == 1 else "domain"
 
 
@@ -210,11 +206,11 @@ def normalized(value):
     return json.loads(json.dumps(value, sort_keys=True, default=dataclasses.asdict))
 
 
-def transfer_targets(study: settings.Study, spec: dict, key: str) -> list[str]:
+def transfer_targets(study: settings.Study, spec: settings.Experiment, key: str) -> list[str]:
     """An experiment's transfer targets: its ``targets``, else every domain of its series with pixel labels."""
-    if "targets" in spec:
-        return match_domains(study, spec["targets"], f"{key}.targets")
-    return [d for d in match_domains(study, spec["domains"], f"{key}.domains") if has_pixel_labels(study, d)]
+    if spec.targets is not None:
+        return match_domains(study, spec.targets, f"{key}.targets")
+    return [d for d in match_domains(study, spec.domains, f"{key}.domains") if has_pixel_labels(study, d)]
 
 
 def match_domains(study: settings.Study, patterns: list[str], key: str) -> list[str]:
@@ -455,7 +451,7 @@ def _check_particles_fit(study: settings.Study) -> None:
     or whose smallest wurtzite particles may have no room for the most stacking faults."""
     cell_A = optics.cell_A(study.image)
     for name, spec in study.structure_sets.items():
-        particles = spec["particles"]
+        particles = spec.particles
         try:
             structures.check_placement(particles, cell_A)
         except ValueError as error:  # the message starts with its key
@@ -465,7 +461,7 @@ def _check_particles_fit(study: settings.Study) -> None:
         except ValueError as error:  # the message starts with its key
             raise ConfigError(f"structure_sets.{name}.{error}") from None
         try:
-            supports.check(spec["substrate"], cell_A)
+            supports.check(spec.substrate, cell_A)
         except ValueError as error:  # the message starts with its key
             raise ConfigError(f"structure_sets.{name}.{error}") from None
 
@@ -473,7 +469,7 @@ def _check_particles_fit(study: settings.Study) -> None:
 def _check_phonons(study: settings.Study) -> None:
     """Every element of every structure set (particles and support) has a phonon sigma."""
     for name, spec in study.structure_sets.items():
-        symbols = [*structures.LATTICES[spec["particles"]["lattice"]].symbols, *supports.elements(spec["substrate"])]
+        symbols = [*structures.LATTICES[spec.particles["lattice"]].symbols, *supports.elements(spec.substrate)]
         try:
             phonons.sigmas_A(symbols, study.simulation.phonon_sigma_A)
         except ValueError as error:
@@ -494,11 +490,11 @@ def _check_delocalisation(study: settings.Study) -> None:
         1.0 / (3.0 * sim.sampling_A),
     )
     for name, domain in study.domains.items():
-        if is_micrograph(study, name):
+        if domain.is_micrograph:
             continue
         defocus_A = _largest_defocus_A(domain)
         if not sim.calibrate_zero_defocus:
-            defocus_A += 2 * max(study.structure_sets[s]["particles"]["radius_A"][1] for s in domain_sets(domain))
+            defocus_A += 2 * max(study.structure_sets[s].particles["radius_A"][1] for s in domain.sets)
         reach_A = optics.delocalisation_A(k_max, defocus_A, microscope.Cs_A, microscope.energy_eV)
         if reach_A > image.padding_A + 1e-9:
             needed = np.ceil(reach_A / image.pixel_size_A) * image.pixel_size_A
@@ -510,14 +506,14 @@ def _check_delocalisation(study: settings.Study) -> None:
             )
 
 
-def _largest_defocus_A(domain: dict, draws: int = 1000) -> float:
+def _largest_defocus_A(domain: settings.Domain, draws: int = 1000) -> float:
     """|C10| + |C12| [A] that 99% of the images the optics shifts of ``domain`` draw stay within
     (``draws`` draws, calibration offset 0)."""
     rng = np.random.default_rng(0)
     values = np.zeros(draws)
     for i in range(draws):
         aberrations: dict = {}
-        for kind, params in shifts.ordered(domain, "optics"):
+        for kind, params in shifts.ordered(domain.shifts, "optics"):
             aberrations, _ = kind.apply(aberrations, params, rng, {"zero_defocus_A": 0.0})
         values[i] = abs(aberrations.get("C10_A", 0.0)) + abs(aberrations.get("C12_A", 0.0))
     return float(np.quantile(values, 0.99))
@@ -526,9 +522,9 @@ def _largest_defocus_A(domain: dict, draws: int = 1000) -> float:
 def _check_splits(study: settings.Study) -> None:
     needed = sum(study.splits.values())
     for name, spec in study.structure_sets.items():
-        if spec["n_structures"] < needed:
+        if spec.n_structures < needed:
             raise ConfigError(
-                f"structure_sets.{name}.n_structures: {spec['n_structures']} structures are too few for the "
+                f"structure_sets.{name}.n_structures: {spec.n_structures} structures are too few for the "
                 f"splits (train + val + test = {needed})"
             )
 
@@ -569,21 +565,21 @@ def _check_experiments(study: settings.Study) -> None:
     epochs, width = study.training.epochs, study.training.width
     for name, spec in study.experiments.items():
         key = f"experiments.{name}"
-        series = match_domains(study, spec["domains"], f"{key}.domains")
+        series = match_domains(study, spec.domains, f"{key}.domains")
         for list_key in ("sources", "targets"):
-            if list_key in spec:
-                chosen = match_domains(study, spec[list_key], f"{key}.{list_key}")
+            if getattr(spec, list_key) is not None:
+                chosen = match_domains(study, getattr(spec, list_key), f"{key}.{list_key}")
                 outside = [d for d in chosen if d not in series]
                 if outside:
                     raise ConfigError(f"{key}.{list_key}: {outside} are not in the series ({key}.domains)")
-                adabn_only = list_key == "targets" and "baseline" not in spec
-                adabn_only &= all(methods.method_name(m) == "adabn" for m in spec["methods"])
+                adabn_only = list_key == "targets" and spec.baseline is None
+                adabn_only &= all(methods.method_name(m) == "adabn" for m in spec.methods)
                 for domain in chosen:
                     _check_trainable(study, domain, f"{key}.{list_key}", images_only=adabn_only)
         for domain in series:
             _check_micrograph_split(study, domain, "val", f"{key}.domains")
         resolved = []
-        for i, entry in enumerate(spec["methods"]):
+        for i, entry in enumerate(spec.methods):
             try:
                 method = methods.resolve(entry, f"{key}.methods[{i}]", epochs, width)
             except ValueError as error:
@@ -591,12 +587,12 @@ def _check_experiments(study: settings.Study) -> None:
             if method in resolved:
                 raise ConfigError(f"{key}.methods[{i}]: {entry!r} is listed twice")
             resolved.append(method)
-        for size in spec["transfer_sizes"]:
+        for size in spec.transfer_sizes:
             if size > train and not all(is_micrograph(study, t) for t in transfer_targets(study, spec, key)):
                 raise ConfigError(
                     f"{key}.transfer_sizes: {size} is larger than the train split (splits.train = {train})"
                 )
-        for mix in spec.get("baseline", {}).get("mixtures", []):
+        for mix in spec.baseline.mixtures if spec.baseline else ():
             if max(mix) > train or sum(mix) == 0:
                 raise ConfigError(
                     f"{key}.baseline.mixtures: {mix} needs 1..{train} images per domain (splits.train = {train})"
@@ -608,7 +604,7 @@ def _check_trainable(study: settings.Study, name: str, key: str, images_only: bo
     ``images_only``: the targets of adabn alone) and, if made of micrographs, at least one file in
     its train and val splits."""
     if not images_only and not has_pixel_labels(study, name):
-        kind = study.domains[name]["micrographs"]["label_kind"]
+        kind = study.domains[name].micrographs["label_kind"]
         raise ConfigError(
             f"{key}: domain {name!r} has {'only boxes' if kind == 'boxes' else 'no labels'} "
             f"(domains.{name}.micrographs): it can be an evaluation domain of the series or the target of an "
@@ -621,7 +617,7 @@ def _check_trainable(study: settings.Study, name: str, key: str, images_only: bo
 def _check_micrograph_split(study: settings.Study, name: str, split: str, key: str) -> None:
     if not is_micrograph(study, name):
         return
-    spec = study.domains[name]["micrographs"]
+    spec = study.domains[name].micrographs
     counts = micrographs.split_counts(spec["splits"], len(spec["files"]))
     if counts[split] == 0:
         raise ConfigError(
@@ -644,7 +640,7 @@ def _check_sizes(study: settings.Study) -> None:
                 f"limits.max_file_GB = {limits['max_file_GB']}"
             )
     jobs = {
-        f"structure_sets.{name}.n_structures": 2 * -(-spec["n_structures"] // sim.shard_size)
+        f"structure_sets.{name}.n_structures": 2 * -(-spec.n_structures // sim.shard_size)
         for name, spec in study.structure_sets.items()
     }
     jobs["domains"] = len(study.domains)
@@ -687,27 +683,27 @@ class Grid:
 def experiment_grid(study: settings.Study, name: str) -> Grid:
     """The grid of experiment ``name`` (config errors name ``experiments.<name>.<key>``)."""
     spec, key = study.experiments[name], f"experiments.{name}"
-    series = match_domains(study, spec["domains"], f"{key}.domains")
-    sources = match_domains(study, spec["sources"], f"{key}.sources")
+    series = match_domains(study, spec.domains, f"{key}.domains")
+    sources = match_domains(study, spec.sources, f"{key}.sources")
     targets = transfer_targets(study, spec, key)
     pairs = [(s, t) for s in sources for t in targets if s != t]
     variants = []
-    for i, entry in enumerate(spec["methods"]):
+    for i, entry in enumerate(spec.methods):
         try:
             method = methods.resolve(entry, f"{key}.methods[{i}]", study.training.epochs, study.training.width)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        variants += [(method, f) for f in spec["freeze"]] if method["name"] == "finetune" else [(method, "none")]
-    baseline = spec.get("baseline")
+        variants += [(method, f) for f in spec.freeze] if method["name"] == "finetune" else [(method, "none")]
+    baseline = spec.baseline
     return Grid(
         series=series,
         sources=sources,
         pairs=pairs,
-        pretrain_lrs=sorted({lrs[0] for lrs in spec["lr_pairs"]}),
+        pretrain_lrs=sorted({lrs[0] for lrs in spec.lr_pairs}),
         variants=variants,
-        sizes=list(spec["transfer_sizes"]),
-        lr_pairs=list(spec["lr_pairs"]),
-        seeds=range(spec["replicates"]),
+        sizes=list(spec.transfer_sizes),
+        lr_pairs=[list(lrs) for lrs in spec.lr_pairs],
+        seeds=range(spec.replicates),
         baseline_pairs=list(dict.fromkeys(tuple(sorted(p, key=series.index)) for p in pairs)) if baseline else [],
-        baseline_points=list(itertools.product(baseline["mixtures"], baseline["lrs"])) if baseline else [],
+        baseline_points=list(itertools.product(map(list, baseline.mixtures), baseline.lrs)) if baseline else [],
     )

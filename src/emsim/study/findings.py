@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from emsim.progress import bar
-from emsim.study import config, experiments
+from emsim.study import experiments
 from emsim.study.settings import TRANSFER, Study
 
 STUDY_METRIC = "study_loss"
@@ -413,10 +413,10 @@ def domain_facts(study: Study, domains: list[str]) -> pd.DataFrame:
     rows = {}
     for name in domains:
         domain = study.domains[name]
-        lattices = {study.structure_sets[s]["particles"]["lattice"] for s in config.domain_sets(domain)}
+        lattices = {study.structure_sets[s].particles["lattice"] for s in domain.sets}
         rows[name] = {
-            "defocus_nm": (domain.get("defocus") or {}).get("mean_nm"),
-            "dose_e_per_A2": (domain.get("dose") or {}).get("e_per_A2"),
+            "defocus_nm": domain.shifts.get("defocus", {}).get("mean_nm"),
+            "dose_e_per_A2": domain.shifts.get("dose", {}).get("e_per_A2"),
             "lattice": "+".join(sorted(lattices)),
         }
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(FACTS))
