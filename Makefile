@@ -24,8 +24,11 @@ $(VENV)/.installed: pyproject.toml
 study: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --cores $(CORES)
 
+# One pytest worker per core (pytest-xdist). A test module runs whole in one worker, so its
+# fixtures (a Snakemake run, the Slurm cluster) are made once; modules go out in collection order,
+# the Slurm and Snakemake ones first (tests/conftest.py).
 test: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -ra
+	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -ra -n auto --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf results/*/ .snakemake

@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from emsim import data, micrographs
+from emsim import data
 from emsim.learning import evaluate, ood, particles
 from emsim.learning.models import load_model
 from emsim.readers import read_images
 from emsim.report.figures import plot_detection_overlay, save_figure
+from emsim.rescale import resample
 from emsim.study.settings import Instances
 
 KINDS = {  # caption -> (experiment, stage, method)
@@ -104,7 +105,7 @@ def overlays(results: Path, rows: pd.DataFrame, out: Path, domain: str, name: st
     for caption, group in rows.groupby("kind", sort=False):
         model, _ = load_model(group.sort_values("model")["model"].iloc[0])
         maps[caption] = evaluate.stitch(evaluate.probabilities(model, images), tiles)[canvas]
-    raw = micrographs.resample(raw, next(iter(maps.values())).shape)
+    raw = resample(raw, next(iter(maps.values())).shape)
     boxes = tiles["boxes"][(tiles["boxes"][:, 0] == canvas[0]) & (tiles["boxes"][:, 1] == canvas[1]), 2:]
     figure = Figure(figsize=(4 * len(maps), 4.6), layout="constrained")
     for ax, (caption, probability) in zip(figure.subplots(1, len(maps)), maps.items()):

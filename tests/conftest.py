@@ -48,3 +48,10 @@ def pretrained(disc_domains, tmp_path_factory):
     """(path, metadata) of a U-Net pretrained on ``a`` with the test settings (synthetic.CFG)."""
     out = tmp_path_factory.mktemp("pretrained") / "a.pt"
     return out, train.pretrain(disc_domains["a"], out, CFG, LR, seed=0)
+
+
+def pytest_collection_modifyitems(items):
+    """The modules that run Slurm or Snakemake first (stable otherwise): with ``--dist loadfile
+    --no-loadscope-reorder`` pytest-xdist hands modules out in this order, so the longest start
+    first and the short ones fill the other workers."""
+    items.sort(key=lambda item: (item.get_closest_marker("slurm") is None, item.get_closest_marker("workflow") is None))

@@ -65,7 +65,15 @@ def test_no_cycle_between_modules():
 # Layers, bottom first: a module may import its own layer and those below, never above.
 LAYERS = (
     ("emsim", "emsim.io", "emsim.progress", "emsim.study.schema", "emsim.study.settings", "emsim.study.paths"),
-    ("emsim.extensions", "emsim.data", "emsim.readers", "emsim.micrographs", "emsim.simulation"),
+    (
+        "emsim.extensions",
+        "emsim.data",
+        "emsim.readers",
+        "emsim.rescale",
+        "emsim.micrographs",
+        "emsim.micrograph_dataset",
+        "emsim.simulation",
+    ),
     ("emsim.learning",),
     ("emsim.predict", "emsim.export", "emsim.montage"),
     ("emsim.study.config", "emsim.study.experiments", "emsim.match"),

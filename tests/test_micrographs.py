@@ -11,7 +11,7 @@ import yaml
 from micrograph_files import REAL, REAL_REASON, write_micrographs
 from PIL import Image
 
-from emsim import data, micrographs
+from emsim import data, micrograph_dataset, micrographs
 from emsim.study import config, experiments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def study_with(tmp_path: Path, **domains) -> dict:
 def build(tmp_path: Path, name: str, study: dict) -> Path:
     loaded = config.load(study, base_dir=tmp_path)
     out = tmp_path / f"{name}.h5"
-    micrographs.build_dataset(config.domain_slice(loaded, name), out)
+    micrograph_dataset.build_dataset(config.domain_slice(loaded, name), out)
     return out
 
 
@@ -93,13 +93,13 @@ def test_split_counts_cut_by_largest_remainder():
 
 def test_tile_starts_cover_every_pixel():
     for length in (64, 65, 100, 200, 257):
-        starts = micrographs.tile_starts(length, 64, 0.25)
+        starts = micrograph_dataset.tile_starts(length, 64, 0.25)
         covered = np.zeros(length, bool)
         for start in starts:
             covered[start : start + 64] = True
         assert covered.all() and starts[-1] == length - 64 and starts == sorted(set(starts))
     with pytest.raises(ValueError, match="less than one 64 px tile"):
-        micrographs.tile_starts(63, 64, 0.25)
+        micrograph_dataset.tile_starts(63, 64, 0.25)
 
 
 def test_micrograph_domains_are_evaluation_or_training_domains_by_their_labels(files):

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from emsim import data, micrographs
+from emsim import data
 from emsim.io import atomic_path
 from emsim.learning import ood
 from emsim.readers import read_images
+from emsim.rescale import resample
 from emsim.simulation import optics
 from emsim.study.settings import Study
 
@@ -343,7 +344,7 @@ def nearest_domains(found: list[Conditions], study: Study, results: str | Path) 
     for c in found:
         image = read_images(c.path)[0][0]
         factor = c.pixel_size_A / pixel
-        images.append(micrographs.resample(image, (round(image.shape[0] * factor), round(image.shape[1] * factor))))
+        images.append(resample(image, (round(image.shape[0] * factor), round(image.shape[1] * factor))))
     scores = {}
     for name in simulated:
         path = Path(results) / "datasets" / f"{name}.h5"

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -45,6 +44,7 @@ from emsim.learning.architecture import DOWNSAMPLING
 from emsim.learning.models import load_model, pad_to_multiple, resolve_device
 from emsim.progress import bar
 from emsim.readers import read_images
+from emsim.rescale import resample
 from emsim.study.settings import Instances
 
 logger = logging.getLogger(__name__)
@@ -380,12 +380,6 @@ def segment_image(model: torch.nn.Module, image: np.ndarray, tile_px: int = 512)
     """Particle mask (uint8 0/1, shape of ``image``) of one raw greyscale image by one U-Net."""
     probability = tiled_probability(torch_forward(Ensemble([model])), image, tile_px)
     return (probability > 0.5).astype(np.uint8)
-
-
-def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resampling (antialiased when shrinking) of a 2D float image to ``shape``."""
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    return F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
 
 
 def entropy_bits(probability: np.ndarray) -> np.ndarray:
