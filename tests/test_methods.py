@@ -182,9 +182,13 @@ def test_discriminative_learning_rates_are_the_configured_ones_per_block(disc_do
 def test_resume_mid_training_is_exact_for_every_method(disc_domains, pretrained, tmp_path, method):
     spec = resolved(method, 3 if method != "gradual" else 6)
     cfg = replace(CFG, epochs=3 if method != "gradual" else 6)
-    train.transfer(
-        pretrained[0], disc_domains["b"], tmp_path / "full.pt", cfg, LR, 2, freeze="encoder", size=4, method=spec
-    )
+
+    def run(out, **kwargs):
+        train.transfer(
+            pretrained[0], disc_domains["b"], out, cfg, LR, 2, freeze="encoder", size=4, method=spec, **kwargs
+        )
+
+    run(tmp_path / "full.pt")
 
     class Killed(Exception):
         pass
@@ -195,31 +199,9 @@ def test_resume_mid_training_is_exact_for_every_method(disc_domains, pretrained,
 
     resumed = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        train.transfer(
-            pretrained[0],
-            disc_domains["b"],
-            resumed,
-            cfg,
-            LR,
-            2,
-            freeze="encoder",
-            size=4,
-            method=spec,
-            on_epoch_end=kill,
-        )
+        run(resumed, on_epoch_end=kill)
     epochs = []
-    train.transfer(
-        pretrained[0],
-        disc_domains["b"],
-        resumed,
-        cfg,
-        LR,
-        2,
-        freeze="encoder",
-        size=4,
-        method=spec,
-        on_epoch_end=lambda e, r: epochs.append(e),
-    )
+    run(resumed, on_epoch_end=lambda e, r: epochs.append(e))
     assert epochs[0] == 2
     a, b = load_model(tmp_path / "full.pt")[0].state_dict(), load_model(resumed)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
