@@ -376,7 +376,7 @@ def test_model_file_with_missing_or_misshaped_weights_names_the_file(disc_domain
 
 def test_default_memory_format_trains_256_px_images_on_the_cpu(tmp_path):
     """channels_last ``auto`` is off on the CPU: torch 2.13's oneDNN backward crashes (SIGSEGV) in
-    channels-last from 256 px images, which killed a training job before the switch existed."""
+    channels-last for narrow U-Nets (width 0.125) from 192 px, which killed a training job before the switch existed."""
     assert train._switch("auto", torch.device("cpu")) is False
     assert Training.with_defaults().channels_last == "auto"
     domain = make_domain(tmp_path / "big.h5", "big", n_train=2, n_val=2, size_px=256)

@@ -34,7 +34,7 @@ GPU path: data resident on the device, augmentation there, bf16 autocast (``amp`
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam (``fused``), cuDNN
 autotuning. ``amp``, ``channels_last`` and ``fused`` are ``auto`` (on only on CUDA), true or false:
 true turns them on on the CPU too, where the tests exercise them (channels-last on small images:
-torch 2.13's CPU backward crashes from 256 px).
+torch 2.13's CPU oneDNN backward crashes for narrow U-Nets, width 0.125, from 192 px).
 
 Batches (:mod:`emsim.learning.batch`): inside :func:`emsim.learning.inputs.shared_inputs`, every dataset split is read,
 hashed and moved to the device once for all the models the block trains, and a call whose model
