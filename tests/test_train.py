@@ -374,12 +374,15 @@ def test_model_file_with_missing_or_misshaped_weights_names_the_file(disc_domain
             load_model(out)
 
 
-def test_default_memory_format_trains_256_px_images_on_the_cpu(tmp_path):
-    """channels_last ``auto`` is off on the CPU: torch 2.13's oneDNN backward crashes (SIGSEGV) in
-    channels-last for narrow U-Nets (width 0.125) from 192 px, which killed a training job before the switch existed."""
-    assert train._switch("auto", torch.device("cpu")) is False
-    assert Training.with_defaults().channels_last == "auto"
+@pytest.mark.parametrize("width, on_cpu", [(0.125, False), (0.25, True)])
+def test_default_memory_format_trains_256_px_images_on_the_cpu(tmp_path, width, on_cpu):
+    """channels_last ``auto`` is on on the CPU only from width 0.25: torch 2.13's oneDNN backward
+    crashes (SIGSEGV) in channels-last for narrower U-Nets (width 0.125 from 192 px), which killed
+    a training job before the switch existed."""
+    cfg = replace(CFG, width=width, epochs=1, batch_size=2, channels_last=Training.with_defaults().channels_last)
+    assert cfg.channels_last == "auto"
+    assert train._channels_last(cfg, torch.device("cpu")) is on_cpu
+    assert train._channels_last(cfg, torch.device("cuda")) is True
     domain = make_domain(tmp_path / "big.h5", "big", n_train=2, n_val=2, size_px=256)
-    cfg = replace(CFG, epochs=1, batch_size=2, channels_last=Training.with_defaults().channels_last)
     meta = train.pretrain(domain, tmp_path / "big.pt", cfg, LR, seed=0)
     assert math.isfinite(meta["best_val_loss"])

@@ -32,9 +32,10 @@ epochs without a val loss below the best minus ``min_delta``; a resumed run stop
 
 GPU path: data resident on the device, augmentation there, bf16 autocast (``amp``),
 ``channels_last`` memory format, optional ``torch.compile``, fused Adam (``fused``), cuDNN
-autotuning. ``amp``, ``channels_last`` and ``fused`` are ``auto`` (on only on CUDA), true or false:
-true turns them on on the CPU too, where the tests exercise them (channels-last on small images:
-torch 2.13's CPU oneDNN backward crashes for narrow U-Nets, width 0.125, from 192 px).
+autotuning. ``amp`` and ``fused`` are ``auto`` (on only on CUDA), true or false: true turns them
+on on the CPU too, where the tests exercise them. ``channels_last: auto`` is on on CUDA and, on
+the CPU, for U-Nets of width >= ``CPU_CHANNELS_LAST_MIN_WIDTH`` (narrower ones crash torch 2.13's
+oneDNN backward there).
 
 Batches (:mod:`emsim.learning.batch`): inside :func:`emsim.learning.inputs.shared_inputs`, every dataset split is read,
 hashed and moved to the device once for all the models the block trains, and a call whose model
@@ -248,7 +249,7 @@ def _fit(
     method = method or methods.build({"name": "scratch"})
     device = resolve_device(device if device is not None else training.device)
     amp = _switch(training.amp, device)
-    channels_last = _switch(training.channels_last, device)
+    channels_last = _channels_last(training, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     train_x, train_y = inputs.to_device(*train, device, "training")
     val_x, val_y = inputs.to_device(*val, device, "validation")
@@ -348,6 +349,20 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 def _switch(value, device: torch.device) -> bool:
     """An ``auto``/true/false switch: ``auto`` is on on CUDA only."""
     return device.type == "cuda" if value == "auto" else bool(value)
+
+
+CPU_CHANNELS_LAST_MIN_WIDTH = 0.25
+"""Narrowest U-Net that trains in channels-last on the CPU: torch 2.13's oneDNN backward crashes
+(SIGSEGV or abort) below it, from 192 px at width 0.125 and at 512 px at 0.1875-0.2; every run
+from 0.25 trained (192-2048 px at 0.25, up to 1024 px at 0.5 and 1; measured, docs/training.md)."""
+
+
+def _channels_last(training: Training, device: torch.device) -> bool:
+    """The ``channels_last`` switch: ``auto`` is on on CUDA, and on the CPU from
+    ``CPU_CHANNELS_LAST_MIN_WIDTH`` (1.6-1.9x faster training there on the default study)."""
+    if training.channels_last == "auto":
+        return device.type == "cuda" or training.width >= CPU_CHANNELS_LAST_MIN_WIDTH
+    return bool(training.channels_last)
 
 
 def _train_loss(
